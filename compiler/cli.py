@@ -1,0 +1,154 @@
+"""``vitshrink`` command line.
+
+Exit codes: 0 success; 1 verification failed (exactness, import fidelity or export) or an
+internal error; 2 bad input (spec, checkpoint, model name, unreadable file, bad option) -- always
+one line ``error: ...`` on stderr, and no output directory left behind.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Optional
+
+import click
+
+from .errors import VitshrinkError
+
+
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+def _fail(e: VitshrinkError) -> None:
+    click.echo(f"error: {str(e).splitlines()[0]}", err=True)
+    sys.exit(e.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="vitshrink")
+def main() -> None:
+    """vitshrink: make pruned vision transformers physically smaller, verified exact, and faster."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=UserWarning, module="timm")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@main.command("compile")
+@click.argument("model")
+@click.option("--spec", "spec", required=True, help="Mask spec v1 (.json or .safetensors).")
+@click.option("--out", "out", required=True, help="Output directory (written atomically).")
+@click.option("--checkpoint", default=None, help="Weights (.safetensors or .pth); random weights when omitted.")
+@click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
+@click.option("--batch", "batches", default="1", callback=_int_list, show_default=True, help="Batch sizes to time, e.g. 1,8.")
+@click.option("--threads", "threads", default="2", callback=_int_list, show_default=True, help="ONNX Runtime intra-op threads, e.g. 1,2.")
+@click.option("--bench-seconds", default=10.0, show_default=True, help="Timing budget per batch/threads setting.")
+@click.option("--limit", "data_limit", type=int, default=None, help="Evaluate only the first N images of --data.")
+@click.option("--layout", type=click.Choice(["pad", "group"]), default="pad", show_default=True,
+              help="Irregular head widths: pad to one width per block, or group equal widths.")
+@click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
+@click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def compile_cmd(model, spec, out, checkpoint, data, batches, threads, bench_seconds, data_limit, layout, tolerance, trt, quiet):
+    """Prune MODEL (a timm ViT/DeiT name) as SPEC says, verify, export ONNX, measure, report into OUT."""
+    from .pipeline import CompileOptions, compile_model
+
+    opts = CompileOptions(checkpoint=checkpoint, data=data, batches=batches, threads=threads,
+                          bench_seconds=bench_seconds, data_limit=data_limit, layout=layout,
+                          tolerance=tolerance, trt=trt, progress=not quiet)
+    try:
+        report = compile_model(model, spec, out, opts)
+    except VitshrinkError as e:
+        _fail(e)
+    _summary(report)
+
+
+def _summary(report: dict) -> None:
+    m = report["macs"]
+    click.echo(f"MACs {m['dense'] / 1e9:.3f} G -> {m['pruned'] / 1e9:.3f} G (x{m['dense'] / m['pruned']:.2f}); "
+               f"exactness {report['exactness']['max_abs_diff']:.1e}; ONNX {report['export']['onnx_max_abs_diff']:.1e}")
+    for e in report["latency"]:
+        click.echo(f"{e['runtime']} {e['device']} batch {e['batch']} threads {e['threads']}: dense {e['dense_ms']['p50']:.2f} ms, "
+                   f"pruned {e['pruned_ms']['p50']:.2f} ms, speed-up x{e['speedup']:.3f} "
+                   f"(ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f})")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
+
+
+@main.command("masks")
+@click.argument("model")
+@click.option("--checkpoint", default=None, help="Weights to score (random weights when omitted).")
+@click.option("--heads", type=float, default=None, help="Keep ratio of heads per block (largest L1).")
+@click.option("--mlp", type=float, default=None, help="Keep ratio of MLP hidden neurons per block (largest fc1-row L1).")
+@click.option("--embed", type=float, default=None, help="Keep ratio of embedding channels (largest L1).")
+@click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors).")
+def masks_cmd(model, checkpoint, heads, mlp, embed, out):
+    """Write a reference mask spec for MODEL: magnitude (L1) criteria at the given keep ratios."""
+    from pathlib import Path
+
+    from .frontends.timm import import_model
+    from .maskgen import l1_spec
+    from .spec import mask_shapes, save_spec
+
+    try:
+        if heads is None and mlp is None and embed is None:
+            raise VitshrinkError("give at least one of --heads, --mlp, --embed")
+        out_path = Path(out)
+        if out_path.suffix not in (".json", ".safetensors"):
+            raise VitshrinkError(f"--out '{out}': use a .json or .safetensors file name")
+        if not out_path.parent.resolve().is_dir():
+            raise VitshrinkError(f"--out '{out}': directory '{out_path.parent}' does not exist")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, ir, _ = import_model(model, checkpoint)
+        for w in caught:
+            if "RANDOM" in str(w.message):
+                click.echo(f"warning: {w.message}", err=True)
+        spec = l1_spec(ir, heads=heads, mlp=mlp, embed=embed)
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        save_spec(spec, tmp, resolved_shapes=mask_shapes(ir))
+        os.replace(tmp, out_path)
+    except VitshrinkError as e:
+        _fail(e)
+    kept = {k: int(v.sum()) for k, v in spec.masks.items()}
+    click.echo(f"wrote {out}: {len(kept)} masks for {model} "
+               f"(heads {heads}, mlp {mlp}, embed {embed}; criterion L1)")
+
+
+@main.command("bench")
+@click.argument("model")
+@click.option("--spec", "spec", required=True, help="Mask spec v1.")
+@click.option("--checkpoint", default=None)
+@click.option("--batch", "batches", default="1,8", callback=_int_list, show_default=True)
+@click.option("--threads", "threads", default="2", callback=_int_list, show_default=True)
+@click.option("--bench-seconds", default=30.0, show_default=True, help="Timing budget per setting.")
+@click.option("--json", "json_out", default=None, help="Also write the latency entries to this JSON file.")
+def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, json_out):
+    """Latency benchmark: compile MODEL with SPEC into a temporary directory and time dense vs pruned."""
+    import json
+    import tempfile
+
+    from .pipeline import CompileOptions, compile_model
+
+    opts = CompileOptions(checkpoint=checkpoint, batches=batches, threads=threads, bench_seconds=bench_seconds)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vitshrink-bench-") as d:
+            report = compile_model(model, spec, os.path.join(d, "out"), opts)
+    except VitshrinkError as e:
+        _fail(e)
+    _summary(report)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"model": model, "spec": spec, "machine": report["machine"], "toolchain": report["toolchain"],
+                       "macs": report["macs"], "latency": report["latency"]}, f, indent=1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,68 @@
+"""ONNX export of a :class:`~vitshrink.codegen.PrunedViT` and its verification.
+
+One self-contained file (weights inside, no external data), input ``images`` [batch, C, H, W] with a
+dynamic batch axis, output ``logits`` [batch, num_classes], opset 20 (native Gelu), exported by torch's
+``torch.export``-based exporter and cleaned by :mod:`vitshrink.passes.onnx_cleanup`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import VerificationError
+
+OPSET = 20
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], opset: int = OPSET) -> Path:
+    """Export ``model`` (images [B, *input_shape] -> logits) to ``path`` with a dynamic batch axis.
+
+    Raises:
+        VerificationError: the exporter failed or the file fails ``onnx.checker``.
+    """
+    import onnx
+
+    from vitshrink.passes.onnx_cleanup import cleanup
+
+    path = Path(path)
+    example = torch.zeros((2, *input_shape))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.eval(), (example,), str(path), dynamo=True, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), external_data=False, verbose=False, report=False,
+            )
+    except Exception as e:  # noqa: BLE001 - report any exporter failure as a broken promise
+        raise VerificationError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    graph = cleanup(onnx.load(str(path)))
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise VerificationError(f"ONNX checker rejected {path.name}: {str(e).splitlines()[0]}") from e
+    onnx.save(graph, str(path))
+    return path
+
+
+@torch.no_grad()
+def onnx_max_abs_diff(model: nn.Module, onnx_path: str | Path, images: torch.Tensor, threads: int = 2) -> float:
+    """max |ONNX Runtime(images) - torch(images)| over the logits (fp32, CPU)."""
+    from vitshrink.runtime.ort import OrtRunner
+
+    runner = OrtRunner(onnx_path, threads=threads)
+    got = runner.run(images.numpy())
+    want = model(images).numpy()
+    return float(np.abs(got - want).max())

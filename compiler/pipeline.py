@@ -1,0 +1,418 @@
+"""The compile job (``vitshrink compile``): checkpoint + spec -> verified pruned model, ONNX, report.
+
+Stages, in order (any failure leaves no output directory behind):
+
+1. read the spec file, import the timm model and its checkpoint, validate the spec (bad input:
+   :class:`~vitshrink.errors.VitshrinkError`, before any heavy work);
+2. import fidelity: the codegen of the unpruned IR against timm's own forward;
+3. structural passes, then the layout pass; codegen;
+4. exactness: pruned module vs :func:`~vitshrink.reference.reference_forward` (max abs diff on
+   logits <= tolerance), and the saved checkpoint reloaded with :func:`vitshrink.load`;
+5. ONNX export of dense and pruned (same codegen), onnx.checker, ONNX Runtime vs torch;
+6. latency (ONNX Runtime, dense and pruned interleaved) at each batch size and thread count;
+   optional TensorRT engine;
+7. accuracy on an ImageFolder directory when given;
+8. report.json + report.md + plots, then the temporary directory is moved into place.
+
+A failed verification raises :class:`~vitshrink.errors.VerificationError` (CLI exit 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from . import __version__
+from .errors import VerificationError, VitshrinkError
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class CompileOptions:
+    """Options of :func:`compile_model` (CLI flags of ``vitshrink compile``)."""
+
+    checkpoint: Optional[str] = None
+    data: Optional[str] = None
+    batches: Sequence[int] = (1,)
+    threads: Sequence[int] = (2,)
+    bench_seconds: float = 10.0
+    data_limit: Optional[int] = None
+    layout: str = "pad"  # "pad": pad irregular heads to one width; "group": run equal widths together
+    tolerance: float = DEFAULT_TOLERANCE
+    verify_images: int = 4
+    trt: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+class _Log:
+    """Stage lines and progress bars on stderr (rich), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
+        self.timings: dict[str, float] = {}
+
+    def info(self, msg: str) -> None:
+        if self.console:
+            self.console.print(msg)
+
+    def warn(self, msg: str) -> None:
+        if self.console:
+            self.console.print(f"[bold yellow]warning:[/] {msg}")
+
+    @contextmanager
+    def stage(self, name: str, label: str):
+        t0 = time.perf_counter()
+        if self.console:
+            with self.console.status(f"{label} ..."):
+                yield
+        else:
+            yield
+        dt = time.perf_counter() - t0
+        self.timings[name] = round(dt, 2)
+        self.info(f"[green]✓[/] {label} [dim]({dt:.1f} s)[/]")
+
+    @contextmanager
+    def bar(self, label: str, total: int):
+        if not self.console:
+            yield lambda done, planned=None: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as p:
+            task = p.add_task(label, total=total)
+
+            def update(done: int, planned: Optional[int] = None):
+                p.update(task, completed=done, total=max(planned or total, done))
+
+            yield update
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def toolchain() -> dict:
+    """Versions of everything that can change a result, and the machine."""
+    import numpy
+    import onnx
+    import onnxruntime
+    import timm
+
+    return {
+        "vitshrink": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def prepare_output(out: Path) -> tuple[Path, Optional[Path]]:
+    """Check ``out`` can be (re)placed and make a temporary sibling directory to build it in.
+
+    Returns:
+        (temporary directory, the parent directory if this call created it, else None).
+    Raises:
+        VitshrinkError: ``out`` is a file, or a non-empty directory that is not a vitshrink output.
+    """
+    if out.exists():
+        if not out.is_dir():
+            raise VitshrinkError(f"output '{out}' exists and is not a directory")
+        if any(out.iterdir()) and not (out / "report.json").is_file():
+            raise VitshrinkError(f"output directory '{out}' is not empty and not a vitshrink output; choose another --out")
+    created = None
+    parent = out.resolve().parent
+    if not parent.exists():
+        top = parent
+        while not top.parent.exists():
+            top = top.parent
+        parent.mkdir(parents=True)
+        created = top
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any other directory
+    return tmp, created
+
+
+def commit_output(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` into place at ``out`` (replacing an earlier vitshrink output)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def verification_images(n: int, shape: tuple[int, int, int], data: Optional[str], transform, num_classes: int) -> torch.Tensor:
+    """``n`` seeded standard-normal images, plus up to ``n`` real images from ``data`` when given."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn((n, *shape), generator=g)]
+    if data:
+        from PIL import Image
+
+        from vitshrink.runtime.accuracy import list_images
+
+        real = []
+        for path, _ in list_images(data, num_classes)[:n]:
+            with Image.open(path) as im:
+                real.append(transform(im.convert("RGB")))
+        xs.append(torch.stack(real))
+    return torch.cat(xs)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def compile_model(model_name: str, spec_path: str | Path, out: str | Path, options: Optional[CompileOptions] = None) -> dict:
+    """Compile ``model_name`` pruned by the spec at ``spec_path`` into the directory ``out``.
+
+    Args:
+        model_name: a timm model name (DeiT/ViT family).
+        spec_path: mask spec v1 file (``.json`` or ``.safetensors``).
+        out: output directory; written atomically (built in a temporary sibling, then moved).
+        options: :class:`CompileOptions`.
+    Returns:
+        The report (the content of ``out/report.json``).
+    Raises:
+        VitshrinkError: bad input (spec, checkpoint, model, data) -- nothing is written.
+        VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
+    """
+    from .frontends.timm import eval_transform, import_model
+    from .report import write_report
+    from .spec import load_spec, resolve_spec, save_spec
+
+    opt = options or CompileOptions()
+    if opt.layout not in ("pad", "group"):
+        raise VitshrinkError(f"--layout {opt.layout!r}: expected 'pad' or 'group'")
+    if any(b < 1 for b in opt.batches) or any(t < 1 for t in opt.threads):
+        raise VitshrinkError("--batch and --threads take positive integers")
+    out = Path(out)
+    log = _Log(opt.progress)
+
+    # 1. inputs (all validation before any output exists)
+    with log.stage("import", f"import {model_name}"):
+        spec = load_spec(spec_path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
+        for w in caught:
+            log.warn(str(w.message))
+        tensors = {**{k: v for k, v in timm_model.state_dict().items()}, **extras}
+        resolved = resolve_spec(spec, dense_ir, tensors)
+        if opt.data:
+            from vitshrink.runtime.accuracy import list_images
+
+            list_images(opt.data, dense_ir.num_classes)
+        transform = eval_transform(timm_model)
+    shape = (dense_ir.in_chans, *dense_ir.img_size)
+    report: dict = {
+        "format": "vitshrink.report/1",
+        "model": model_name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {
+            "spec": {"path": str(spec_path), "sha256": sha256(spec_path)},
+            "checkpoint": ({"path": str(opt.checkpoint), "sha256": sha256(opt.checkpoint)} if opt.checkpoint
+                           else {"path": None, "random_init": True}),
+            "data": opt.data,
+        },
+        "toolchain": toolchain(),
+        "machine": machine(),
+    }
+    tmp, created_parent = prepare_output(out)
+    work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
+    try:
+        report.update(_compile_into(
+            tmp, work, model_name, spec, resolved, timm_model, dense_ir, tensors, transform, shape, opt, log,
+        ))
+        with log.stage("report", "write report"):
+            save_spec(spec, tmp / "spec.json")
+            report["timings_s"] = log.timings
+            write_report(report, tmp)
+        commit_output(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_parent is not None:
+            shutil.rmtree(created_parent, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info(f"[bold green]wrote[/] {out}/ (report.md, report.json, model.onnx, model/)")
+    return report
+
+
+def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, tensors, transform, shape, opt, log) -> dict:
+    from vitshrink.runtime.latency import measure_interleaved
+    from vitshrink.runtime.ort import OrtRunner
+
+    from vitshrink.passes import apply_spec, group_heads, pad_heads
+
+    from . import codegen
+    from .counting import count_macs
+    from .export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
+    from .reference import reference_forward
+    from .report import block_table
+
+    rep: dict = {}
+    tol = opt.tolerance
+    x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes)
+
+    # 2. import fidelity
+    with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
+        dense = codegen.build_module(dense_ir)
+        fidelity = _max_diff(dense(x), timm_model(x))
+    rep["import"] = {"max_abs_diff": fidelity, "tolerance": tol, "passed": fidelity <= tol}
+    del timm_model
+    if fidelity > tol:
+        raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {tol:g}")
+
+    # 3. passes + codegen
+    with log.stage("passes", "structural passes + codegen"):
+        pruned_ir = apply_spec(dense_ir, resolved, tensors)
+        laid_out = pad_heads(pruned_ir) if opt.layout == "pad" else group_heads(pruned_ir)
+        pruned = codegen.build_module(laid_out)
+    padded = any(b.attn.qk_dims != c.attn.qk_dims or b.attn.v_dims != c.attn.v_dims
+                 for b, c in zip(pruned_ir.blocks, laid_out.blocks))
+    rep["layout"] = {"policy": opt.layout, "padded": padded}
+
+    # 4. exactness + reload
+    with log.stage("exactness", "exactness vs masked dense reference"), torch.no_grad():
+        ref = reference_forward(dense_ir, resolved, x, tensors)
+        got = pruned(x)
+        exact = _max_diff(got, ref)
+        codegen.save(pruned, tmp / "model")
+        reloaded = codegen.load(tmp / "model")
+        reload_diff = _max_diff(reloaded(x), got)
+    rep["exactness"] = {
+        "max_abs_diff": exact, "tolerance": tol, "passed": exact <= tol, "reload_max_abs_diff": reload_diff,
+        "inputs": f"{opt.verify_images} random" + (f" + {opt.verify_images} real images" if opt.data else ""),
+        "reference": "dense model with masks as zeros (heads/channels/neurons), identity (blocks), "
+                     "LayerNorm over kept embed channels, early-exit classifier",
+    }
+    if exact > tol or reload_diff > tol:
+        raise VerificationError(
+            f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "
+            f"(reload {reload_diff:.3g}) > {tol:g}")
+
+    # counting
+    with log.stage("count", "count MACs and parameters"):
+        structural = codegen.build_module(pruned_ir) if padded else pruned
+        macs_dense, macs_pruned = count_macs(dense, (1, *shape)), count_macs(structural, (1, *shape))
+        macs_exec = count_macs(pruned, (1, *shape)) if structural is not pruned else macs_pruned
+        del structural
+    rep["params"] = {"dense": dense_ir.num_params(), "pruned": pruned_ir.num_params()}
+    rep["macs"] = {"dense": macs_dense, "pruned": macs_pruned, "executed": macs_exec,
+                   "ratio": macs_pruned / macs_dense, "unit": "MACs per image"}
+    rep["structure"] = block_table(dense_ir, pruned_ir)
+
+    # 5. export
+    with log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"):
+        onnx_pruned = export_onnx(pruned, tmp / "model.onnx", shape)
+        onnx_dense = export_onnx(dense, work / "dense.onnx", shape)
+        d_pruned = onnx_max_abs_diff(pruned, onnx_pruned, x, threads=max(opt.threads))
+        d_dense = onnx_max_abs_diff(dense, onnx_dense, x, threads=max(opt.threads))
+    rep["export"] = {
+        "onnx_max_abs_diff": d_pruned, "dense_onnx_max_abs_diff": d_dense, "tolerance": tol,
+        "passed": d_pruned <= tol and d_dense <= tol, "opset": OPSET, "input": INPUT_NAME,
+        "dynamic_batch": True, "file": "model.onnx", "bytes": onnx_pruned.stat().st_size,
+    }
+    if not rep["export"]["passed"]:
+        raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
+    rep["verified"] = True
+    del dense
+
+    # 6. latency
+    ideal = macs_dense / macs_pruned
+    entries = []
+    for threads in opt.threads:
+        runners = {"dense": OrtRunner(onnx_dense, threads=threads), "pruned": OrtRunner(onnx_pruned, threads=threads)}
+        for batch in opt.batches:
+            with log.stage(f"latency_b{batch}_t{threads}", f"latency onnxruntime cpu batch {batch} threads {threads}"):
+                with log.bar(f"batch {batch}, {threads} threads", 10) as bar:
+                    res = measure_interleaved(runners, batch, shape, budget_s=opt.bench_seconds, progress=bar)
+            d, p = res.stats("dense"), res.stats("pruned")
+            speedup = d["p50"] / p["p50"]
+            entries.append({
+                "runtime": "onnxruntime", "device": "cpu", "provider": "CPUExecutionProvider",
+                "batch": batch, "threads": threads, "rounds": res.rounds,
+                "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
+                "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
+                "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
+                "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
+                "ideal_speedup": ideal, "realization": speedup / ideal,
+            })
+        del runners
+    rep["latency"] = entries
+    rep["engines"] = {"onnxruntime": {"file": "model.onnx", "note": "ONNX Runtime optimises the graph at session creation"}}
+    if opt.trt:
+        rep["engines"]["tensorrt"] = _tensorrt(tmp, onnx_pruned, shape, opt, log)
+
+    # 7. accuracy
+    if opt.data:
+        from vitshrink.runtime.accuracy import evaluate, list_images
+
+        runners = {"dense": OrtRunner(onnx_dense, threads=max(opt.threads)), "pruned": OrtRunner(onnx_pruned, threads=max(opt.threads))}
+        with log.stage("accuracy", f"accuracy on {opt.data}"):
+            n = len(list_images(opt.data, dense_ir.num_classes)[:opt.data_limit])
+            with log.bar("images", n) as bar:
+                acc = evaluate(runners, opt.data, transform, dense_ir.num_classes, limit=opt.data_limit, progress=bar)
+        rep["accuracy"] = {
+            "n": acc["n"], "runtime": "onnxruntime", "transform": "timm eval transform of the model",
+            "dense_top1": acc["dense_top1"], "pruned_top1": acc["pruned_top1"],
+            "dense_top5": acc["dense_top5"], "pruned_top5": acc["pruned_top5"],
+            "top1_agreement": acc["top1_agreement"],
+        }
+    return rep
+
+
+def _tensorrt(tmp: Path, onnx_path: Path, shape, opt: CompileOptions, log: _Log) -> dict:
+    from vitshrink.runtime.tensorrt import build_engine, tensorrt_status
+
+    from .export import INPUT_NAME
+
+    reason = tensorrt_status()
+    if reason:
+        log.warn(f"TensorRT skipped: {reason}")
+        return {"skipped": reason}
+    with log.stage("tensorrt", "build TensorRT engine (fp16)"):
+        hi = max(max(opt.batches), 1)
+        build_engine(onnx_path, tmp / "model.trt", INPUT_NAME, shape, batches=(1, hi, hi), fp16=True,
+                     timing_cache=tmp / "trt.timing-cache")
+    return {"file": "model.trt", "fp16": True}

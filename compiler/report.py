@@ -1,0 +1,186 @@
+"""report.json, report.md and plots of a compile run.
+
+report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms):
+
+- ``model``, ``created``, ``inputs`` (spec/checkpoint paths and sha256, data dir), ``toolchain``
+  (versions), ``machine``, ``timings_s`` (seconds per stage)
+- ``params.dense``, ``params.pruned``; ``macs.dense``, ``macs.pruned`` (structure after pruning),
+  ``macs.executed`` (what the exported graph computes, including layout padding), ``macs.ratio``
+- ``structure``: ``embed_dim`` [dense, pruned], ``exit_after``, ``blocks``: per source block
+  ``kept``, ``status`` (kept / removed / after exit), ``heads``, ``qk``/``v`` (channels summed over heads), ``mlp`` -- each [dense, pruned]
+- ``import.max_abs_diff`` (codegen of the unpruned IR vs timm), ``exactness.max_abs_diff``,
+  ``exactness.passed``, ``exactness.reload_max_abs_diff``; ``export.onnx_max_abs_diff`` (ONNX
+  Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff``, ``export.passed``; ``verified``
+- ``latency``: entries with ``runtime``, ``device``, ``batch``, ``threads``, ``rounds``,
+  ``dense_ms.{p50,p90,p99,mean}``, ``pruned_ms.{...}``, ``dense_throughput``/``pruned_throughput``
+  (images/s at p50), ``speedup`` (dense p50 / pruned p50), ``speedup_paired`` (median of per-round
+  ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup / ideal_speedup)
+- ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
+  ``pruned_top5``, ``top1_agreement`` (fractions)
+- ``engines``: the files built per runtime (TensorRT: file or ``skipped`` with the reason)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .ir import ViTIR
+
+
+def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
+    """Per-block widths, dense vs pruned, keyed by source block."""
+    rows = []
+    for b in dense.blocks:
+        p = pruned.block(b.source_index)
+        after_exit = pruned.exit_after is not None and b.source_index > pruned.exit_after
+        rows.append({
+            "block": b.source_index,
+            "kept": p is not None,
+            "status": "kept" if p is not None else ("after exit" if after_exit else "removed"),
+            "heads": [b.attn.num_heads, p.attn.num_heads if p else 0],
+            "qk": [sum(b.attn.qk_dims), sum(p.attn.qk_dims) if p else 0],
+            "v": [sum(b.attn.v_dims), sum(p.attn.v_dims) if p else 0],
+            "mlp": [b.mlp.hidden, p.mlp.hidden if p else 0],
+        })
+    return {"embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after, "blocks": rows}
+
+
+def _fmt_macs(m: float) -> str:
+    return f"{m / 1e9:.3f} G"
+
+
+def _plot_widths(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["structure"]["blocks"]
+    idx = [r["block"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, title in zip(axes, ("heads", "v", "mlp"), ("attention heads", "v channels (all heads)", "MLP hidden neurons")):
+        ax.bar(idx, [r[key][0] for r in rows], color="#d0d7de", label="dense")
+        ax.bar(idx, [r[key][1] for r in rows], color="#1f6feb", label="pruned")
+        ax.set_title(title)
+        ax.set_xlabel("block")
+        ax.set_xticks(idx)
+    axes[0].legend()
+    fig.suptitle(f"{report['model']}: widths per block (embed_dim {report['structure']['embed_dim'][0]} -> "
+                 f"{report['structure']['embed_dim'][1]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_latency(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    md, mp = report["macs"]["dense"] / 1e9, report["macs"]["pruned"] / 1e9
+    for e in report["latency"]:
+        d, p = e["dense_ms"]["p50"] / e["batch"], e["pruned_ms"]["p50"] / e["batch"]
+        line, = ax.plot([md, mp], [d, p], "o-", label=f"batch {e['batch']}, {e['threads']} thr "
+                                                      f"(x{e['speedup']:.2f}, realization {e['realization']:.2f})")
+        ax.plot([md, mp], [d, d * mp / md], ":", color=line.get_color(), alpha=0.6)
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("ms per image (p50)")
+    ax.set_title("latency vs MACs (dotted: ideal, proportional to MACs)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    """The human-readable report."""
+    ok = lambda b: "pass" if b else "FAIL"  # noqa: E731
+    m, p = report["macs"], report["params"]
+    src = report["inputs"]["checkpoint"]
+    lines = [
+        f"# vitshrink report: {report['model']}",
+        "",
+        f"- checkpoint: {src['path'] or '**random weights** (no checkpoint given)'}",
+        f"- spec: {report['inputs']['spec']['path']} (sha256 {report['inputs']['spec']['sha256'][:12]})",
+        f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores",
+        f"- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()),
+        "",
+        "## Size",
+        "",
+        "| | dense | pruned | ratio |",
+        "|---|---|---|---|",
+        f"| MACs per image | {_fmt_macs(m['dense'])} | {_fmt_macs(m['pruned'])} | {m['pruned'] / m['dense']:.3f} |",
+        f"| parameters | {p['dense'] / 1e6:.3f} M | {p['pruned'] / 1e6:.3f} M | {p['pruned'] / p['dense']:.3f} |",
+        f"| embed_dim | {report['structure']['embed_dim'][0]} | {report['structure']['embed_dim'][1]} | |",
+        "",
+    ]
+    if m["executed"] != m["pruned"]:
+        lines += [f"The exported graph computes {_fmt_macs(m['executed'])} MACs: irregular head widths were padded "
+                  f"with zeros to one width per block (layout `{report['layout']['policy']}`, exact).", ""]
+    if report["structure"]["exit_after"] is not None:
+        lines += [f"Early exit after block {report['structure']['exit_after']}.", ""]
+    lines += [
+        "## Verification",
+        "",
+        f"- import fidelity (codegen of the unpruned model vs timm): max |diff| = {report['import']['max_abs_diff']:.2e} ({ok(report['import']['passed'])})",
+        f"- exactness (pruned vs masked dense reference, {report['exactness']['inputs']}): max |diff| = "
+        f"{report['exactness']['max_abs_diff']:.2e} <= {report['exactness']['tolerance']:g} ({ok(report['exactness']['passed'])})",
+        f"- reloaded checkpoint vs compiled model: max |diff| = {report['exactness']['reload_max_abs_diff']:.2e}",
+        f"- ONNX (opset {report['export']['opset']}, dynamic batch) in ONNX Runtime vs torch: pruned "
+        f"{report['export']['onnx_max_abs_diff']:.2e}, dense {report['export']['dense_onnx_max_abs_diff']:.2e} ({ok(report['export']['passed'])})",
+        "",
+        "## Latency",
+        "",
+        "Dense and pruned (same codegen, same runtime) timed interleaved in one run; milliseconds per batch.",
+        "",
+        "| runtime | device | batch | threads | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up | ideal (MACs) | realization |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in report["latency"]:
+        lines.append(
+            f"| {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['dense_ms']['p50']:.2f} | "
+            f"{e['pruned_ms']['p50']:.2f} | {e['dense_ms']['p90']:.2f} | {e['pruned_ms']['p90']:.2f} | "
+            f"{e['speedup']:.3f} | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** |")
+    lines += ["", "![latency vs MACs](latency.png)", ""]
+    if "accuracy" in report:
+        a = report["accuracy"]
+        lines += [
+            "## Accuracy",
+            "",
+            f"{a['n']} images from {report['inputs']['data']}, the model's timm eval transform, ONNX Runtime.",
+            "",
+            "| | top-1 | top-5 |",
+            "|---|---|---|",
+            f"| dense | {a['dense_top1']:.4f} | {a['dense_top5']:.4f} |",
+            f"| pruned | {a['pruned_top1']:.4f} | {a['pruned_top5']:.4f} |",
+            "",
+            f"Top-1 agreement between dense and pruned: {a['top1_agreement']:.4f}.",
+            "",
+        ]
+    lines += [
+        "## Structure",
+        "",
+        "| block | kept | heads | q/k channels | v channels | MLP hidden |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["structure"]["blocks"]:
+        lines.append(f"| {r['block']} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
+                     f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} |")
+    lines += ["", "![widths per block](widths.png)", ""]
+    eng = report.get("engines", {})
+    if "tensorrt" in eng:
+        t = eng["tensorrt"]
+        lines += ["## TensorRT", "", f"skipped: {t['skipped']}" if "skipped" in t else f"engine: {t['file']}", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, directory: Path) -> None:
+    """Write report.json, report.md, widths.png and latency.png into ``directory``."""
+    (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    _plot_widths(report, directory / "widths.png")
+    if report.get("latency"):
+        _plot_latency(report, directory / "latency.png")
+    (directory / "report.md").write_text(markdown(report))

@@ -1,0 +1,62 @@
+"""Graph-rewriting passes.
+
+- :mod:`.structural`: IR -> IR, remove structure named by masks (heads, q/k/v channels, MLP neurons,
+  embedding channels, blocks, early exit). Each exact.
+- :mod:`.layout`: IR -> IR, exact re-layouts that make irregular widths run fast (group, pad).
+- :mod:`.onnx_cleanup`: ONNX -> ONNX cleanup before an engine is built.
+
+:func:`apply_spec` runs the structural passes a validated spec asks for.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from torch import Tensor
+
+from vitshrink.ir import LayerNormIR, ViTIR
+from vitshrink.spec import ResolvedSpec
+
+from .layout import group_heads, pad_heads
+from .structural import (
+    early_exit,
+    prune_embed,
+    prune_head_channels,
+    prune_heads,
+    prune_mlp,
+    remove_blocks,
+)
+
+__all__ = [
+    "apply_spec", "early_exit", "group_heads", "pad_heads", "prune_embed", "prune_head_channels",
+    "prune_heads", "prune_mlp", "remove_blocks",
+]
+
+
+def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> ViTIR:
+    """Apply every structural pass ``spec`` asks for to the dense ``ir``.
+
+    Args:
+        ir: dense import of the model the spec was resolved against.
+        spec: output of :func:`vitshrink.spec.resolve_spec` (validated; masks in original coordinates).
+        tensors: checkpoint tensors (keys of the model and extra ones) for the exit classifier.
+    Returns:
+        The pruned IR (structure physically removed; not yet re-laid-out).
+    """
+    tensors = tensors or {}
+    ir = prune_head_channels(ir, spec.qk, spec.v)
+    ir = prune_heads(ir, spec.heads)
+    ir = prune_mlp(ir, spec.mlp)
+    if spec.exit is not None:
+        e = spec.exit
+        norm = None
+        if e.norm is not None:
+            norm = LayerNormIR(tensors[f"{e.norm}.weight"], tensors[f"{e.norm}.bias"], ir.norm.eps)
+        heads = {}
+        for name, prefix in (("head", e.head), ("head_dist", e.head_dist)):
+            if prefix is not None:
+                heads[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
+        ir = early_exit(ir, e.block, norm=norm, heads=heads)
+    ir = remove_blocks(ir, spec.removed_blocks)
+    if spec.embed is not None:
+        ir = prune_embed(ir, spec.embed)
+    return ir

@@ -1,0 +1,27 @@
+"""ONNX -> ONNX cleanup before an engine is built (onnx-graphsurgeon).
+
+Folds constants, removes dead nodes and unused initialisers, and sorts the graph topologically.
+Exact: no arithmetic changes beyond evaluating constant sub-graphs once at compile time.
+"""
+from __future__ import annotations
+
+import onnx
+
+
+def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding + dead-node removal + toposort with onnx-graphsurgeon.
+
+    Args:
+        model: an in-memory ONNX model (weights embedded).
+    Returns:
+        The cleaned model (a new ModelProto; opset and IR version kept).
+    """
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    graph.fold_constants().cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(model.opset_import)
+    return out

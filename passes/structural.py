@@ -1,0 +1,194 @@
+"""Structural passes: IR -> IR, each removing one kind of structure physically.
+
+Every pass takes masks in *original* model coordinates (bool, True = keep) and maps them through the
+IR's ids, so passes compose in any order. Each is exact: the smaller model computes the same logits
+as the dense model with the masks applied as zeros (heads, channels, neurons), as identity (blocks),
+or as a truncation (early exit); ``tests/test_exactness.py`` proves it against
+:mod:`vitshrink.reference` on random masks.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from vitshrink.ir import (
+    PAD,
+    AttentionIR,
+    BlockIR,
+    ClassifierIR,
+    LayerNormIR,
+    MlpIR,
+    ViTIR,
+    cols,
+    replace,
+    rows,
+)
+
+
+def _offsets(dims: Sequence[int]) -> list[int]:
+    out, acc = [], 0
+    for d in dims:
+        out.append(acc)
+        acc += d
+    return out
+
+
+def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int], Sequence[int]]]) -> AttentionIR:
+    """Rebuild ``attn`` from a plan: for each output head, ``(head position, q/k channel positions,
+    v channel positions)`` in the *current* attention. Positions, not ids. Reordering is allowed
+    (attention is invariant to a joint permutation of heads and proj input columns)."""
+    qk_off, v_off = _offsets(attn.qk_dims), _offsets(attn.v_dims)
+    qk_rows, v_rows = [], []
+    head_ids, qk_ids, v_ids = [], [], []
+    for h, qk_pos, v_pos in plan:
+        qk_rows += [qk_off[h] + j for j in qk_pos]
+        v_rows += [v_off[h] + j for j in v_pos]
+        head_ids.append(attn.head_ids[h])
+        qk_ids.append(tuple(attn.qk_ids[h][j] for j in qk_pos))
+        v_ids.append(tuple(attn.v_ids[h][j] for j in v_pos))
+    return replace(
+        attn,
+        head_ids=tuple(head_ids), qk_ids=tuple(qk_ids), v_ids=tuple(v_ids),
+        q_weight=rows(attn.q_weight, qk_rows), q_bias=rows(attn.q_bias, qk_rows),
+        k_weight=rows(attn.k_weight, qk_rows), k_bias=rows(attn.k_bias, qk_rows),
+        v_weight=rows(attn.v_weight, v_rows), v_bias=rows(attn.v_bias, v_rows),
+        proj_weight=cols(attn.proj_weight, v_rows),
+    )
+
+
+def _keep(ids: Iterable[int], mask: Tensor) -> list[int]:
+    """Positions whose original id is kept by ``mask`` (padding, id -1, is always kept)."""
+    return [p for p, i in enumerate(ids) if i == PAD or bool(mask[i])]
+
+
+def _map_blocks(ir: ViTIR, fn, masks: Mapping[int, object]) -> ViTIR:
+    if not masks:
+        return ir
+    return replace(ir, blocks=tuple(fn(b, masks[b.source_index]) if b.source_index in masks else b for b in ir.blocks))
+
+
+def prune_head_channels(ir: ViTIR, qk: Mapping[int, Tensor], v: Mapping[int, Tensor]) -> ViTIR:
+    """Remove q/k and v channels per head (VTC-LFC, Wang et al. NeurIPS 2022, channel pruning by LFS).
+
+    Args:
+        qk: source block -> [H, head_dim] bool; q and k of a head keep the same channels (their dot
+            product ``q_h . k_h`` loses exactly the masked terms; the softmax scale stays the original
+            ``head_dim ** -0.5``).
+        v: source block -> [H, head_dim] bool; a removed v channel removes the matching input column
+            of proj. A head left with no v channel contributes nothing and is removed whole.
+    Raises:
+        ValueError: a head would keep v channels but no q/k channel (validation prevents this).
+    """
+    blocks = set(qk) | set(v)
+
+    def fn(b: BlockIR, _):
+        a = b.attn
+        plan = []
+        for h, hid in enumerate(a.head_ids):
+            qk_pos = _keep(a.qk_ids[h], qk[b.source_index][hid]) if b.source_index in qk else list(range(a.qk_dims[h]))
+            v_pos = _keep(a.v_ids[h], v[b.source_index][hid]) if b.source_index in v else list(range(a.v_dims[h]))
+            if not v_pos:
+                continue
+            if not qk_pos:
+                raise ValueError(f"blocks.{b.source_index}: head {hid} keeps v channels but no q/k channel")
+            plan.append((h, qk_pos, v_pos))
+        return replace(b, attn=select_attention(a, plan))
+
+    return _map_blocks(ir, fn, {i: None for i in blocks})
+
+
+def prune_heads(ir: ViTIR, heads: Mapping[int, Tensor]) -> ViTIR:
+    """Remove whole attention heads (WDPruning, S2ViTE, SAViT): the head's q, k, v rows and its proj
+    input columns. ``heads``: source block -> [H] bool."""
+
+    def fn(b: BlockIR, mask: Tensor):
+        a = b.attn
+        plan = [(h, range(a.qk_dims[h]), range(a.v_dims[h])) for h in _keep(a.head_ids, mask)]
+        return replace(b, attn=select_attention(a, plan))
+
+    return _map_blocks(ir, fn, heads)
+
+
+def prune_mlp(ir: ViTIR, mlp: Mapping[int, Tensor]) -> ViTIR:
+    """Remove MLP hidden neurons (all width methods; S2ViTE ranks by fc1-row L1): fc1 output rows and
+    fc2 input columns. Exact because GELU(0) = 0 for a zeroed neuron. ``mlp``: source block -> [hidden] bool."""
+
+    def fn(b: BlockIR, mask: Tensor):
+        m = b.mlp
+        keep = _keep(m.hidden_ids, mask)
+        return replace(b, mlp=replace(
+            m, hidden_ids=tuple(m.hidden_ids[p] for p in keep),
+            fc1_weight=rows(m.fc1_weight, keep), fc1_bias=rows(m.fc1_bias, keep),
+            fc2_weight=cols(m.fc2_weight, keep),
+        ))
+
+    return _map_blocks(ir, fn, mlp)
+
+
+def _ln(p: LayerNormIR, keep: list[int]) -> LayerNormIR:
+    return replace(p, weight=rows(p.weight, keep), bias=rows(p.bias, keep))
+
+
+def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
+    """Remove residual-stream channels everywhere (SAViT, Zheng et al. NeurIPS 2022, embedding mask).
+
+    Shrinks the patch embedding, prefix tokens, position embedding, every LayerNorm (which then
+    normalises over the kept channels only -- the reference semantics of SAViT), the inputs of
+    q/k/v and fc1, the outputs of proj and fc2, and the classifier inputs. ``embed``: [D] bool.
+    """
+    keep = _keep(ir.embed_ids, embed)
+
+    def block(b: BlockIR) -> BlockIR:
+        a, m = b.attn, b.mlp
+        attn = replace(
+            a, q_weight=cols(a.q_weight, keep), k_weight=cols(a.k_weight, keep), v_weight=cols(a.v_weight, keep),
+            proj_weight=rows(a.proj_weight, keep), proj_bias=rows(a.proj_bias, keep),
+        )
+        mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep))
+        return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp)
+
+    return replace(
+        ir,
+        embed_ids=tuple(ir.embed_ids[p] for p in keep),
+        patch_weight=rows(ir.patch_weight, keep), patch_bias=rows(ir.patch_bias, keep),
+        prefix=tuple(replace(t, value=rows(t.value, keep)) for t in ir.prefix),
+        pos_embed=cols(ir.pos_embed, keep),
+        blocks=tuple(block(b) for b in ir.blocks),
+        norm=_ln(ir.norm, keep),
+        heads=tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
+    )
+
+
+def remove_blocks(ir: ViTIR, removed: Iterable[int]) -> ViTIR:
+    """Remove whole blocks (given by source index): the residual stream passes through unchanged,
+    i.e. the block acts as the identity (WDPruning depth pruning without a classifier change)."""
+    removed = set(removed)
+    if not removed:
+        return ir
+    return replace(ir, blocks=tuple(b for b in ir.blocks if b.source_index not in removed))
+
+
+def early_exit(
+    ir: ViTIR,
+    block: int,
+    norm: Optional[LayerNormIR] = None,
+    heads: Optional[Mapping[str, tuple[Tensor, Optional[Tensor]]]] = None,
+) -> ViTIR:
+    """End the model after source block ``block`` (WDPruning, Yu et al. AAAI 2022: shallow classifier).
+
+    Every later block is dropped; the class (and distillation) token is normalised with ``norm`` and
+    classified with ``heads[name] = (weight [C, D_orig], bias [C])``. Both are given in original
+    coordinates (full embed_dim) and mapped through ``ir.embed_ids``; None keeps the current ones.
+    """
+    blocks = tuple(b for b in ir.blocks if b.source_index <= block)
+    ids = list(ir.embed_ids)
+    new_norm = ir.norm if norm is None else replace(norm, weight=rows(norm.weight, ids), bias=rows(norm.bias, ids))
+    new_heads = []
+    for h in ir.heads:
+        if heads and h.name in heads:
+            w, b = heads[h.name]
+            h = ClassifierIR(h.name, h.token, cols(w, ids), None if b is None else b.clone())
+        new_heads.append(h)
+    return replace(ir, blocks=blocks, norm=new_norm, heads=tuple(new_heads), exit_after=block)

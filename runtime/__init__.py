@@ -1,0 +1,1 @@
+"""Runners (torch, ONNX Runtime, TensorRT) and latency/accuracy measurement."""

@@ -1,0 +1,91 @@
+"""TensorRT engines through polygraphy's TRT backend (thin: polygraphy does the building and running).
+
+TensorRT cannot be installed on the build and CI machines; :func:`tensorrt_status` says why, and
+callers skip with that message. Nothing here is faked: without ``tensorrt`` no engine exists.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .base import Runner
+
+
+def tensorrt_status() -> Optional[str]:
+    """None when TensorRT can build and run engines here, else the reason it cannot."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed (its Python package needs an NVIDIA GPU machine)"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA device is visible"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return None
+
+
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    input_name: str,
+    input_shape: tuple[int, int, int],
+    batches: tuple[int, int, int] = (1, 8, 64),
+    fp16: bool = True,
+    timing_cache: Optional[str | Path] = None,
+) -> Path:
+    """Build a TensorRT engine from an ONNX file and save it with a ``.json`` metadata file beside it.
+
+    Args:
+        batches: (min, opt, max) batch sizes of the single optimisation profile.
+        fp16: allow FP16 kernels (TensorRT picks per layer).
+        timing_cache: file to load and update, so rebuilds are fast.
+    Raises:
+        RuntimeError: TensorRT is unavailable (the reason is given).
+    """
+    reason = tensorrt_status()
+    if reason:
+        raise RuntimeError(f"TensorRT engine not built: {reason}")
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+
+    lo, opt, hi = batches
+    profile = Profile().add(input_name, (lo, *input_shape), (opt, *input_shape), (hi, *input_shape))
+    cache = str(timing_cache) if timing_cache else None
+    config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=cache)
+    engine = EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config, save_timing_cache=cache)
+    SaveEngine(engine, str(engine_path))()
+    import tensorrt as trt
+
+    meta = {"onnx": Path(onnx_path).name, "tensorrt": trt.__version__, "fp16": fp16,
+            "profile": {"input": input_name, "min": lo, "opt": opt, "max": hi, "shape": list(input_shape)}}
+    Path(str(engine_path) + ".json").write_text(json.dumps(meta, indent=1) + "\n")
+    return Path(engine_path)
+
+
+class TrtRunner(Runner):
+    """Runs a saved engine with polygraphy's ``TrtRunner``. Latency includes host<->device copies."""
+
+    runtime = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, engine_path: str | Path, input_name: str = "images"):
+        reason = tensorrt_status()
+        if reason:
+            raise RuntimeError(f"TensorRT runner unavailable: {reason}")
+        from polygraphy.backend.trt import EngineFromPath
+        from polygraphy.backend.trt import TrtRunner as _PgRunner
+
+        self.input_name = input_name
+        self._runner = _PgRunner(EngineFromPath(str(engine_path)))
+        self._runner.activate()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        out = self._runner.infer({self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
+        return np.asarray(next(iter(out.values())))
+
+    def close(self) -> None:
+        self._runner.deactivate()

@@ -1,0 +1,48 @@
+"""torch runner: the generated ``nn.Module`` in eager mode, or compiled with ``torch.compile``."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Runner
+
+
+class TorchRunner(Runner):
+    """Runs a module on ``device`` ("cpu" or "cuda") in ``dtype`` (float32 or float16).
+
+    Args:
+        compile: wrap the module with ``torch.compile`` (first calls are slow; warm up before timing).
+        threads: torch intra-op threads on CPU (``torch.set_num_threads``; process-wide).
+    """
+
+    runtime = "torch"
+
+    def __init__(self, model: nn.Module, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 compile: bool = False, threads: int | None = None):
+        self.device, self.dtype, self.threads = device, dtype, threads
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.fn = torch.compile(self.model) if compile else self.model
+        if compile:
+            self.runtime = "torch.compile"
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, self.dtype)
+        return self.fn(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def time_once(self, images: np.ndarray) -> float:
+        """Milliseconds of the forward pass alone (input already on the device; CUDA synchronised)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, self.dtype)
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        self.fn(x)
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
