@@ -255,10 +255,19 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().float() for k, v in sd.items()}
 
 
-def build_module(ir: ViTIR) -> PrunedViT:
-    """IR -> :class:`PrunedViT` in eval mode, holding copies of the IR's weights."""
-    model = PrunedViT(architecture(ir))
-    model.load_state_dict(state_dict(ir), strict=True)
+def build_module(ir: ViTIR, share: bool = False) -> PrunedViT:
+    """IR -> :class:`PrunedViT` in eval mode.
+
+    Args:
+        share: the module's parameters *are* the IR's tensors where their layout allows (no copy;
+            training the module then changes the IR). Default: independent copies.
+    """
+    with torch.device("meta"):  # no throw-away random init: the weights come from the IR
+        model = PrunedViT(architecture(ir))
+    sd = state_dict(ir)
+    if not share:
+        sd = {k: v.clone() for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
     return model.eval()
 
 

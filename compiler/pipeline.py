@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -67,6 +68,7 @@ class _Log:
 
             self.console = Console(stderr=True, highlight=False)
         self.timings: dict[str, float] = {}
+        self.peak_rss_gb: dict[str, float] = {}
 
     def info(self, msg: str) -> None:
         if self.console:
@@ -86,6 +88,7 @@ class _Log:
             yield
         dt = time.perf_counter() - t0
         self.timings[name] = round(dt, 2)
+        self.peak_rss_gb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)
         self.info(f"[green]✓[/] {label} [dim]({dt:.1f} s)[/]")
 
     @contextmanager
@@ -215,6 +218,7 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
         VitshrinkError: bad input (spec, checkpoint, model, data) -- nothing is written.
         VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
     """
+    from . import codegen
     from .frontends.timm import eval_transform, import_model
     from .report import write_report
     from .spec import load_spec, resolve_spec, save_spec
@@ -235,14 +239,24 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
             timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
         for w in caught:
             log.warn(str(w.message))
-        tensors = {**{k: v for k, v in timm_model.state_dict().items()}, **extras}
-        resolved = resolve_spec(spec, dense_ir, tensors)
+        resolved = resolve_spec(spec, dense_ir, {**timm_model.state_dict(), **extras})
         if opt.data:
             from vitshrink.runtime.accuracy import list_images
 
             list_images(opt.data, dense_ir.num_classes)
         transform = eval_transform(timm_model)
     shape = (dense_ir.in_chans, *dense_ir.img_size)
+    # keep only the checkpoint tensors the spec references (an exit classifier), not the whole model
+    tensors = _referenced_tensors(resolved, {**timm_model.state_dict(), **extras})
+    x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes)
+
+    # 2. import fidelity (then the timm model is dropped: the IR holds the weights)
+    with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
+        fidelity = _max_diff(codegen.build_module(dense_ir, share=True)(x), timm_model(x))
+    del timm_model, extras
+    if fidelity > opt.tolerance:
+        raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
+
     report: dict = {
         "format": "vitshrink.report/1",
         "model": model_name,
@@ -255,16 +269,18 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
         },
         "toolchain": toolchain(),
         "machine": machine(),
+        "import": {"max_abs_diff": fidelity, "tolerance": opt.tolerance, "passed": True},
     }
     tmp, created_parent = prepare_output(out)
     work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
+    owned = {"dense_ir": dense_ir}  # handed over, so the callee can free the dense weights early
+    del dense_ir
     try:
-        report.update(_compile_into(
-            tmp, work, model_name, spec, resolved, timm_model, dense_ir, tensors, transform, shape, opt, log,
-        ))
+        report.update(_compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt, log))
         with log.stage("report", "write report"):
             save_spec(spec, tmp / "spec.json")
             report["timings_s"] = log.timings
+            report["peak_rss_gb"] = log.peak_rss_gb  # process peak resident memory after each stage
             write_report(report, tmp)
         commit_output(tmp, out)
     except BaseException:
@@ -278,11 +294,21 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
     return report
 
 
-def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, tensors, transform, shape, opt, log) -> dict:
-    from vitshrink.runtime.latency import measure_interleaved
-    from vitshrink.runtime.ort import OrtRunner
+def _referenced_tensors(resolved, tensors: dict) -> dict:
+    e = resolved.exit
+    if e is None:
+        return {}
+    prefixes = [p for p in (e.head, e.head_dist, e.norm) if p is not None]
+    return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}
 
+
+def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt, log) -> dict:
+    """Stages 3-7 into ``tmp`` (``work``: scratch for the dense baseline). Takes the dense IR out of
+    ``owned`` and drops large objects as soon as they are no longer needed: peak memory is the dense
+    weights once plus what the exporter needs."""
     from vitshrink.passes import apply_spec, group_heads, pad_heads
+    from vitshrink.runtime.latency import measure_onnx
+    from vitshrink.runtime.ort import OrtRunner
 
     from . import codegen
     from .counting import count_macs
@@ -292,16 +318,7 @@ def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, t
 
     rep: dict = {}
     tol = opt.tolerance
-    x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes)
-
-    # 2. import fidelity
-    with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
-        dense = codegen.build_module(dense_ir)
-        fidelity = _max_diff(dense(x), timm_model(x))
-    rep["import"] = {"max_abs_diff": fidelity, "tolerance": tol, "passed": fidelity <= tol}
-    del timm_model
-    if fidelity > tol:
-        raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {tol:g}")
+    dense_ir = owned.pop("dense_ir")
 
     # 3. passes + codegen
     with log.stage("passes", "structural passes + codegen"):
@@ -318,8 +335,7 @@ def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, t
         got = pruned(x)
         exact = _max_diff(got, ref)
         codegen.save(pruned, tmp / "model")
-        reloaded = codegen.load(tmp / "model")
-        reload_diff = _max_diff(reloaded(x), got)
+        reload_diff = _max_diff(codegen.load(tmp / "model")(x), got)
     rep["exactness"] = {
         "max_abs_diff": exact, "tolerance": tol, "passed": exact <= tol, "reload_max_abs_diff": reload_diff,
         "inputs": f"{opt.verify_images} random" + (f" + {opt.verify_images} real images" if opt.data else ""),
@@ -332,22 +348,28 @@ def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, t
             f"(reload {reload_diff:.3g}) > {tol:g}")
 
     # counting
+    dense = codegen.build_module(dense_ir, share=True)
     with log.stage("count", "count MACs and parameters"):
-        structural = codegen.build_module(pruned_ir) if padded else pruned
+        structural = codegen.build_module(pruned_ir, share=True) if padded else pruned
         macs_dense, macs_pruned = count_macs(dense, (1, *shape)), count_macs(structural, (1, *shape))
-        macs_exec = count_macs(pruned, (1, *shape)) if structural is not pruned else macs_pruned
+        macs_exec = count_macs(pruned, (1, *shape)) if padded else macs_pruned
         del structural
     rep["params"] = {"dense": dense_ir.num_params(), "pruned": pruned_ir.num_params()}
     rep["macs"] = {"dense": macs_dense, "pruned": macs_pruned, "executed": macs_exec,
                    "ratio": macs_pruned / macs_dense, "unit": "MACs per image"}
     rep["structure"] = block_table(dense_ir, pruned_ir)
+    num_classes = dense_ir.num_classes
+    del dense_ir, pruned_ir, laid_out
 
-    # 5. export
-    with log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"):
+    # 5. export (each module is dropped after its export; the checks use logits computed before)
+    with log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"), torch.no_grad():
+        want_pruned, want_dense = got, dense(x)
         onnx_pruned = export_onnx(pruned, tmp / "model.onnx", shape)
+        del pruned
         onnx_dense = export_onnx(dense, work / "dense.onnx", shape)
-        d_pruned = onnx_max_abs_diff(pruned, onnx_pruned, x, threads=max(opt.threads))
-        d_dense = onnx_max_abs_diff(dense, onnx_dense, x, threads=max(opt.threads))
+        del dense
+        d_pruned = onnx_max_abs_diff(onnx_pruned, x, want_pruned, threads=max(opt.threads))
+        d_dense = onnx_max_abs_diff(onnx_dense, x, want_dense, threads=max(opt.threads))
     rep["export"] = {
         "onnx_max_abs_diff": d_pruned, "dense_onnx_max_abs_diff": d_dense, "tolerance": tol,
         "passed": d_pruned <= tol and d_dense <= tol, "opset": OPSET, "input": INPUT_NAME,
@@ -356,29 +378,34 @@ def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, t
     if not rep["export"]["passed"]:
         raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
     rep["verified"] = True
-    del dense
 
-    # 6. latency
+    # 6. latency (a fresh worker process per thread count: see vitshrink.runtime.latency)
     ideal = macs_dense / macs_pruned
     entries = []
     for threads in opt.threads:
-        runners = {"dense": OrtRunner(onnx_dense, threads=threads), "pruned": OrtRunner(onnx_pruned, threads=threads)}
+        with log.stage(f"latency_t{threads}", f"latency onnxruntime cpu, {threads} threads, batch {','.join(map(str, opt.batches))}"):
+            with log.bar(f"{threads} threads", 10 * len(opt.batches)) as bar:
+                done = {}
+
+                def tick(batch, d, planned):
+                    done[batch] = (d, planned)
+                    bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(opt.batches) - len(done)))
+
+                results = measure_onnx({"dense": onnx_dense, "pruned": onnx_pruned}, opt.batches, threads, shape,
+                                       budget_s=opt.bench_seconds, progress=tick)
         for batch in opt.batches:
-            with log.stage(f"latency_b{batch}_t{threads}", f"latency onnxruntime cpu batch {batch} threads {threads}"):
-                with log.bar(f"batch {batch}, {threads} threads", 10) as bar:
-                    res = measure_interleaved(runners, batch, shape, budget_s=opt.bench_seconds, progress=bar)
+            res = results[batch]
             d, p = res.stats("dense"), res.stats("pruned")
             speedup = d["p50"] / p["p50"]
             entries.append({
                 "runtime": "onnxruntime", "device": "cpu", "provider": "CPUExecutionProvider",
-                "batch": batch, "threads": threads, "rounds": res.rounds,
+                "batch": batch, "threads": threads, "thread_pool": "global, spinning", "rounds": res.rounds,
                 "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
                 "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
                 "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
                 "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
                 "ideal_speedup": ideal, "realization": speedup / ideal,
             })
-        del runners
     rep["latency"] = entries
     rep["engines"] = {"onnxruntime": {"file": "model.onnx", "note": "ONNX Runtime optimises the graph at session creation"}}
     if opt.trt:
@@ -390,9 +417,9 @@ def _compile_into(tmp, work, model_name, spec, resolved, timm_model, dense_ir, t
 
         runners = {"dense": OrtRunner(onnx_dense, threads=max(opt.threads)), "pruned": OrtRunner(onnx_pruned, threads=max(opt.threads))}
         with log.stage("accuracy", f"accuracy on {opt.data}"):
-            n = len(list_images(opt.data, dense_ir.num_classes)[:opt.data_limit])
+            n = len(list_images(opt.data, num_classes)[:opt.data_limit])
             with log.bar("images", n) as bar:
-                acc = evaluate(runners, opt.data, transform, dense_ir.num_classes, limit=opt.data_limit, progress=bar)
+                acc = evaluate(runners, opt.data, transform, num_classes, limit=opt.data_limit, progress=bar)
         rep["accuracy"] = {
             "n": acc["n"], "runtime": "onnxruntime", "transform": "timm eval transform of the model",
             "dense_top1": acc["dense_top1"], "pruned_top1": acc["pruned_top1"],

@@ -1,0 +1,57 @@
+"""ONNX export: one self-contained file, dynamic batch, opset >= 17, onnx.checker, ONNX Runtime == torch."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import images
+from vitshrink.codegen import build_module
+from vitshrink.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from vitshrink.passes import apply_spec, group_heads, pad_heads
+from vitshrink.runtime.ort import OrtRunner
+from vitshrink.spec import Spec, resolve_spec
+
+
+def _irregular(seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(4, 12, generator=g) > 0.5
+    m[:, 0] = True
+    return m
+
+
+CASES = {
+    "dense": {},
+    "width": {"blocks.0.heads": torch.tensor([True, False, True, True]), "blocks.1.mlp": torch.arange(96) < 10,
+              "blocks.2.mlp": torch.arange(96) == 3},
+    "irregular": {"blocks.0.qk": _irregular(1), "blocks.0.v": _irregular(2), "blocks.3.qk": _irregular(3)},
+    "constant_sublayers": {"blocks.1.v": torch.zeros(4, 12, dtype=torch.bool), "blocks.2.mlp": torch.zeros(96, dtype=torch.bool)},
+    "embed_and_depth": {"embed": torch.arange(48) % 4 != 1, "blocks.0.keep": torch.tensor(False)},
+}
+
+
+@pytest.mark.parametrize("layout", ["pad", "group"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_matches_torch(tmp_path, small_distilled, case, layout):
+    _, ir = small_distilled
+    settings_ = {"exit": {"block": 2}} if case == "embed_and_depth" else {}
+    pruned = apply_spec(ir, resolve_spec(Spec(dict(CASES[case]), settings_), ir))
+    module = build_module(pad_heads(pruned) if layout == "pad" else group_heads(pruned))
+    path = export_onnx(module, tmp_path / "m.onnx", (3, 32, 32))
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert list(tmp_path.iterdir()) == [path]  # one self-contained file
+    assert [i.name for i in model.graph.input] == [INPUT_NAME] and [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    assert not {n.op_type for n in model.graph.node} & {"ScatterND", "ScatterElements", "Loop", "If"}
+
+    runner = OrtRunner(path, threads=2)
+    for batch in (1, 3):
+        x = images(batch, seed=batch)
+        with torch.no_grad():
+            want = module(x).numpy()
+        assert float(np.abs(runner.run(x.numpy()) - want).max()) <= 1e-4

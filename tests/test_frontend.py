@@ -1,0 +1,110 @@
+"""timm frontend: import fidelity for the tested models, refusal of unsupported options, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import DEIT_TINY_CKPT, images, require_shared, small_vit
+from vitshrink.codegen import build_module
+from vitshrink.errors import CheckpointError, ModelError
+from vitshrink.frontends.timm import TESTED_MODELS, create_model, from_timm, import_model, load_checkpoint
+
+
+@pytest.mark.parametrize("name", TESTED_MODELS)
+def test_import_fidelity(name):
+    """The codegen of the unpruned IR computes timm's own logits."""
+    model = create_model(name)
+    with torch.no_grad():
+        for p in model.parameters():  # timm inits biases to 0 and LN to 1: make them non-trivial
+            p.add_(torch.randn_like(p) * 0.02)
+    ir = from_timm(model, name)
+    x = images(2, 224)
+    with torch.no_grad():
+        want, got = model(x), build_module(ir)(x)
+    assert float((want - got).abs().max()) <= 1e-4
+    assert ir.num_params() == sum(p.numel() for p in model.parameters())
+    assert ir.num_prefix == (2 if "distilled" in name else 1)
+
+
+def test_ir_represents_irregular_heads(small_model):
+    """Different head counts per block and different q/k and v widths per head."""
+    from vitshrink.passes import prune_head_channels, prune_heads
+
+    _, ir = small_model
+    qk = torch.ones(4, 12, dtype=torch.bool)
+    qk[0, 5:] = False
+    v = torch.ones(4, 12, dtype=torch.bool)
+    v[2, :9] = False
+    p = prune_heads(prune_head_channels(ir, {0: qk}, {0: v}), {1: torch.tensor([True, False, False, True])})
+    assert p.blocks[0].attn.qk_dims == (5, 12, 12, 12) and p.blocks[0].attn.v_dims == (12, 12, 3, 12)
+    assert p.blocks[1].attn.num_heads == 2 and p.blocks[2].attn.num_heads == 4
+
+
+UNSUPPORTED = [
+    (dict(global_pool="avg"), "global_pool"),
+    (dict(reg_tokens=2), "reg_tokens"),
+    (dict(init_values=1e-5), "init_values"),
+    (dict(qk_norm=True), "qk_norm"),
+    (dict(no_embed_class=True), "no_embed_class"),
+    (dict(pre_norm=True), "pre_norm"),
+    (dict(dynamic_img_size=True), "dynamic_img_size"),
+    (dict(act_layer="gelu_tanh"), "act_layer"),
+    (dict(class_token=False, global_pool="avg"), "global_pool"),
+    (dict(fc_norm=True), "fc_norm"),
+]
+
+
+@pytest.mark.parametrize("kwargs,option", UNSUPPORTED, ids=[o for _, o in UNSUPPORTED])
+def test_unsupported_options_are_named(kwargs, option):
+    model = small_vit(**kwargs)
+    with pytest.raises(ModelError, match=f"option {option}"):
+        from_timm(model)
+
+
+def test_non_vit_model_is_refused():
+    with pytest.raises(ModelError, match="VisionTransformer"):
+        from_timm(create_model("resnet18"))
+
+
+def test_unknown_model_name_suggests():
+    with pytest.raises(ModelError, match=r"unknown model 'deit_tiny_patch16_244'.*deit_tiny_patch16_224"):
+        create_model("deit_tiny_patch16_244")
+
+
+def test_checkpoint_mismatch_missing_and_unreadable(tmp_path):
+    from safetensors.torch import save_file
+
+    small = create_model("deit_small_patch16_224")
+    path = tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointError, match=r"does not match the model: 'cls_token' has shape \[1, 1, 384\]"):
+        load_checkpoint(create_model("deit_tiny_patch16_224"), path)
+
+    tiny = create_model("deit_tiny_patch16_224")
+    sd = {k: v for k, v in tiny.state_dict().items() if k != "head.bias"}
+    torch.save({"model": sd}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="'head.bias' missing"):
+        load_checkpoint(tiny, tmp_path / "partial.pth")
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tiny, tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tiny, tmp_path / "absent.pth")
+
+
+def test_pth_with_wrapper_and_extras(tmp_path):
+    tiny = create_model("deit_tiny_patch16_224")
+    sd = dict(tiny.state_dict())
+    sd["exits.10.head.weight"] = torch.zeros(1000, 192)
+    torch.save({"model": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "wrapped.pth")
+    fresh = create_model("deit_tiny_patch16_224")
+    extras = load_checkpoint(fresh, tmp_path / "wrapped.pth")
+    assert list(extras) == ["exits.10.head.weight"]
+    assert torch.equal(fresh.pos_embed, tiny.pos_embed)
+
+
+def test_real_checkpoint_loads():
+    require_shared()
+    model, ir, extras = import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)
+    assert extras == {} and ir.num_params() == 5_717_416

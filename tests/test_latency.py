@@ -1,0 +1,38 @@
+"""The interleaved latency harness (structure only: no timing thresholds in unit tests)."""
+from __future__ import annotations
+
+import numpy as np
+
+from vitshrink.runtime.base import Runner
+from vitshrink.runtime.latency import measure_interleaved
+
+
+class Recorder(Runner):
+    def __init__(self, name, log, ms):
+        self.name, self.log, self.ms = name, log, ms
+
+    def run(self, images):
+        self.log.append(self.name)
+        return images.sum(axis=(1, 2, 3))
+
+    def time_once(self, images):
+        self.run(images)
+        return self.ms
+
+
+def test_interleaved_rotating_order_and_stats():
+    log = []
+    runners = {"dense": Recorder("dense", log, 4.0), "pruned": Recorder("pruned", log, 2.0)}
+    res = measure_interleaved(runners, batch=2, input_shape=(3, 8, 8), warmup=1, min_rounds=6, max_rounds=6, budget_s=0)
+    timed = log[2:]  # after one warm-up round of both
+    assert timed == ["dense", "pruned", "pruned", "dense"] * 3  # alternating first runner
+    assert res.rounds == 6
+    assert res.stats("dense")["p50"] == 4.0 and res.stats("pruned")["throughput"] == 2 * 1e3 / 2.0
+    assert res.paired_ratio("dense", "pruned") == 2.0
+
+
+def test_budget_stops_after_min_rounds():
+    runners = {"a": Recorder("a", [], 1.0)}
+    res = measure_interleaved(runners, batch=1, input_shape=(3, 4, 4), warmup=0, min_rounds=3, max_rounds=1000, budget_s=0)
+    assert res.rounds == 3
+    assert np.allclose(res.ms["a"], 1.0)

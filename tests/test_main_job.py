@@ -1,0 +1,52 @@
+"""The main job on real input: DeiT-Tiny ImageNet weights and 1000 real images from ../shared/data."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import DEIT_TINY_CKPT, IMAGENET_VAL, REPO, require_shared
+from vitshrink.errors import VerificationError
+from vitshrink.pipeline import CompileOptions, compile_model
+
+BIN = Path(sys.executable).with_name("vitshrink")
+
+
+@pytest.mark.slow
+def test_real_deit_tiny_heads_and_mlp(tmp_path):
+    require_shared()
+    spec = tmp_path / "spec.json"
+    subprocess.run([BIN, "masks", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT,
+                    "--heads", "0.67", "--mlp", "0.5", "--out", spec], check=True, capture_output=True)
+    out = tmp_path / "tiny"
+    proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--spec", spec,
+                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1,8", "--bench-seconds", "3", "--quiet"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "report.json").read_text())
+    assert r["exactness"]["max_abs_diff"] <= 1e-4 and r["export"]["onnx_max_abs_diff"] <= 1e-4
+    a = r["accuracy"]
+    assert a["n"] == 1000
+    assert abs(a["dense_top1"] - 0.789) <= 0.005  # what timm gives on these images
+    assert 0.0 <= a["pruned_top1"] <= 1.0 and 0.0 <= a["top1_agreement"] <= 1.0
+    assert a["dense_top5"] >= a["dense_top1"] and a["pruned_top5"] >= a["pruned_top1"]
+    assert r["macs"]["dense"] == 1_253_683_200
+    assert all(b["heads"] == [3, 2] and b["mlp"] == [768, 384] for b in r["structure"]["blocks"])
+    assert r["inputs"]["checkpoint"]["sha256"] and "pruned top-1" not in proc.stderr
+    print(f"\ndense top-1 {a['dense_top1']:.4f}, pruned top-1 {a['pruned_top1']:.4f}, "
+          f"realization {[round(e['realization'], 3) for e in r['latency']]}")
+
+
+def test_exactness_failure_leaves_nothing(tmp_path, monkeypatch):
+    """A pass that is not exact must stop the job before anything is written."""
+    import vitshrink.reference as reference
+
+    real = reference.reference_forward
+    monkeypatch.setattr(reference, "reference_forward", lambda *a, **k: real(*a, **k) + 1e-3)
+    spec = REPO / "compiler" / "examples" / "deit_tiny_example.json"
+    with pytest.raises(VerificationError, match="exactness failed"):
+        compile_model("deit_tiny_patch16_224", spec, tmp_path / "o", CompileOptions(progress=False, bench_seconds=0))
+    assert list(tmp_path.iterdir()) == []

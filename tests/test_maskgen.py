@@ -1,0 +1,47 @@
+"""The reference L1 mask producer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitshrink.errors import VitshrinkError
+from vitshrink.maskgen import head_scores, l1_spec
+from vitshrink.spec import resolve_spec
+
+
+def test_keeps_the_largest_units(small_model):
+    _, ir = small_model
+    spec = l1_spec(ir, heads=0.5, mlp=0.25, embed=0.75)
+    rs = resolve_spec(spec, ir)
+    for j, b in enumerate(ir.blocks):
+        i = b.source_index
+        s = head_scores(ir, j)
+        kept, dropped = s[rs.heads[i]], s[~rs.heads[i]]
+        assert rs.heads[i].sum() == 2 and kept.min() >= dropped.max()
+        fc1 = b.mlp.fc1_weight.abs().sum(1)
+        assert rs.mlp[i].sum() == round(0.25 * b.mlp.hidden)
+        assert fc1[rs.mlp[i]].min() >= fc1[~rs.mlp[i]].max()
+    assert rs.embed.sum() == 36
+
+
+def test_rounding_keeps_at_least_one(small_model):
+    _, ir = small_model
+    rs = resolve_spec(l1_spec(ir, heads=0.01, mlp=0.001), ir)
+    assert all(int(m.sum()) == 1 for m in rs.heads.values())
+    assert all(int(m.sum()) == 1 for m in rs.mlp.values())
+
+
+def test_deit_tiny_two_of_three_heads():
+    from vitshrink.frontends.timm import create_model, from_timm
+
+    ir = from_timm(create_model("deit_tiny_patch16_224"))
+    rs = resolve_spec(l1_spec(ir, heads=0.67, mlp=0.5), ir)
+    assert all(int(m.sum()) == 2 for m in rs.heads.values())
+    assert all(int(m.sum()) == 384 for m in rs.mlp.values())
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
+def test_bad_ratio(small_model, ratio):
+    _, ir = small_model
+    with pytest.raises(VitshrinkError, match="keep ratio"):
+        l1_spec(ir, mlp=ratio)
