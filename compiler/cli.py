@@ -52,15 +52,18 @@ def main() -> None:
 @click.option("--limit", "data_limit", type=int, default=None, help="Evaluate only the first N images of --data.")
 @click.option("--layout", type=click.Choice(["pad", "group"]), default="pad", show_default=True,
               help="Irregular head widths: pad to one width per block, or group equal widths.")
+@click.option("--token-layout", type=click.Choice(["prefix", "gather"]), default="prefix", show_default=True,
+              help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def compile_cmd(model, spec, out, checkpoint, data, batches, threads, bench_seconds, data_limit, layout, tolerance, trt, quiet):
+def compile_cmd(model, spec, out, checkpoint, data, batches, threads, bench_seconds, data_limit, layout, token_layout,
+                tolerance, trt, quiet):
     """Prune MODEL (a timm ViT/DeiT name) as SPEC says, verify, export ONNX, measure, report into OUT."""
     from .pipeline import CompileOptions, compile_model
 
     opts = CompileOptions(checkpoint=checkpoint, data=data, batches=batches, threads=threads,
-                          bench_seconds=bench_seconds, data_limit=data_limit, layout=layout,
+                          bench_seconds=bench_seconds, data_limit=data_limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet)
     try:
         report = compile_model(model, spec, out, opts)
@@ -88,18 +91,26 @@ def _summary(report: dict) -> None:
 @click.option("--heads", type=float, default=None, help="Keep ratio of heads per block (largest L1).")
 @click.option("--mlp", type=float, default=None, help="Keep ratio of MLP hidden neurons per block (largest fc1-row L1).")
 @click.option("--embed", type=float, default=None, help="Keep ratio of embedding channels (largest L1).")
+@click.option("--tokens", "tokens", default=None,
+              help="Token schedule KIND:RATIO@BLOCKS -- uniform (static), slim (static, Patch Slimming, needs --calib), "
+                   "evit or lfe (dynamic); e.g. evit:0.7@4,7,10, slim:0.8@2-11.")
+@click.option("--token-mode", type=click.Choice(["drop", "query"]), default=None,
+              help="Static tokens: drop (leave the sequence) or query (Patch Slimming). Default: drop for uniform, query for slim.")
+@click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
+@click.option("--calib", default=None, help="ImageFolder directory of calibration images (slim).")
+@click.option("--calib-n", default=100, show_default=True, help="Calibration images, evenly spaced over the directory.")
 @click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors).")
-def masks_cmd(model, checkpoint, heads, mlp, embed, out):
-    """Write a reference mask spec for MODEL: magnitude (L1) criteria at the given keep ratios."""
+def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, calib, calib_n, out):
+    """Write a reference mask spec for MODEL: L1 width criteria and/or a token schedule."""
     from pathlib import Path
 
-    from .frontends.timm import import_model
-    from .maskgen import l1_spec
-    from .spec import mask_shapes, save_spec
+    from .frontends.timm import eval_transform, import_model
+    from .maskgen import l1_spec, token_spec
+    from .spec import Spec, mask_shapes, save_spec
 
     try:
-        if heads is None and mlp is None and embed is None:
-            raise VitshrinkError("give at least one of --heads, --mlp, --embed")
+        if heads is None and mlp is None and embed is None and tokens is None:
+            raise VitshrinkError("give at least one of --heads, --mlp, --embed, --tokens")
         out_path = Path(out)
         if out_path.suffix not in (".json", ".safetensors"):
             raise VitshrinkError(f"--out '{out}': use a .json or .safetensors file name")
@@ -107,19 +118,40 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, out):
             raise VitshrinkError(f"--out '{out}': directory '{out_path.parent}' does not exist")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _, ir, _ = import_model(model, checkpoint)
+            timm_model, ir, _ = import_model(model, checkpoint)
         for w in caught:
             if "RANDOM" in str(w.message):
                 click.echo(f"warning: {w.message}", err=True)
-        spec = l1_spec(ir, heads=heads, mlp=mlp, embed=embed)
+        spec = l1_spec(ir, heads=heads, mlp=mlp, embed=embed) if (heads or mlp or embed) else Spec(meta={"producer": "vitshrink masks"})
+        if tokens:
+            images = _calibration_images(calib, calib_n, eval_transform(timm_model), ir.num_classes) if calib else None
+            token_masks, settings = token_spec(ir, tokens, mode=token_mode, fuse=fuse, calib=images)
+            spec.masks.update(token_masks)
+            spec.settings.update(settings)
+            spec.meta["tokens"] = {"schedule": tokens, "calibration": {"dir": calib, "n": int(images.shape[0])} if images is not None else None}
         tmp = out_path.with_name(f".{out_path.name}.tmp")
         save_spec(spec, tmp, resolved_shapes=mask_shapes(ir))
         os.replace(tmp, out_path)
     except VitshrinkError as e:
         _fail(e)
-    kept = {k: int(v.sum()) for k, v in spec.masks.items()}
-    click.echo(f"wrote {out}: {len(kept)} masks for {model} "
-               f"(heads {heads}, mlp {mlp}, embed {embed}; criterion L1)")
+    click.echo(f"wrote {out}: {len(spec.masks)} masks, settings {sorted(spec.settings)} for {model}")
+
+
+def _calibration_images(directory: str, n: int, transform, num_classes: int):
+    """``n`` images evenly spaced over an ImageFolder directory, transformed: [n, C, H, W]."""
+    import torch
+    from PIL import Image
+
+    from .runtime.accuracy import list_images
+
+    items = list_images(directory, num_classes)
+    step = max(1, len(items) // n)
+    picked = items[::step][:n]
+    xs = []
+    for path, _ in picked:
+        with Image.open(path) as im:
+            xs.append(transform(im.convert("RGB")))
+    return torch.stack(xs)
 
 
 @main.command("bench")

@@ -43,44 +43,85 @@ def head_groups(heads: list[list[int]]) -> list[tuple[int, int, int]]:
 class Attention(nn.Module):
     """Multi-head self-attention with per-head q/k and v widths, on a flat token stream.
 
-    Input and output are [B*N, D] (``tokens`` = N given): linear layers then run as one Gemm with
-    the bias fused, the fastest form for ONNX Runtime at batch 1. ``qkv`` projects to
-    [B*N, 2*sum(qk) + sum(v)] laid out as [q of all heads | k | v]; heads of equal width (a *group*,
+    Input and output are [B*N, D] (N tokens per image): linear layers then run as one Gemm with the
+    bias fused, the fastest form for ONNX Runtime at batch 1. Projections are laid out as
+    [q of all heads | k | v]: one ``qkv`` Linear, or ``q`` and ``kv`` when queries come from fewer
+    tokens than keys (``split``; Patch Slimming's query-only blocks). Heads of equal width (a *group*,
     see :func:`head_groups`) run as one batched attention [B, h, N, d].
+
+    ``score``: None, ``"cls"`` or ``"cls_weighted"`` -- also return a token score [B, N - P] read off
+    this block's attention probabilities (EViT's class attention, or VTC-LFC's head-weighted form).
     """
 
-    def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool):
+    def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool,
+                 split: bool = False, score: Optional[str] = None, num_prefix: int = 1):
         super().__init__()
         self.groups = head_groups(heads)
+        self.num_heads = len(heads)
         self.scale = scale
         self.sum_qk = sum(qk for qk, _ in heads)
         self.sum_v = sum(v for _, v in heads)
-        self.qkv = nn.Linear(dim, 2 * self.sum_qk + self.sum_v, bias=qkv_bias)
+        self.split = split
+        if split:
+            self.q = nn.Linear(dim, self.sum_qk, bias=qkv_bias)
+            self.kv = nn.Linear(dim, self.sum_qk + self.sum_v, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 2 * self.sum_qk + self.sum_v, bias=qkv_bias)
         self.proj = nn.Linear(self.sum_v, dim, bias=proj_bias)
         self.uniform = len(self.groups) == 1 and self.groups[0][1] == self.groups[0][2]
+        self.score = score
+        self.num_prefix = num_prefix
 
-    @staticmethod
-    def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        # [B, h, N, dq] x [B, h, N, dq] x [B, h, N, dv] -> [B, h, N, dv]
-        attn = (q * scale) @ k.transpose(-2, -1)
-        return attn.softmax(dim=-1) @ v
+    def _score(self, probs: Tensor) -> Tensor:
+        """Sum over this group's heads of the per-head token score; probs [B, h, Nq, N] -> [B, N - P]."""
+        P = self.num_prefix
+        cls_row = probs[:, :, 0, P:]
+        if self.score == "cls":
+            return cls_row.sum(1)
+        w = probs[:, :, P:, 0].mean(-1, keepdim=True)  # patches' attention to the class token, per head
+        c = probs[:, :, 0, 0].unsqueeze(-1)  # class token's attention to itself, per head
+        col = probs[:, :, P:, P:].mean(2)  # mean attention each token receives from the patches
+        return (w * cls_row).sum(1) + (c * col).sum(1)
 
-    def forward(self, x: Tensor, tokens: int) -> Tensor:
-        y = self.qkv(x)
-        if self.uniform:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, scores: list):
+        # [B, h, Nq, dq] x [B, h, N, dq] x [B, h, N, dv] -> [B, h, Nq, dv]
+        probs = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        if self.score is not None:
+            scores.append(self._score(probs))
+        return probs @ v
+
+    def forward(self, x: Tensor, tokens: int, xq: Optional[Tensor] = None, q_tokens: Optional[int] = None):
+        """x: [B*N, D] (N = ``tokens``); xq: [B*Nq, D] query inputs when ``split`` (default x).
+        Returns [B*Nq, D], and the token score [B, N - P] when ``score`` is set."""
+        nq = tokens if q_tokens is None else q_tokens
+        scores: list = []
+        if self.split:
+            yq, ykv = self.q(x if xq is None else xq), self.kv(x)
+            qo, ko, vo, yk = 0, 0, self.sum_qk, ykv
+        else:
+            y = self.qkv(x)
+            yq = yk = y
+            qo, ko, vo = 0, self.sum_qk, 2 * self.sum_qk
+        if self.uniform and not self.split:
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
-            o = self._attend(q, k, v, self.scale).transpose(1, 2).reshape(-1, h * d)
-            return self.proj(o)
-        outs = []
-        qo, ko, vo = 0, self.sum_qk, 2 * self.sum_qk
-        for h, dq, dv in self.groups:
-            q = y[:, qo:qo + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
-            k = y[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
-            v = y[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
-            outs.append(self._attend(q, k, v, self.scale).transpose(1, 2).reshape(-1, h * dv))
-            qo, ko, vo = qo + h * dq, ko + h * dq, vo + h * dv
-        return self.proj(torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0])
+            o = self._attend(q, k, v, scores).transpose(1, 2).reshape(-1, h * d)
+        else:
+            outs = []
+            for h, dq, dv in self.groups:
+                q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
+                k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
+                v = yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
+                outs.append(self._attend(q, k, v, scores).transpose(1, 2).reshape(-1, h * dv))
+                qo, ko, vo = qo + h * dq, ko + h * dq, vo + h * dv
+            o = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        out = self.proj(o)
+        if self.score is None:
+            return out
+        total = scores[0]
+        for s in scores[1:]:
+            total = total + s
+        return out, total / self.num_heads
 
 
 class Constant(nn.Module):
@@ -91,7 +132,7 @@ class Constant(nn.Module):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
-    def forward(self, x: Tensor, tokens: int = 0) -> Tensor:
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         return self.bias if self.bias is not None else x.new_zeros(())
 
 
@@ -107,14 +148,159 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block."""
+def lfe_matrix(length: int, cutoff: float) -> torch.Tensor:
+    """VTC-LFC's low-pass filter over ``length`` tokens as one complex [L, L] matrix (float64).
+
+    ``IDFT . diag(w) . DFT`` with ``w_k = 1 - exp(-(k - m0)^2 / (2 d0))``, ``m0 = (L - 1) / 2``,
+    ``d0 = (L * cutoff / 2)^2`` (the authors' Gaussian; it suppresses the highest frequencies at the
+    centre of the unshifted spectrum). Applying it along the token axis equals their FFT, filter,
+    inverse FFT.
+    """
+    n = torch.arange(length, dtype=torch.float64, device="cpu")  # constants: never on the meta device
+    dft = torch.exp(-2j * torch.pi * torch.outer(n, n) / length)
+    m0, d0 = (length - 1) / 2.0, (length * cutoff / 2.0) ** 2
+    w = 1.0 - torch.exp(-((n - m0) ** 2) / (2.0 * d0))
+    return (dft.conj() / length) @ (w.to(torch.complex128)[:, None] * dft)
+
+
+class LowFrequencyEnergy(nn.Module):
+    """VTC-LFC eq. 6: per token, the energy of its low-pass-filtered features, normalised.
+
+    xp [B, L, D] (patch tokens in sequence order) -> [B, L]: ``sum_c |(M xp)[j, c]| / mean_j sum_c |xp[j, c]|``
+    with M = :func:`lfe_matrix` applied as two real MatMuls (Re, Im) -- no FFT in the graph.
+    """
+
+    def __init__(self, length: int, cutoff: float):
+        super().__init__()
+        m = lfe_matrix(length, cutoff)
+        self.register_buffer("re", m.real.float().contiguous(), persistent=False)
+        self.register_buffer("im", m.imag.float().contiguous(), persistent=False)
+
+    def forward(self, xp: Tensor) -> Tensor:
+        yr, yi = self.re @ xp, self.im @ xp
+        energy = torch.sqrt(yr * yr + yi * yi).sum(-1)
+        return energy / xp.abs().sum(-1).mean(-1, keepdim=True)
+
+
+class Predictor(nn.Module):
+    """A learned token scorer (``dynamicvit`` or ``mlp``, see :class:`vitshrink.spec.PredictorSetting`):
+    patch tokens [B, L, D] -> scores [B, L]."""
 
     def __init__(self, dim: int, cfg: dict):
         super().__init__()
+        self.type = cfg["type"]
+        self.norm = nn.LayerNorm(dim, eps=cfg["eps"]) if cfg["norm"] else None
+        self.layers = nn.ModuleList(nn.Linear(i, o, bias=b) for o, i, b in cfg["layers"])
+
+    def forward(self, xp: Tensor) -> Tensor:
+        h = self.norm(xp) if self.norm is not None else xp
+        if self.type == "dynamicvit":
+            h = F.gelu(self.layers[0](h))
+            half = h.shape[-1] // 2
+            glob = h[..., half:].mean(1, keepdim=True).expand(-1, h.shape[1], -1)
+            h = torch.cat([h[..., :half], glob], dim=-1)
+            h = F.gelu(self.layers[1](h))
+            h = F.gelu(self.layers[2](h))
+            return torch.log_softmax(self.layers[3](h), dim=-1)[..., 0]
+        for j, layer in enumerate(self.layers):
+            h = layer(h)
+            if j + 1 < len(self.layers):
+                h = F.gelu(h)
+        return h[..., 0]
+
+
+def rank_keep(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Which ``k`` of L tokens to keep, deterministically and identically in torch and ONNX Runtime.
+
+    ``rank_j = #{l : s_l > s_j} + #{l < j : s_l = s_j}`` (ties go to the lower position), keep
+    ``rank < k``; the kept positions are then read in ascending order with one TopK over unique keys.
+    torch.topk breaks ties arbitrarily while ONNX TopK prefers the lower index, so a plain top-k on
+    tied scores (flat image regions give identical patches) would differ between the two.
+
+    Args:
+        scores: [B, L] float.
+    Returns:
+        (keep [B, L] bool, idx [B, k] int64 ascending positions of the kept tokens).
+    """
+    L = scores.shape[-1]
+    pos = torch.arange(L, device=scores.device)
+    before = pos.unsqueeze(0) < pos.unsqueeze(1)  # [j, l]: l < j
+    s_j, s_l = scores.unsqueeze(-1), scores.unsqueeze(-2)
+    rank = ((s_l > s_j) | ((s_l == s_j) & before)).sum(-1)
+    keep = rank < k
+    key = keep.to(scores.dtype) * (L - pos).to(scores.dtype)  # kept: L - j (unique, > 0); pruned: 0
+    return keep, key.topk(k, dim=-1).indices
+
+
+class TokenSelect(nn.Module):
+    """Keep the prefix tokens and ``keep`` of the patch tokens by score; optionally fuse the rest.
+
+    x [B*N, D] -> [B*(P + keep + fuse), D]. Kept tokens stay in their relative order; the fused token
+    (EViT: the pruned tokens summed with their scores as weights) is appended. One Gather on the
+    flat stream, no Scatter.
+    """
+
+    def __init__(self, tokens: int, num_prefix: int, keep: int, fuse: bool):
+        super().__init__()
+        self.tokens, self.num_prefix, self.keep, self.fuse = tokens, num_prefix, keep, fuse
+        self.register_buffer("prefix_pos", torch.arange(num_prefix, device="cpu").unsqueeze(0), persistent=False)
+
+    @property
+    def tokens_out(self) -> int:
+        return self.num_prefix + self.keep + int(self.fuse)
+
+    def forward(self, x: Tensor, scores: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
+        N, P, D = self.tokens, self.num_prefix, x.shape[-1]
+        keep, idx = rank_keep(scores, self.keep)
+        B = x.shape[0] // N
+        rows = torch.cat([self.prefix_pos.expand(B, -1), idx + P], dim=1)  # [B, P + keep]
+        flat = (rows + (torch.arange(B, device=x.device) * N).unsqueeze(1)).reshape(-1)
+        y = x.index_select(0, flat)
+        if ids is not None:
+            ids = ids.gather(1, rows)
+        if self.fuse:
+            w = scores * (~keep).to(scores.dtype)  # [B, L]
+            fused = w.unsqueeze(1) @ x.reshape(B, N, D)[:, P:]  # [B, 1, D]
+            y = torch.cat([y.reshape(B, P + self.keep, D), fused], dim=1).reshape(-1, D)
+            if ids is not None:
+                ids = torch.cat([ids, torch.full_like(ids[:, :1], fused_id)], dim=1)
+        return y, ids
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on a flat [B*N, D] token stream, with its token operations.
+
+    Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
+    (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
+    Patch Slimming query-only update of the first ``n`` tokens (or of gathered positions, scattered
+    back, in the gather form) or the ordinary block, with a dynamic selection between attention and
+    MLP.
+    """
+
+    def __init__(self, dim: int, cfg: dict, num_prefix: int):
+        super().__init__()
+        self.n_in, self.n_out, self.num_prefix = cfg["n_in"], cfg["n_out"], num_prefix
+        self.drop, self.query, sel = cfg.get("drop"), cfg.get("query"), cfg.get("select")
+        for name, op in (("drop_index", self.drop), ("query_index", self.query)):
+            if op and op.get("index") is not None:
+                self.register_buffer(name, torch.tensor(op["index"], dtype=torch.long, device="cpu"), persistent=False)
+        n_attn = self.drop["n"] if self.drop else self.n_in
+        score = None
+        self.select = self.lfe = self.predictor = None
+        if sel:
+            n_sel = n_attn  # tokens present where the rule runs
+            if sel["where"] == "mlp" and sel["score"] != "predictor":
+                score = "cls_weighted" if sel["head_weighting"] else "cls"
+            if sel["score"] == "cls_attention_lfe":
+                self.lfe = LowFrequencyEnergy(n_sel - num_prefix, sel["cutoff"])
+            if sel["score"] == "predictor":
+                self.predictor = Predictor(dim, sel["predictor"])
+            self.select = TokenSelect(n_sel, num_prefix, sel["keep"], sel["fuse"])
+            self.where = sel["where"]
         self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
         if cfg["heads"]:
-            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"])
+            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
+                                  split=self.query is not None, score=score, num_prefix=num_prefix)
         else:
             self.attn = Constant(dim, cfg["proj_bias"])
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
@@ -123,63 +309,187 @@ class Block(nn.Module):
         else:
             self.mlp = Constant(dim, cfg["fc2_bias"])
 
-    def forward(self, x: Tensor, tokens: int) -> Tensor:
-        """x: [B*N, D] (N = ``tokens``) -> [B*N, D]."""
-        x = x + self.attn(self.norm1(x), tokens)
-        return x + self.mlp(self.norm2(x))
+    def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
+        N, P = self.select.tokens, self.num_prefix
+        xp = x.reshape(-1, N, x.shape[-1])[:, P:]
+        if self.predictor is not None:
+            scores = self.predictor(xp)
+        if self.lfe is not None:
+            scores = scores * self.lfe(xp)
+        return self.select(x, scores, ids, fused_id)
+
+    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
+        """x: [B*n_in, D] -> [B*n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
+        N, D = self.n_in, x.shape[-1]
+        if self.drop:
+            n = self.drop["n"]
+            x3 = x.reshape(-1, N, D)
+            if self.drop.get("index") is None:
+                x = x3[:, :n].reshape(-1, D)
+            else:
+                x = x3.index_select(1, self.drop_index).reshape(-1, D)
+            N = n
+        if self.select is not None and self.where == "attn":
+            x, ids = self._select(x, None, ids, fused_id)
+            N = self.select.tokens_out
+        if self.query:
+            return self._query_only(x, N, D), ids
+        a = self.attn(self.norm1(x), N)
+        scores = None
+        if isinstance(a, tuple):
+            a, scores = a
+        x = x + a
+        if self.select is not None and self.where == "mlp":
+            x, ids = self._select(x, scores, ids, fused_id)
+        return x + self.mlp(self.norm2(x)), ids
+
+    def _query_only(self, x: Tensor, N: int, D: int) -> Tensor:
+        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens."""
+        n = self.query["n"]
+        x3 = x.reshape(-1, N, D)
+        h3 = self.norm1(x).reshape(-1, N, D)
+        prefix = self.query.get("index") is None
+        take = (lambda t: t[:, :n]) if prefix else (lambda t: t.index_select(1, self.query_index))
+        hq = take(h3).reshape(-1, D)
+        xq = take(x3).reshape(-1, D)
+        a = self.attn(h3.reshape(-1, D), N, xq=hq, q_tokens=n)
+        xq = xq + a
+        xq = (xq + self.mlp(self.norm2(xq))).reshape(-1, n, D)
+        if prefix:
+            return torch.cat([xq, x3[:, n:]], dim=1).reshape(-1, D)
+        out = x3.clone()
+        out[:, self.query_index] = xq  # the plain gather/scatter form (ScatterND in ONNX)
+        return out.reshape(-1, D)
 
 
 class PrunedViT(nn.Module):
-    """A ViT/DeiT classifier of arbitrary (pruned) widths, built from an ``arch`` dict.
+    """A ViT/DeiT classifier of arbitrary (pruned) widths and token schedules, built from ``arch``.
 
-    forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes]. The final norm is applied
-    only to the prefix tokens the classifiers read (LayerNorm is per token: same logits, less work).
+    forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes]. With ``trace=True`` it
+    returns ``(logits, [ids after each dynamic selection])`` (original token ids, fused tokens
+    numbered from N on) -- used to check that kept tokens are identical everywhere. The final norm
+    is applied only to the prefix tokens the classifiers read (LayerNorm is per token).
     """
 
-    def __init__(self, arch: dict):
+    def __init__(self, arch: dict, trace: bool = False):
         super().__init__()
         if arch.get("format") != ARCH_FORMAT:
             raise VitshrinkError(f"architecture format {arch.get('format')!r} is not {ARCH_FORMAT}")
         self.arch = arch
+        self.trace = trace
         D = arch["embed_dim"]
         p = arch["patch_size"]
+        P = len(arch["prefix"])
         self.patch_embed = nn.Conv2d(arch["in_chans"], D, kernel_size=p, stride=p, bias=arch["patch_bias"])
-        self.prefix_tokens = nn.Parameter(torch.zeros(1, len(arch["prefix"]), D))
+        self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
-        self.blocks = nn.ModuleList(Block(D, b) for b in arch["blocks"])
+        order = arch.get("token_order")
+        if order is not None:
+            self.register_buffer("token_order", torch.tensor(order, dtype=torch.long, device="cpu"), persistent=False)
+        self.blocks = nn.ModuleList(Block(D, b, P) for b in arch["blocks"])
         self.norm = nn.LayerNorm(D, eps=arch["norm_eps"])
         C = arch["num_classes"]
         self.heads = nn.ModuleList(nn.Linear(D, C, bias=h["bias"]) for h in arch["heads"])
         self.head_tokens = [h["token"] for h in arch["heads"]]
         self.num_read = max(self.head_tokens) + 1
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """images [B, C, H, W] -> normalised prefix tokens [B, num_read, D]."""
+    def forward_features(self, x: Tensor):
+        """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D], traced ids)."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        if self.arch.get("token_order") is not None:
+            x = x.index_select(1, self.token_order)
         N, D = x.shape[1], x.shape[2]
+        ids = None
+        if self.trace:
+            ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
+        traced, fused_id = [], self.arch["num_tokens"]
         x = x.reshape(-1, D)  # the blocks run on a flat [B*N, D] token stream
         for blk in self.blocks:
-            x = blk(x, N)
-        return self.norm(x.reshape(-1, N, D)[:, :self.num_read])
+            x, ids = blk(x, ids, fused_id)
+            if blk.select is not None:
+                fused_id += int(blk.select.fuse)
+                if ids is not None:
+                    traced.append(ids)
+            N = blk.n_out
+        return self.norm(x.reshape(-1, N, D)[:, :self.num_read]), traced
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
+    def forward(self, x: Tensor):
+        x, traced = self.forward_features(x)
         logits = self.heads[0](x[:, self.head_tokens[0]])
-        if len(self.heads) == 1:
-            return logits
         for head, t in zip(self.heads[1:], self.head_tokens[1:]):
             logits = logits + head(x[:, t])
-        return logits / len(self.heads)
+        if len(self.heads) > 1:
+            logits = logits / len(self.heads)
+        return (logits, traced) if self.trace else logits
 
 
 # --------------------------------------------------------------------------------------- IR -> module
 
 
-def architecture(ir: ViTIR) -> dict:
-    """The JSON-serialisable architecture of ``ir`` (widths, biases, provenance ids)."""
-    blocks = []
+def token_counts(ir: ViTIR) -> list[dict]:
+    """Tokens per block of ``ir``: ``in`` (entering), ``keys`` (attention keys/values), ``queries``
+    (attention queries = tokens updated), ``mlp`` (tokens through the MLP), ``out``."""
+    out = []
+    for plan in _token_plan(ir)[1]:
+        P = ir.num_prefix
+        keys = plan["drop"]["n"] if plan["drop"] else plan["n_in"]
+        sel = plan["select"]
+        if sel and sel["where"] == "attn":
+            keys = P + sel["keep"] + int(sel["fuse"])
+        queries = plan["query"]["n"] if plan["query"] else keys
+        mlp = P + sel["keep"] + int(sel["fuse"]) if sel and sel["where"] == "mlp" else queries
+        out.append({"in": plan["n_in"], "keys": keys, "queries": queries, "mlp": mlp, "out": plan["n_out"]})
+    return out
+
+
+def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
+    """Static and dynamic token operations per block, as token counts and constant indices.
+
+    Returns (initial gather of the token sequence or None, per-block {n_in, n_out, drop, query, select}).
+    With ``ir.token_order`` (prefix layout) static masks become slices; without it, gathers (drop)
+    and gather + scatter (query).
+    """
+    P, N = ir.num_prefix, ir.num_tokens
+    prefix_layout = ir.token_order is not None
+    seq: list[int] = list(ir.token_order) if prefix_layout else list(range(N))
+    plans = []
     for b in ir.blocks:
+        plan: dict = {"n_in": len(seq), "drop": None, "query": None, "select": None}
+        if b.tokens is not None:
+            kept = set(b.tokens)
+            if ir.token_mode == "drop" and kept != set(seq):
+                idx = [p for p, t in enumerate(seq) if t in kept]
+                if prefix_layout:
+                    assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
+                plan["drop"] = {"n": len(idx), "index": None if prefix_layout else idx}
+                seq = [seq[p] for p in idx]
+            elif ir.token_mode == "query" and kept != set(seq):
+                idx = [p for p, t in enumerate(seq) if t in kept]
+                if prefix_layout:
+                    assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
+                plan["query"] = {"n": len(idx), "index": None if prefix_layout else idx}
+        s = b.select
+        if s is not None and s.keep < len(seq) - P:
+            pr = s.predictor
+            plan["select"] = {
+                "keep": s.keep, "score": s.score, "where": s.where, "fuse": s.fuse,
+                "head_weighting": s.head_weighting, "cutoff": s.cutoff,
+                "predictor": None if pr is None else {
+                    "type": pr.type, "norm": pr.norm is not None, "eps": pr.norm.eps if pr.norm is not None else 1e-5,
+                    "layers": [[int(w.shape[0]), int(w.shape[1]), bias is not None] for w, bias in pr.layers]},
+            }
+            seq = seq[:P] + [-1] * (s.keep + int(s.fuse))  # ids now depend on the input
+        plan["n_out"] = len(seq)
+        plans.append(plan)
+    return (list(ir.token_order) if prefix_layout else None), plans
+
+
+def architecture(ir: ViTIR) -> dict:
+    """The JSON-serialisable architecture of ``ir`` (widths, token schedule, biases, provenance ids)."""
+    order, plans = _token_plan(ir)
+    blocks = []
+    for b, plan in zip(ir.blocks, plans):
         a, m = b.attn, b.mlp
         blocks.append({
             "source_index": b.source_index,
@@ -192,11 +502,13 @@ def architecture(ir: ViTIR) -> dict:
             "fc2_bias": m.fc2_bias is not None,
             "norm1_eps": b.norm1.eps,
             "norm2_eps": b.norm2.eps,
+            **plan,
             "ids": {
                 "heads": list(a.head_ids),
                 "qk": [list(c) for c in a.qk_ids],
                 "v": [list(c) for c in a.v_ids],
                 "mlp": list(m.hidden_ids),
+                "tokens": None if b.tokens is None else list(b.tokens),
             },
         })
     return {
@@ -211,6 +523,8 @@ def architecture(ir: ViTIR) -> dict:
         "prefix": [t.name for t in ir.prefix],
         "num_tokens": ir.num_tokens,
         "num_classes": ir.num_classes,
+        "token_mode": ir.token_mode,
+        "token_order": order,
         "blocks": blocks,
         "norm_eps": ir.norm.eps,
         "heads": [{"name": h.name, "token": h.token, "bias": h.bias is not None} for h in ir.heads],
@@ -221,19 +535,27 @@ def architecture(ir: ViTIR) -> dict:
 def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     """The :class:`PrunedViT` state dict holding the weights of ``ir``."""
     D = ir.embed_dim
+    _, plans = _token_plan(ir)
     sd: dict[str, Tensor] = {"patch_embed.weight": ir.patch_weight}
     if ir.patch_bias is not None:
         sd["patch_embed.bias"] = ir.patch_bias
     sd["prefix_tokens"] = torch.stack([t.value for t in ir.prefix]).reshape(1, -1, D)
     sd["pos_embed"] = ir.pos_embed.reshape(1, -1, D)
-    for j, b in enumerate(ir.blocks):
+    for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
         p, a, m = f"blocks.{j}.", b.attn, b.mlp
         sd[p + "norm1.weight"], sd[p + "norm1.bias"] = b.norm1.weight, b.norm1.bias
         sd[p + "norm2.weight"], sd[p + "norm2.bias"] = b.norm2.weight, b.norm2.bias
         if a.num_heads:
-            sd[p + "attn.qkv.weight"] = torch.cat([a.q_weight, a.k_weight, a.v_weight])
-            if a.q_bias is not None:
-                sd[p + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
+            if plan["query"]:
+                sd[p + "attn.q.weight"] = a.q_weight
+                sd[p + "attn.kv.weight"] = torch.cat([a.k_weight, a.v_weight])
+                if a.q_bias is not None:
+                    sd[p + "attn.q.bias"] = a.q_bias
+                    sd[p + "attn.kv.bias"] = torch.cat([a.k_bias, a.v_bias])
+            else:
+                sd[p + "attn.qkv.weight"] = torch.cat([a.q_weight, a.k_weight, a.v_weight])
+                if a.q_bias is not None:
+                    sd[p + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
             sd[p + "attn.proj.weight"] = a.proj_weight
             if a.proj_bias is not None:
                 sd[p + "attn.proj.bias"] = a.proj_bias
@@ -247,6 +569,14 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
                 sd[p + "mlp.fc2.bias"] = m.fc2_bias
         elif m.fc2_bias is not None:
             sd[p + "mlp.bias"] = m.fc2_bias
+        if plan["select"] is not None and b.select.predictor is not None:
+            pr = b.select.predictor
+            if pr.norm is not None:
+                sd[p + "predictor.norm.weight"], sd[p + "predictor.norm.bias"] = pr.norm.weight, pr.norm.bias
+            for k, (w, bias) in enumerate(pr.layers):
+                sd[p + f"predictor.layers.{k}.weight"] = w
+                if bias is not None:
+                    sd[p + f"predictor.layers.{k}.bias"] = bias
     sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
     for k, h in enumerate(ir.heads):
         sd[f"heads.{k}.weight"] = h.weight
@@ -255,15 +585,16 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().float() for k, v in sd.items()}
 
 
-def build_module(ir: ViTIR, share: bool = False) -> PrunedViT:
+def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedViT:
     """IR -> :class:`PrunedViT` in eval mode.
 
     Args:
         share: the module's parameters *are* the IR's tensors where their layout allows (no copy;
             training the module then changes the IR). Default: independent copies.
+        trace: forward also returns the token ids kept by each dynamic selection.
     """
-    with torch.device("meta"):  # no throw-away random init: the weights come from the IR
-        model = PrunedViT(architecture(ir))
+    with torch.device("meta"):  # no throw-away random init: the weights come from the IR (constant
+        model = PrunedViT(architecture(ir), trace=trace)  # buffers are made on the CPU explicitly)
     sd = state_dict(ir)
     if not share:
         sd = {k: v.clone() for k, v in sd.items()}

@@ -91,10 +91,39 @@ class MlpIR:
 
 
 @dataclass(frozen=True)
+class PredictorIR:
+    """A learned token scorer (see :class:`vitshrink.spec.PredictorSetting`).
+
+    ``norm``: LayerNorm over D applied first (None: none); ``layers``: the Linear layers in order as
+    (weight [out, in], bias [out]). dynamicvit: in_conv.1, out_conv.0, out_conv.2, out_conv.4.
+    """
+
+    type: str
+    norm: Optional[LayerNormIR]
+    layers: tuple[tuple[Tensor, Optional[Tensor]], ...]
+
+
+@dataclass(frozen=True)
+class TokenSelectIR:
+    """A dynamic token rule (see :class:`vitshrink.spec.DynamicRule`): keep ``keep`` patch tokens."""
+
+    keep: int
+    score: str
+    where: str
+    fuse: bool
+    head_weighting: bool
+    cutoff: float
+    predictor: Optional[PredictorIR] = None
+
+
+@dataclass(frozen=True)
 class BlockIR:
     """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)).
 
     ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
+    ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
+    ``drop`` mode, updated in ``query`` mode; see :attr:`ViTIR.token_mode`), None for all.
+    ``select``: a dynamic token rule, or None.
     """
 
     source_index: int
@@ -102,6 +131,8 @@ class BlockIR:
     attn: AttentionIR
     norm2: LayerNormIR
     mlp: MlpIR
+    tokens: Optional[tuple[int, ...]] = None
+    select: Optional[TokenSelectIR] = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +160,10 @@ class ViTIR:
     ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
     as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
     ``exit_after``: source index of the last block when an early exit was applied, else None.
+    ``token_mode``: how static block ``tokens`` apply (``drop`` or ``query``).
+    ``token_order``: set by the layout pass :func:`vitshrink.passes.prefix_token_order`: the original
+    token ids in the order the sequence is laid out after the position embedding, so that every
+    block's kept set is a prefix (codegen then slices instead of gathering/scattering).
     """
 
     name: str
@@ -144,6 +179,8 @@ class ViTIR:
     norm: LayerNormIR
     heads: tuple[ClassifierIR, ...]
     exit_after: Optional[int] = None
+    token_mode: str = "drop"
+    token_order: Optional[tuple[int, ...]] = None
     meta: dict = field(default_factory=dict)
 
     @property

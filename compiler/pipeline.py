@@ -50,6 +50,7 @@ class CompileOptions:
     bench_seconds: float = 10.0
     data_limit: Optional[int] = None
     layout: str = "pad"  # "pad": pad irregular heads to one width; "group": run equal widths together
+    token_layout: str = "prefix"  # static tokens: "prefix" (permute once, slice) or "gather" (gather/scatter)
     tolerance: float = DEFAULT_TOLERANCE
     verify_images: int = 4
     trt: bool = False
@@ -183,10 +184,24 @@ def commit_output(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def verification_images(n: int, shape: tuple[int, int, int], data: Optional[str], transform, num_classes: int) -> torch.Tensor:
-    """``n`` seeded standard-normal images, plus up to ``n`` real images from ``data`` when given."""
+def tie_images(n: int, shape: tuple[int, int, int], patch: tuple[int, int], seed: int = 1) -> torch.Tensor:
+    """``n`` images of flat patch-sized blocks from a 3-colour palette: many identical patches, so
+    token scores tie exactly -- the case where a careless top-k differs between runtimes."""
+    g = torch.Generator().manual_seed(seed)
+    C, H, W = shape
+    gh, gw = H // patch[0], W // patch[1]
+    palette = torch.randn(3, C, generator=g)
+    pick = torch.randint(0, 3, (n, gh, gw), generator=g)
+    img = palette[pick].permute(0, 3, 1, 2)  # [n, C, gh, gw]
+    return img.repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
+
+
+def verification_images(n: int, shape: tuple[int, int, int], data: Optional[str], transform, num_classes: int,
+                        patch: tuple[int, int] = (16, 16)) -> torch.Tensor:
+    """``n`` seeded standard-normal images, 2 flat-block images (exact score ties), plus up to ``n``
+    real images from ``data`` when given."""
     g = torch.Generator().manual_seed(0)
-    xs = [torch.randn((n, *shape), generator=g)]
+    xs = [torch.randn((n, *shape), generator=g), tie_images(2, shape, patch)]
     if data:
         from PIL import Image
 
@@ -226,6 +241,8 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
     opt = options or CompileOptions()
     if opt.layout not in ("pad", "group"):
         raise VitshrinkError(f"--layout {opt.layout!r}: expected 'pad' or 'group'")
+    if opt.token_layout not in ("prefix", "gather"):
+        raise VitshrinkError(f"--token-layout {opt.token_layout!r}: expected 'prefix' or 'gather'")
     if any(b < 1 for b in opt.batches) or any(t < 1 for t in opt.threads):
         raise VitshrinkError("--batch and --threads take positive integers")
     out = Path(out)
@@ -248,7 +265,7 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
     shape = (dense_ir.in_chans, *dense_ir.img_size)
     # keep only the checkpoint tensors the spec references (an exit classifier), not the whole model
     tensors = _referenced_tensors(resolved, {**timm_model.state_dict(), **extras})
-    x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes)
+    x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes, dense_ir.patch_size)
 
     # 2. import fidelity (then the timm model is dropped: the IR holds the weights)
     with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
@@ -306,7 +323,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     """Stages 3-7 into ``tmp`` (``work``: scratch for the dense baseline). Takes the dense IR out of
     ``owned`` and drops large objects as soon as they are no longer needed: peak memory is the dense
     weights once plus what the exporter needs."""
-    from vitshrink.passes import apply_spec, group_heads, pad_heads
+    from vitshrink.passes import apply_spec, group_heads, pad_heads, prefix_token_order
     from vitshrink.runtime.latency import measure_onnx
     from vitshrink.runtime.ort import OrtRunner
 
@@ -321,9 +338,11 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     dense_ir = owned.pop("dense_ir")
 
     # 3. passes + codegen
-    with log.stage("passes", "structural passes + codegen"):
+    with log.stage("passes", "structural and token passes + codegen"):
         pruned_ir = apply_spec(dense_ir, resolved, tensors)
         laid_out = pad_heads(pruned_ir) if opt.layout == "pad" else group_heads(pruned_ir)
+        if opt.token_layout == "prefix":
+            laid_out = prefix_token_order(laid_out)
         pruned = codegen.build_module(laid_out)
     padded = any(b.attn.qk_dims != c.attn.qk_dims or b.attn.v_dims != c.attn.v_dims
                  for b, c in zip(pruned_ir.blocks, laid_out.blocks))
@@ -331,17 +350,25 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
 
     # 4. exactness + reload
     with log.stage("exactness", "exactness vs masked dense reference"), torch.no_grad():
-        ref = reference_forward(dense_ir, resolved, x, tensors)
+        ref, ref_ids = reference_forward(dense_ir, resolved, x, tensors, trace=True)
         got = pruned(x)
         exact = _max_diff(got, ref)
+        ids_same = None
+        if ref_ids:  # dynamic token rules: the kept tokens must be the same ones
+            _, ids = codegen.build_module(laid_out, share=True, trace=True)(x)
+            ids_same = len(ids) == len(ref_ids) and all(torch.equal(a, b) for a, b in zip(ids, ref_ids))
         codegen.save(pruned, tmp / "model")
         reload_diff = _max_diff(codegen.load(tmp / "model")(x), got)
     rep["exactness"] = {
         "max_abs_diff": exact, "tolerance": tol, "passed": exact <= tol, "reload_max_abs_diff": reload_diff,
-        "inputs": f"{opt.verify_images} random" + (f" + {opt.verify_images} real images" if opt.data else ""),
+        "inputs": f"{opt.verify_images} random + 2 flat-block" + (f" + {opt.verify_images} real images" if opt.data else ""),
         "reference": "dense model with masks as zeros (heads/channels/neurons), identity (blocks), "
-                     "LayerNorm over kept embed channels, early-exit classifier",
+                     "LayerNorm over kept embed channels, early-exit classifier, tokens as alive/key masks",
     }
+    if ids_same is not None:
+        rep["exactness"]["token_ids_identical"] = ids_same
+        if not ids_same:
+            raise VerificationError("exactness failed: dynamic token rules kept other tokens than the reference")
     if exact > tol or reload_diff > tol:
         raise VerificationError(
             f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "

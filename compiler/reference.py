@@ -7,13 +7,20 @@ the papers define them, never by slicing:
 - embedding channels (SAViT): the residual stream is multiplied by the mask and every LayerNorm
   normalises over the kept channels only (mean and variance over kept channels; DESIGN.md);
 - removed blocks: identity;
-- early exit (WDPruning): stop after the exit block and use its classifier.
+- early exit (WDPruning): stop after the exit block and use its classifier;
+- tokens: the sequence keeps all N token slots (plus one slot per fusing rule) with an *alive* mask
+  per image. Dead tokens are masked out of attention as keys (logit -inf) and never updated; in
+  Patch Slimming's query mode (eq. 2) tokens outside the block's mask stay alive as keys/values but
+  are not updated. Dynamic rules score the alive patch tokens, keep the top ``k`` (ties to the lower
+  position, by sorting in Python), and optionally write the EViT fused token into a fresh slot. The
+  VTC-LFC low-frequency energy uses ``torch.fft`` (float64), not the MatMul form of the compiled model.
 
 It shares no code with codegen (attention is a loop over heads), so agreement between the two is
 evidence, not tautology. Slow; meant for verification on a few images.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional
 
 import torch
@@ -21,20 +28,100 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ir import LayerNormIR, ViTIR
-from .spec import ResolvedSpec
+from .spec import DynamicRule, ResolvedSpec
 
 
-def _masked_layer_norm(x: Tensor, p: LayerNormIR, e: Tensor) -> Tensor:
-    """LayerNorm of x [B, N, D] over the channels where e [D] is 1; output 0 elsewhere."""
+def _masked_layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float, e: Tensor) -> Tensor:
+    """LayerNorm of x [..., D] over the channels where e [D] is 1; output 0 elsewhere."""
     n = e.sum()
     mean = (x * e).sum(-1, keepdim=True) / n
     var = (((x - mean) * e) ** 2).sum(-1, keepdim=True) / n
-    return (x - mean) / torch.sqrt(var + p.eps) * (p.weight * e) + p.bias * e
+    return (x - mean) / torch.sqrt(var + eps) * (weight * e) + bias * e
+
+
+def _ln(x: Tensor, p: LayerNormIR, e: Tensor) -> Tensor:
+    return _masked_layer_norm(x, p.weight, p.bias, p.eps, e)
 
 
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
     y = x @ w.t()
     return y if b is None else y + b
+
+
+def _low_frequency_energy(xs: Tensor, cutoff: float) -> Tensor:
+    """VTC-LFC eq. 6 for one image: xs [L, D] patch tokens in order -> [L] (FFT along the tokens)."""
+    L = xs.shape[0]
+    spec = torch.fft.fft(xs.double(), dim=0)
+    k = torch.arange(L, dtype=torch.float64)
+    m0, d0 = (L - 1) / 2.0, (L * cutoff / 2.0) ** 2
+    w = 1.0 - torch.exp(-((k - m0) ** 2) / (2.0 * d0))
+    low = torch.fft.ifft(spec * w[:, None], dim=0).abs().sum(1)
+    return (low / xs.double().abs().sum(1).mean()).to(xs.dtype)
+
+
+def _predictor_scores(rule: DynamicRule, xs: Tensor, tensors: Mapping[str, Tensor], e: Tensor, eps: float) -> Tensor:
+    """A learned scorer on one image's alive patch tokens xs [L, D] -> [L]."""
+    p, t = rule.predictor.prefix, tensors
+    if rule.predictor.type == "dynamicvit":
+        h = _masked_layer_norm(xs, t[f"{p}.in_conv.0.weight"], t[f"{p}.in_conv.0.bias"], eps, e)
+        h = F.gelu(_linear(h, t[f"{p}.in_conv.1.weight"], t.get(f"{p}.in_conv.1.bias")))
+        C = h.shape[-1]
+        h = torch.cat([h[:, : C // 2], h[:, C // 2:].mean(0, keepdim=True).expand(h.shape[0], -1)], dim=-1)
+        h = F.gelu(_linear(h, t[f"{p}.out_conv.0.weight"], t.get(f"{p}.out_conv.0.bias")))
+        h = F.gelu(_linear(h, t[f"{p}.out_conv.2.weight"], t.get(f"{p}.out_conv.2.bias")))
+        logits = _linear(h, t[f"{p}.out_conv.4.weight"], t.get(f"{p}.out_conv.4.bias"))
+        return logits[:, 0] - torch.logsumexp(logits, dim=-1)
+    h = _masked_layer_norm(xs, t[f"{p}.norm.weight"], t[f"{p}.norm.bias"], eps, e) if rule.predictor.norm else xs
+    n = len(rule.predictor.hidden) + 1
+    for j in range(n):
+        h = _linear(h, t[f"{p}.fc{j}.weight"], t.get(f"{p}.fc{j}.bias"))
+        if j + 1 < n:
+            h = F.gelu(h)
+    return h[:, 0]
+
+
+def _attention_scores(rule: DynamicRule, probs: list[Tensor], alive: Tensor, P: int) -> Tensor:
+    """Token scores [B, T] from the attention probabilities of the live heads (each [B, T, T])."""
+    B, T = alive.shape
+    patch = alive.clone()
+    patch[:, :P] = False
+    total = torch.zeros(B, T)
+    for pr in probs:
+        cls_row = pr[:, 0, :]
+        if not rule.head_weighting:
+            total += cls_row
+            continue
+        npatch = patch.sum(1, keepdim=True).float()
+        w = (pr[:, :, 0] * patch).sum(1, keepdim=True) / npatch  # mean over patch queries of attn to cls
+        col = (pr * patch[:, :, None]).sum(1) / npatch  # mean over patch queries of attn to each token
+        total += w * cls_row + pr[:, 0, 0:1] * col
+    return total / len(probs)
+
+
+def _select(rule, x, alive, scores_of, P, next_slot, traced):
+    """Keep the top ``rule.keep`` alive patch tokens of every image; fuse the rest (EViT).
+    A rule that keeps every token present does nothing."""
+    B, T, _ = x.shape
+    if rule.keep >= int(alive[0, P:].sum()):
+        return alive, next_slot
+    new_alive = torch.zeros_like(alive)
+    new_alive[:, :P] = True
+    kept_ids = []
+    for b in range(B):
+        cand = [t for t in range(P, T) if alive[b, t]]  # slots in sequence order
+        s = scores_of(b, cand)
+        order = sorted(range(len(cand)), key=lambda c: (-float(s[c]), c))
+        kept = sorted(cand[c] for c in order[:rule.keep])
+        new_alive[b, kept] = True
+        ids = list(range(P)) + kept
+        if rule.fuse:
+            pruned = [c for c in order[rule.keep:]]
+            x[b, next_slot] = sum((s[c] * x[b, cand[c]] for c in pruned), torch.zeros(x.shape[-1]))
+            new_alive[b, next_slot] = True
+            ids.append(next_slot)
+        kept_ids.append(ids)
+    traced.append(torch.tensor(kept_ids))
+    return new_alive, next_slot + int(rule.fuse)
 
 
 @torch.no_grad()
@@ -43,34 +130,59 @@ def reference_forward(
     spec: ResolvedSpec,
     images: Tensor,
     tensors: Optional[Mapping[str, Tensor]] = None,
-) -> Tensor:
+    trace: bool = False,
+):
     """Logits [B, num_classes] of the dense model ``dense`` under the masks of ``spec``.
 
     Args:
         dense: the unpruned IR (as imported; original coordinates).
         spec: validated masks (:func:`vitshrink.spec.resolve_spec`).
         images: [B, in_chans, H, W] float32.
-        tensors: checkpoint tensors for an exit classifier named in the spec.
+        tensors: checkpoint tensors for an exit classifier or a token predictor named in the spec.
+        trace: also return, per dynamic rule, the token slots kept [B, P + keep (+1 fused)] (original
+            token ids; fused tokens take slots N, N+1, ... in rule order).
     """
     tensors = tensors or {}
-    D = dense.embed_dim
+    D, P, N = dense.embed_dim, dense.num_prefix, dense.num_tokens
     e = spec.embed.float() if spec.embed is not None else torch.ones(D)
-    x = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size)
-    x = x.flatten(2).transpose(1, 2)
-    prefix = torch.stack([t.value for t in dense.prefix]).expand(x.shape[0], -1, -1)
-    x = (torch.cat([prefix, x], 1) + dense.pos_embed) * e
+    stop = spec.last_block(len(dense.blocks))
+    fusing = [i for i, r in spec.dynamic.items() if r.fuse and i <= stop]
+    T = N + len(fusing)
+    B = images.shape[0]
 
-    stop = spec.exit.block if spec.exit is not None else len(dense.blocks) - 1
+    x0 = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size).flatten(2).transpose(1, 2)
+    prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1)
+    x = torch.zeros(B, T, D)
+    x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
+    alive = torch.zeros(B, T, dtype=torch.bool)
+    alive[:, :N] = True
+    static = torch.ones(T, dtype=torch.bool)  # tokens the static masks keep so far
+    static[N:] = False
+    next_slot, traced = N, []
+
     for blk in dense.blocks:
         i = blk.source_index
         if i > stop:
             break
+        if i in spec.tokens:
+            static[:N] &= spec.tokens[i]
+            if spec.token_mode == "drop":
+                alive &= static  # removed before block i, for good (also before a removed block)
         if i in spec.removed_blocks:
             continue
+        update = alive & static if spec.token_mode == "query" else alive.clone()
+        rule = spec.dynamic.get(i)
+        if rule is not None and rule.where == "attn":
+            alive, next_slot = _select(
+                rule, x, alive, lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e, blk.norm1.eps),
+                P, next_slot, traced)
+            update = alive.clone()
+
         a = blk.attn
-        h = _masked_layer_norm(x, blk.norm1, e)
+        h = _ln(x, blk.norm1, e)
         out = torch.zeros_like(x)
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
+        probs_live = []
         off_qk = off_v = 0
         for hh in range(a.num_heads):
             dq, dv = a.qk_dims[hh], a.v_dims[hh]
@@ -84,18 +196,33 @@ def reference_forward(
             q = _linear(h, a.q_weight[sq], None if a.q_bias is None else a.q_bias[sq]) * mqk
             k = _linear(h, a.k_weight[sq], None if a.k_bias is None else a.k_bias[sq]) * mqk
             v = _linear(h, a.v_weight[sv], None if a.v_bias is None else a.v_bias[sv]) * mv
-            attn = torch.softmax((q @ k.transpose(-2, -1)) * a.scale, dim=-1)
-            out = out + (attn @ v) @ a.proj_weight[:, sv].t()
+            logits = (q @ k.transpose(-2, -1)) * a.scale
+            probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
+            out = out + (probs @ v) @ a.proj_weight[:, sv].t()
+            if mv.any():
+                probs_live.append(probs)
         if a.proj_bias is not None:
             out = out + a.proj_bias
-        x = x + out * e
+        x = x + out * e * update[..., None]
+
+        if rule is not None and rule.where == "mlp":
+            if rule.score == "predictor":
+                scores_of = lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e, blk.norm1.eps)  # noqa: E731
+            else:
+                att = _attention_scores(rule, probs_live, alive, P)
+                if rule.score == "cls_attention_lfe":
+                    scores_of = lambda b, cand: att[b, cand] * _low_frequency_energy(x[b, cand], rule.cutoff)  # noqa: E731
+                else:
+                    scores_of = lambda b, cand: att[b, cand]  # noqa: E731
+            alive, next_slot = _select(rule, x, alive, scores_of, P, next_slot, traced)
+            update = alive.clone()
 
         m = blk.mlp
-        h = _masked_layer_norm(x, blk.norm2, e)
+        h = _ln(x, blk.norm2, e)
         z = F.gelu(_linear(h, m.fc1_weight, m.fc1_bias))
         if i in spec.mlp:
             z = z * spec.mlp[i].float()
-        x = x + _linear(z, m.fc2_weight, m.fc2_bias) * e
+        x = x + _linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
 
     norm, heads_w = dense.norm, {c.name: (c.weight, c.bias) for c in dense.heads}
     if spec.exit is not None:
@@ -104,7 +231,6 @@ def reference_forward(
         for name, prefix in (("head", spec.exit.head), ("head_dist", spec.exit.head_dist)):
             if prefix is not None:
                 heads_w[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
-    x = _masked_layer_norm(x, norm, e)
-    logits = sum(_linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads)
-    return logits / len(dense.heads)
-
+    x = _ln(x, norm, e)
+    logits = sum(_linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
+    return (logits, traced) if trace else logits

@@ -6,10 +6,14 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   (versions), ``machine``, ``timings_s`` (seconds per stage)
 - ``params.dense``, ``params.pruned``; ``macs.dense``, ``macs.pruned`` (structure after pruning),
   ``macs.executed`` (what the exported graph computes, including layout padding), ``macs.ratio``
-- ``structure``: ``embed_dim`` [dense, pruned], ``exit_after``, ``blocks``: per source block
-  ``kept``, ``status`` (kept / removed / after exit), ``heads``, ``qk``/``v`` (channels summed over heads), ``mlp`` -- each [dense, pruned]
+- ``structure``: ``embed_dim`` [dense, pruned], ``exit_after``, ``token_mode`` (static masks),
+  ``token_layout``, ``blocks``: per source block ``kept``, ``status`` (kept / removed / after exit),
+  ``heads``, ``qk``/``v`` (channels summed over heads), ``mlp`` -- each [dense, pruned] -- ``tokens``
+  (``keys``, ``queries``, ``mlp``: tokens through attention as keys and as queries, and through the
+  MLP, [dense, pruned]) and ``token_rule`` (a dynamic rule)
 - ``import.max_abs_diff`` (codegen of the unpruned IR vs timm), ``exactness.max_abs_diff``,
-  ``exactness.passed``, ``exactness.reload_max_abs_diff``; ``export.onnx_max_abs_diff`` (ONNX
+  ``exactness.passed``, ``exactness.reload_max_abs_diff``, ``exactness.token_ids_identical`` (dynamic
+  rules: the kept tokens of compiled model and reference agree on every verification image); ``export.onnx_max_abs_diff`` (ONNX
   Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff``, ``export.passed``; ``verified``
 - ``latency``: entries with ``runtime``, ``device``, ``batch``, ``threads``, ``rounds``,
   ``dense_ms.{p50,p90,p99,mean}``, ``pruned_ms.{...}``, ``dense_throughput``/``pruned_throughput``
@@ -28,10 +32,14 @@ from .ir import ViTIR
 
 
 def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
-    """Per-block widths, dense vs pruned, keyed by source block."""
+    """Per-block widths and token counts, dense vs pruned, keyed by source block."""
+    from .codegen import token_counts
+
+    tokens = {b.source_index: t for b, t in zip(pruned.blocks, token_counts(pruned))}
     rows = []
     for b in dense.blocks:
         p = pruned.block(b.source_index)
+        t = tokens.get(b.source_index)
         after_exit = pruned.exit_after is not None and b.source_index > pruned.exit_after
         rows.append({
             "block": b.source_index,
@@ -41,8 +49,13 @@ def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
             "qk": [sum(b.attn.qk_dims), sum(p.attn.qk_dims) if p else 0],
             "v": [sum(b.attn.v_dims), sum(p.attn.v_dims) if p else 0],
             "mlp": [b.mlp.hidden, p.mlp.hidden if p else 0],
+            "tokens": {k: [dense.num_tokens, t[k] if t else 0] for k in ("keys", "queries", "mlp")},
+            "token_rule": None if p is None or p.select is None else {
+                "keep": p.select.keep, "score": p.select.score, "where": p.select.where, "fuse": p.select.fuse},
         })
-    return {"embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after, "blocks": rows}
+    return {"embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after,
+            "token_mode": pruned.token_mode if any(b.tokens is not None for b in pruned.blocks) else None,
+            "token_layout": "prefix" if pruned.token_order is not None else "gather", "blocks": rows}
 
 
 def _fmt_macs(m: float) -> str:
@@ -57,13 +70,22 @@ def _plot_widths(report: dict, path: Path) -> None:
 
     rows = report["structure"]["blocks"]
     idx = [r["block"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
     for ax, key, title in zip(axes, ("heads", "v", "mlp"), ("attention heads", "v channels (all heads)", "MLP hidden neurons")):
         ax.bar(idx, [r[key][0] for r in rows], color="#d0d7de", label="dense")
         ax.bar(idx, [r[key][1] for r in rows], color="#1f6feb", label="pruned")
         ax.set_title(title)
         ax.set_xlabel("block")
         ax.set_xticks(idx)
+    ax = axes[3]
+    ax.bar(idx, [r["tokens"]["keys"][0] for r in rows], color="#d0d7de", label="dense")
+    ax.bar(idx, [r["tokens"]["keys"][1] for r in rows], color="#1f6feb", label="keys/values")
+    ax.step(idx, [r["tokens"]["queries"][1] for r in rows], where="mid", color="#cf222e", label="queries (updated)")
+    ax.step(idx, [r["tokens"]["mlp"][1] for r in rows], where="mid", color="#1a7f37", linestyle="--", label="MLP")
+    ax.set_title("tokens per block")
+    ax.set_xlabel("block")
+    ax.set_xticks(idx)
+    ax.legend(fontsize=7)
     axes[0].legend()
     fig.suptitle(f"{report['model']}: widths per block (embed_dim {report['structure']['embed_dim'][0]} -> "
                  f"{report['structure']['embed_dim'][1]})")
@@ -129,6 +151,8 @@ def markdown(report: dict) -> str:
         f"- exactness (pruned vs masked dense reference, {report['exactness']['inputs']}): max |diff| = "
         f"{report['exactness']['max_abs_diff']:.2e} <= {report['exactness']['tolerance']:g} ({ok(report['exactness']['passed'])})",
         f"- reloaded checkpoint vs compiled model: max |diff| = {report['exactness']['reload_max_abs_diff']:.2e}",
+        *([f"- dynamic token rules: kept tokens identical to the reference on every verification image: "
+           f"{report['exactness']['token_ids_identical']}"] if "token_ids_identical" in report["exactness"] else []),
         f"- ONNX (opset {report['export']['opset']}, dynamic batch) in ONNX Runtime vs torch: pruned "
         f"{report['export']['onnx_max_abs_diff']:.2e}, dense {report['export']['dense_onnx_max_abs_diff']:.2e} ({ok(report['export']['passed'])})",
         "",
@@ -163,12 +187,18 @@ def markdown(report: dict) -> str:
     lines += [
         "## Structure",
         "",
-        "| block | kept | heads | q/k channels | v channels | MLP hidden |",
-        "|---|---|---|---|---|---|",
+        "| block | kept | heads | q/k channels | v channels | MLP hidden | tokens (keys / queries / MLP) | token rule |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["structure"]["blocks"]:
+        t, rule = r["tokens"], r.get("token_rule")
+        rule_s = "" if not rule else f"{rule['score']} keep {rule['keep']} at {rule['where']}" + (" + fuse" if rule["fuse"] else "")
         lines.append(f"| {r['block']} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
-                     f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} |")
+                     f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} | "
+                     f"{t['keys'][1]} / {t['queries'][1]} / {t['mlp'][1]} (dense {t['keys'][0]}) | {rule_s} |")
+    if report["structure"].get("token_mode"):
+        lines += ["", f"Static token masks in `{report['structure']['token_mode']}` mode, "
+                      f"`{report['structure']['token_layout']}` layout."]
     lines += ["", "![widths per block](widths.png)", ""]
     eng = report.get("engines", {})
     if "tensorrt" in eng:

@@ -11,14 +11,22 @@ name                   shape                meaning
 ``blocks.{i}.v``       [H_i, head_dim]      v channels per head (VTC-LFC)
 ``blocks.{i}.mlp``     [hidden_i]           MLP hidden neurons
 ``blocks.{i}.keep``    []                   false: the whole block is removed
-``blocks.{i}.tokens``  [N]                  static tokens (schema only: not supported yet)
+``blocks.{i}.tokens``  [N]                  static token keep-mask before block i (prefix kept)
 =====================  ===================  ===============================================
 
 Settings: ``exit`` = ``{"block": k, "head": prefix, "head_dist": prefix, "norm": prefix}``: the model
 ends after block k (0-based source index) and classifies with the Linear ``{head}.weight/.bias`` (and
 ``{head_dist}`` on distilled models) after the LayerNorm ``{norm}.weight/.bias``, all read from the
-checkpoint; an omitted prefix means the model's own ``head``/``head_dist``/``norm``. ``token_mode`` and
-``dynamic_tokens`` are part of the schema and refused as not supported yet.
+checkpoint; an omitted prefix means the model's own ``head``/``head_dist``/``norm``.
+
+``token_mode``: ``"drop"`` (default: tokens removed before block i leave the sequence for good) or
+``"query"`` (Patch Slimming, eq. 2: in block i only kept tokens are updated -- queries, attention
+output, projection and MLP -- while keys and values still come from all tokens). Static masks must be
+nested (a token removed at block i is not kept at a later block); a missing mask keeps the tokens of
+the previous one.
+
+``dynamic_tokens``: ``{"<i>": rule}``, per block a fixed-count, input-dependent selection of the
+patch tokens (prefix tokens are always kept) -- see :class:`DynamicRule` for the fields.
 
 File forms:
 
@@ -30,6 +38,7 @@ File forms:
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +53,8 @@ from .ir import ViTIR
 FORMAT = "vitshrink.spec/1"
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(heads|qk|v|mlp|keep|tokens)$")
 _KNOWN_SETTINGS = ("exit", "token_mode", "dynamic_tokens")
-_NOT_YET = ("token_mode", "dynamic_tokens")
+SCORES = ("cls_attention", "cls_attention_lfe", "predictor")
+PREDICTOR_TYPES = ("dynamicvit", "mlp")
 
 
 @dataclass
@@ -68,6 +78,74 @@ class ExitSetting:
     norm: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class PredictorSetting:
+    """A learned token scorer read from the checkpoint under ``prefix``.
+
+    - ``"dynamicvit"``: DynamicViT's PredictorLG (Rao et al. NeurIPS 2021): ``{prefix}.in_conv.0``
+      LayerNorm(D), ``.in_conv.1`` Linear(D, D) + GELU; the first D/2 features stay per token, the
+      last D/2 are averaged over the patch tokens present; ``.out_conv.0`` Linear(D, D/2) + GELU,
+      ``.out_conv.2`` Linear(D/2, D/4) + GELU, ``.out_conv.4`` Linear(D/4, 2), log-softmax; the score is
+      the keep log-probability (column 0).
+    - ``"mlp"``: a per-token MLP scorer (SViTE+ / DPS-ViT style): optional ``{prefix}.norm``
+      LayerNorm(D), then ``{prefix}.fc0`` ... ``{prefix}.fc{n}`` Linear layers D -> hidden... -> 1 with
+      GELU between them; the score is the output.
+    """
+
+    type: str
+    prefix: str
+    hidden: tuple[int, ...] = ()
+    norm: bool = True
+
+    def expected_shapes(self, D: int) -> dict[str, tuple[int, ...]]:
+        """Checkpoint key -> shape this predictor needs for embed_dim D."""
+        p, out = self.prefix, {}
+        if self.type == "dynamicvit":
+            dims = [("in_conv.1", D, D), ("out_conv.0", D // 2, D), ("out_conv.2", D // 4, D // 2), ("out_conv.4", 2, D // 4)]
+            out[f"{p}.in_conv.0.weight"] = out[f"{p}.in_conv.0.bias"] = (D,)
+        else:
+            widths = [D, *self.hidden, 1]
+            dims = [(f"fc{j}", widths[j + 1], widths[j]) for j in range(len(widths) - 1)]
+            if self.norm:
+                out[f"{p}.norm.weight"] = out[f"{p}.norm.bias"] = (D,)
+        for name, o, i in dims:
+            out[f"{p}.{name}.weight"] = (o, i)
+            out[f"{p}.{name}.bias"] = (o,)
+        return out
+
+
+@dataclass(frozen=True)
+class DynamicRule:
+    """A dynamic token rule of one block: keep ``keep`` of the patch tokens present, input-dependent.
+
+    - ``keep``: the number of patch (non-prefix) tokens kept -- the spec gives a count (int) or a
+      ratio of the patch tokens present (float in (0, 1], rounded up as EViT does). Equal to the
+      tokens present: the rule does nothing.
+    - ``score``: ``cls_attention`` (EViT, Liang et al. ICLR 2022: the class token's attention to each
+      token in this block, averaged over heads), ``cls_attention_lfe`` (VTC-LFC, Wang et al. NeurIPS
+      2022: that score times the token's low-frequency energy, eq. 6), ``predictor`` (a learned scorer).
+    - ``head_weighting``: VTC-LFC's weighted attention score (eq. 8, as in the authors' selector):
+      ``mean_h(w_h A_h[cls, j]) + mean_h(A_h[cls, cls] mean_i A_h[i, j])`` with ``w_h = mean_i A_h[i, cls]``,
+      i over the patch tokens. Default on for ``cls_attention_lfe``, off otherwise.
+    - ``cutoff``: the low-pass width of the LFE (VTC-LFC's default 0.15).
+    - ``where``: ``mlp`` -- between the attention and the MLP of the block (EViT, VTC-LFC; needed by
+      the attention scores) -- or ``attn`` -- before the block (DynamicViT; predictor only).
+    - ``fuse``: merge the pruned tokens into one extra token, their sum weighted by their scores
+      (EViT), appended after the kept tokens; it is a patch token for later rules.
+
+    Ties in scores go to the lower position (tokens keep their relative order; see
+    :func:`vitshrink.codegen.rank_keep`).
+    """
+
+    keep: int
+    score: str = "cls_attention"
+    where: str = "mlp"
+    fuse: bool = False
+    head_weighting: bool = False
+    cutoff: float = 0.15
+    predictor: Optional[PredictorSetting] = None
+
+
 @dataclass
 class ResolvedSpec:
     """A spec validated against one model: full-shape bool masks in original coordinates."""
@@ -79,6 +157,13 @@ class ResolvedSpec:
     mlp: dict[int, Tensor] = field(default_factory=dict)
     removed_blocks: frozenset[int] = frozenset()
     exit: Optional[ExitSetting] = None
+    tokens: dict[int, Tensor] = field(default_factory=dict)
+    token_mode: str = "drop"
+    dynamic: dict[int, DynamicRule] = field(default_factory=dict)
+
+    def last_block(self, num_blocks: int) -> int:
+        """Source index of the last block that runs (the exit block, or the last one)."""
+        return self.exit.block if self.exit is not None else num_blocks - 1
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -267,7 +352,8 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
     Raises:
         SpecError: unknown key, wrong shape or type, index out of range, every head of a kept block
             pruned, a kept head with no q/k channel, no embed channel, exit block out of range or its
-            classifier keys missing, or a token mask/setting (not supported yet). The key is named.
+            classifier keys missing, a pruned prefix token, non-nested token masks, a dynamic rule that keeps
+            more tokens than are present or whose predictor weights are missing. The key is named.
     """
     tensors = tensors or {}
     shapes = mask_shapes(ir)
@@ -277,8 +363,10 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
     for key in sorted(spec.settings):
         if key not in _KNOWN_SETTINGS:
             raise SpecError(key, f"unknown setting (known: {', '.join(_KNOWN_SETTINGS)})")
-        if key in _NOT_YET:
-            raise SpecError(key, "token pruning settings are not supported yet")
+    mode = spec.settings.get("token_mode", "drop")
+    if mode not in ("drop", "query"):
+        raise SpecError("token_mode", f"must be \"drop\" or \"query\", found {mode!r}")
+    out.token_mode = mode
     if "exit" in spec.settings:
         out.exit = _resolve_exit(spec.settings["exit"], ir, tensors)
     for key in sorted(spec.masks):
@@ -295,10 +383,10 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
         i, kind = int(match.group(1)), match.group(2)
         if i >= L:
             raise SpecError(key, f"block {i} does not exist: the model has blocks 0..{L - 1}")
-        if kind == "tokens":
-            raise SpecError(key, "token masks are not supported yet")
         m = _from_index_form(key, value, shapes[key])
-        if kind == "keep":
+        if kind == "tokens":
+            out.tokens[i] = m
+        elif kind == "keep":
             if not bool(m):
                 removed.add(i)
         else:
@@ -314,4 +402,122 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
         empty = [h for h in range(qk.shape[0]) if kept_heads[h] and not qk[h].any()]
         if empty:
             raise SpecError(f"blocks.{i}.qk", f"head {empty[0]} is kept but keeps no q/k channel (prune it with blocks.{i}.heads)")
+    _check_static_tokens(out, ir)
+    if "dynamic_tokens" in spec.settings:
+        out.dynamic = _resolve_dynamic(spec.settings["dynamic_tokens"], out, ir, tensors)
+    if out.tokens and out.dynamic:
+        raise SpecError("dynamic_tokens", "static token masks (blocks.{i}.tokens) and dynamic rules cannot be combined yet")
     return out
+
+
+def _check_static_tokens(out: ResolvedSpec, ir: ViTIR) -> None:
+    """Prefix tokens kept; masks nested (a token removed before block i is not kept later)."""
+    names = [t.name for t in ir.prefix]
+    alive: Optional[Tensor] = None
+    dropped_at: dict[int, int] = {}
+    for i in sorted(out.tokens):
+        m = out.tokens[i]
+        key = f"blocks.{i}.tokens"
+        lost = [t for t in range(ir.num_prefix) if not m[t]]
+        if lost:
+            label = {"cls": "class token", "dist": "distillation token"}.get(names[lost[0]], names[lost[0]])
+            raise SpecError(key, f"prunes token {lost[0]} ({label}); prefix tokens must be kept")
+        if alive is not None:
+            back = torch.nonzero(m & ~alive).flatten().tolist()
+            if back:
+                raise SpecError(key, f"keeps token {back[0]}, which blocks.{dropped_at[back[0]]}.tokens removed "
+                                     f"(token masks must be nested)")
+        for t in torch.nonzero(~m).flatten().tolist():
+            dropped_at.setdefault(t, i)
+        alive = m if alive is None else alive & m
+
+
+def _resolve_predictor(key: str, value: Any, ir: ViTIR, tensors: dict[str, Tensor]) -> PredictorSetting:
+    if not isinstance(value, dict) or not isinstance(value.get("prefix"), str):
+        raise SpecError(key, 'must be {"type": "dynamicvit"|"mlp", "prefix": "<checkpoint prefix>", ...}')
+    unknown = set(value) - {"type", "prefix", "hidden", "norm"}
+    if unknown:
+        raise SpecError(f"{key}.{sorted(unknown)[0]}", "unknown predictor field (expected type, prefix, hidden, norm)")
+    kind = value.get("type", "dynamicvit")
+    if kind not in PREDICTOR_TYPES:
+        raise SpecError(f"{key}.type", f"must be one of {', '.join(PREDICTOR_TYPES)}, found {kind!r}")
+    hidden = value.get("hidden", [])
+    if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
+        raise SpecError(f"{key}.hidden", "must be a list of positive layer widths")
+    if kind == "dynamicvit" and ir.embed_dim % 4:
+        raise SpecError(f"{key}.type", f"dynamicvit predictors need embed_dim divisible by 4 (found {ir.embed_dim})")
+    pred = PredictorSetting(kind, value["prefix"], tuple(hidden), bool(value.get("norm", True)))
+    for name, shape in pred.expected_shapes(ir.embed_dim).items():
+        if name not in tensors:
+            raise SpecError(key, f"predictor weight '{name}' is missing from the checkpoint")
+        if tuple(tensors[name].shape) != shape:
+            raise SpecError(key, f"predictor weight '{name}' has shape {list(tensors[name].shape)}, needs {list(shape)}")
+    return pred
+
+
+def _resolve_dynamic(value: Any, out: ResolvedSpec, ir: ViTIR, tensors: dict[str, Tensor]) -> dict[int, DynamicRule]:
+    if not isinstance(value, dict):
+        raise SpecError("dynamic_tokens", 'must be an object {"<block>": {"keep": ..., "score": ...}}')
+    L = len(ir.blocks)
+    rules: dict[int, tuple[str, dict]] = {}
+    for b, rule in value.items():
+        key = f"dynamic_tokens.{b}"
+        if not (isinstance(b, str) and b.isdigit() and int(b) < L):
+            raise SpecError(key, f"not a block index: the model has blocks 0..{L - 1}")
+        if not isinstance(rule, dict):
+            raise SpecError(key, "must be an object with keep, score, where, fuse, ...")
+        rules[int(b)] = (key, rule)
+    stop = out.last_block(L)
+    present = ir.num_patches
+    resolved: dict[int, DynamicRule] = {}
+    for i in sorted(rules):
+        key, rule = rules[i]
+        if i > stop:
+            continue
+        unknown = set(rule) - {"keep", "score", "where", "fuse", "head_weighting", "cutoff", "predictor"}
+        if unknown:
+            raise SpecError(f"{key}.{sorted(unknown)[0]}", "unknown field (expected keep, score, where, fuse, head_weighting, cutoff, predictor)")
+        if i in out.removed_blocks:
+            raise SpecError(key, f"block {i} is removed (blocks.{i}.keep is false)")
+        score = rule.get("score", "cls_attention")
+        if score not in SCORES:
+            raise SpecError(f"{key}.score", f"must be one of {', '.join(SCORES)}, found {score!r}")
+        where = rule.get("where", "mlp")
+        if where not in ("mlp", "attn"):
+            raise SpecError(f"{key}.where", f"must be \"mlp\" (between attention and MLP) or \"attn\" (before the block), found {where!r}")
+        if where == "attn" and score != "predictor":
+            raise SpecError(f"{key}.where", f"score {score} reads this block's attention: use where \"mlp\"")
+        for flag in ("fuse", "head_weighting"):
+            if flag in rule and not isinstance(rule[flag], bool):
+                raise SpecError(f"{key}.{flag}", "must be true or false")
+        cutoff = rule.get("cutoff", 0.15)
+        if not isinstance(cutoff, (int, float)) or isinstance(cutoff, bool) or not 0 < cutoff <= 1:
+            raise SpecError(f"{key}.cutoff", f"must be a number in (0, 1], found {cutoff!r}")
+        k = rule.get("keep")
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            raise SpecError(f"{key}.keep", f"must be a token count (integer) or a keep ratio (number in (0, 1]), found {k!r}")
+        if isinstance(k, float):
+            if not 0 < k <= 1:
+                raise SpecError(f"{key}.keep", f"keep ratio {k} is not in (0, 1]")
+            k = max(1, math.ceil(k * present - 1e-9))
+        if not 1 <= k <= present:
+            raise SpecError(f"{key}.keep", f"keeps {k} tokens but only {present} patch tokens are present before block {i}")
+        if score != "predictor":
+            blk = ir.block(i)
+            heads = out.heads.get(i, torch.ones(blk.attn.num_heads, dtype=torch.bool))
+            v = out.v.get(i, torch.ones(blk.attn.num_heads, max(blk.attn.v_dims), dtype=torch.bool))
+            if not (heads & v.any(1)).any():
+                raise SpecError(key, f"score {score} reads block {i}'s attention, but every head of block {i} is removed")
+        predictor = None
+        if score == "predictor":
+            if "predictor" not in rule:
+                raise SpecError(f"{key}.predictor", "score predictor needs {\"type\", \"prefix\"} naming its checkpoint weights")
+            predictor = _resolve_predictor(f"{key}.predictor", rule["predictor"], ir, tensors)
+        fuse = bool(rule.get("fuse", False)) and k < present
+        resolved[i] = DynamicRule(
+            keep=k, score=score, where=where, fuse=fuse,
+            head_weighting=bool(rule.get("head_weighting", score == "cls_attention_lfe")),
+            cutoff=float(cutoff), predictor=predictor,
+        )
+        present = k + int(fuse)
+    return resolved

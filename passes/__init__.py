@@ -2,6 +2,7 @@
 
 - :mod:`.structural`: IR -> IR, remove structure named by masks (heads, q/k/v channels, MLP neurons,
   embedding channels, blocks, early exit). Each exact.
+- :mod:`.tokens`: IR -> IR, static and dynamic token pruning, and the prefix token layout.
 - :mod:`.layout`: IR -> IR, exact re-layouts that make irregular widths run fast (group, pad).
 - :mod:`.onnx_cleanup`: ONNX -> ONNX cleanup before an engine is built.
 
@@ -17,6 +18,7 @@ from vitshrink.ir import LayerNormIR, ViTIR
 from vitshrink.spec import ResolvedSpec
 
 from .layout import group_heads, pad_heads
+from .tokens import dynamic_tokens, prefix_token_order, static_tokens
 from .structural import (
     early_exit,
     prune_embed,
@@ -27,8 +29,8 @@ from .structural import (
 )
 
 __all__ = [
-    "apply_spec", "early_exit", "group_heads", "pad_heads", "prune_embed", "prune_head_channels",
-    "prune_heads", "prune_mlp", "remove_blocks",
+    "apply_spec", "dynamic_tokens", "early_exit", "group_heads", "pad_heads", "prefix_token_order", "prune_embed",
+    "prune_head_channels", "prune_heads", "prune_mlp", "remove_blocks", "static_tokens",
 ]
 
 
@@ -40,7 +42,7 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
         spec: output of :func:`vitshrink.spec.resolve_spec` (validated; masks in original coordinates).
         tensors: checkpoint tensors (keys of the model and extra ones) for the exit classifier.
     Returns:
-        The pruned IR (structure physically removed; not yet re-laid-out).
+        The pruned IR (structure physically removed, token rules attached; not yet re-laid-out).
     """
     tensors = tensors or {}
     ir = prune_head_channels(ir, spec.qk, spec.v)
@@ -56,6 +58,8 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
             if prefix is not None:
                 heads[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
         ir = early_exit(ir, e.block, norm=norm, heads=heads)
+    ir = static_tokens(ir, spec.tokens, spec.token_mode)
+    ir = dynamic_tokens(ir, spec.dynamic, tensors)
     ir = remove_blocks(ir, spec.removed_blocks)
     if spec.embed is not None:
         ir = prune_embed(ir, spec.embed)

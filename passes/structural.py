@@ -147,7 +147,13 @@ def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
             proj_weight=rows(a.proj_weight, keep), proj_bias=rows(a.proj_bias, keep),
         )
         mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep))
-        return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp)
+        select = b.select
+        if select is not None and select.predictor is not None:  # a token scorer reads the residual stream
+            pr = select.predictor
+            (w0, b0), *rest = pr.layers
+            pr = replace(pr, norm=None if pr.norm is None else _ln(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
+            select = replace(select, predictor=pr)
+        return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp, select=select)
 
     return replace(
         ir,

@@ -77,7 +77,12 @@ BAD_SPECS = [
     ({"blocks.4.heads": []}, {}, "blocks.4.heads"),
     ({"blocks.2.qk": [[0], [], [5]]}, {}, "blocks.2.qk"),
     ({}, {"exit": {"block": 12}}, "exit.block"),
-    ({"blocks.0.tokens": [0]}, {}, "blocks.0.tokens"),
+    ({"blocks.0.tokens": list(range(1, 197))}, {}, "blocks.0.tokens"),  # class token pruned
+    ({"blocks.1.tokens": [0, 1, 2], "blocks.3.tokens": [0, 1, 5]}, {}, "blocks.3.tokens"),  # not nested
+    ({}, {"dynamic_tokens": {"4": {"keep": 197}}}, "dynamic_tokens.4.keep"),  # more than present
+    ({}, {"dynamic_tokens": {"4": {"keep": 0.7, "score": "predictor",
+                                   "predictor": {"type": "dynamicvit", "prefix": "score_predictor.0"}}}},
+     "dynamic_tokens.4.predictor"),  # weights missing from the checkpoint
 ]
 
 

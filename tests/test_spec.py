@@ -81,9 +81,24 @@ BAD = [
     ({"blocks.1.heads": []}, {}, "blocks.1.heads", "every head"),
     ({"blocks.1.qk": [[0], [], [1], [2]]}, {}, "blocks.1.qk", "head 1 is kept but keeps no q/k"),
     ({"embed": []}, {}, "embed", "no channel"),
-    ({"blocks.0.tokens": [0, 1]}, {}, "blocks.0.tokens", "not supported yet"),
-    ({}, {"token_mode": "drop"}, "token_mode", "not supported yet"),
-    ({}, {"dynamic_tokens": {"3": {"keep": 0.7}}}, "dynamic_tokens", "not supported yet"),
+    ({"blocks.0.tokens": [1, 2, 3]}, {}, "blocks.0.tokens", "prunes token 0 (class token)"),
+    ({"blocks.0.tokens": [0, 1, 2], "blocks.2.tokens": [0, 1, 3]}, {}, "blocks.2.tokens",
+     "keeps token 3, which blocks.0.tokens removed (token masks must be nested)"),
+    ({"blocks.0.tokens": [0, 1, 2, 30]}, {}, "blocks.0.tokens", "out of range"),
+    ({}, {"token_mode": "keep"}, "token_mode", "must be"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 20}}}, "dynamic_tokens.1.keep", "only 16 patch tokens are present before block 1"),
+    ({}, {"dynamic_tokens": {"0": {"keep": 4, "fuse": True}, "1": {"keep": 6}}}, "dynamic_tokens.1.keep", "only 5 patch tokens"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 1.5}}}, "dynamic_tokens.1.keep", "not in (0, 1]"),
+    ({}, {"dynamic_tokens": {"1": {"keep": True}}}, "dynamic_tokens.1.keep", "token count"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 0.5, "score": "predictor", "predictor": {"type": "dynamicvit", "prefix": "nope"}}}},
+     "dynamic_tokens.1.predictor", "predictor weight 'nope.in_conv.0.weight' is missing from the checkpoint"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 0.5, "score": "predictor"}}}, "dynamic_tokens.1.predictor", "needs"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 0.5, "where": "attn"}}}, "dynamic_tokens.1.where", "use where"),
+    ({}, {"dynamic_tokens": {"1": {"keep": 0.5, "score": "topk"}}}, "dynamic_tokens.1.score", "must be one of"),
+    ({}, {"dynamic_tokens": {"9": {"keep": 1}}}, "dynamic_tokens.9", "not a block index"),
+    ({"blocks.1.keep": False}, {"dynamic_tokens": {"1": {"keep": 3}}}, "dynamic_tokens.1", "is removed"),
+    ({"blocks.1.v": [[], [], [], []]}, {"dynamic_tokens": {"1": {"keep": 3}}}, "dynamic_tokens.1", "every head of block 1 is removed"),
+    ({"blocks.1.tokens": [0, 1, 2, 3]}, {"dynamic_tokens": {"2": {"keep": 2}}}, "dynamic_tokens", "cannot be combined"),
     ({}, {"exit": {"block": 4}}, "exit.block", "out of range"),
     ({}, {"exit": {"block": -1}}, "exit.block", "out of range"),
     ({}, {"exit": 3}, "exit", "must be an object"),
@@ -132,3 +147,28 @@ def test_file_errors(tmp_path):
         load_spec(bad_st)
     with pytest.raises(SpecError, match="'format'"):
         load_spec(write_json(tmp_path, {}, format="vitshrink.spec/2", name="v2.json"))
+
+
+def test_distillation_token_must_be_kept(small_distilled):
+    _, ir = small_distilled
+    with pytest.raises(SpecError, match=r"'blocks.2.tokens'.*token 1 \(distillation token\)"):
+        resolve_spec(Spec({"blocks.2.tokens": torch.tensor([True, False] + [True] * 16)}), ir)
+
+
+def test_predictor_shape_is_checked(small_model):
+    _, ir = small_model
+    tensors = {"sel.fc0.weight": torch.zeros(8, 48), "sel.fc0.bias": torch.zeros(8),
+               "sel.fc1.weight": torch.zeros(2, 8), "sel.fc1.bias": torch.zeros(2)}
+    rule = {"keep": 4, "score": "predictor", "predictor": {"type": "mlp", "prefix": "sel", "hidden": [8], "norm": False}}
+    with pytest.raises(SpecError, match=r"'dynamic_tokens.1.predictor'.*'sel.fc1.weight' has shape \[2, 8\], needs \[1, 8\]"):
+        resolve_spec(Spec({}, {"dynamic_tokens": {"1": rule}}), ir, tensors)
+    tensors["sel.fc1.weight"], tensors["sel.fc1.bias"] = torch.zeros(1, 8), torch.zeros(1)
+    rs = resolve_spec(Spec({}, {"dynamic_tokens": {"1": rule}}), ir, tensors)
+    assert rs.dynamic[1].keep == 4 and rs.dynamic[1].predictor.hidden == (8,)
+
+
+def test_keep_ratio_rounds_up_like_evit(small_model):
+    _, ir = small_model
+    rs = resolve_spec(Spec({}, {"dynamic_tokens": {"0": {"keep": 0.7}, "2": {"keep": 0.7, "fuse": True}, "3": {"keep": 0.5}}}), ir)
+    assert [rs.dynamic[i].keep for i in (0, 2, 3)] == [12, 9, 5]  # ceil(0.7*16), ceil(0.7*12), ceil(0.5*(9+1))
+    assert rs.dynamic[2].fuse and not rs.dynamic[0].fuse
