@@ -456,19 +456,14 @@ def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
     plans = []
     for b in ir.blocks:
         plan: dict = {"n_in": len(seq), "drop": None, "query": None, "select": None}
-        if b.tokens is not None:
+        if b.tokens is not None and set(b.tokens) != set(seq):
             kept = set(b.tokens)
-            if ir.token_mode == "drop" and kept != set(seq):
-                idx = [p for p, t in enumerate(seq) if t in kept]
-                if prefix_layout:
-                    assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
-                plan["drop"] = {"n": len(idx), "index": None if prefix_layout else idx}
+            idx = [p for p, t in enumerate(seq) if t in kept]
+            if prefix_layout:
+                assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
+            plan[ir.token_mode] = {"n": len(idx), "index": None if prefix_layout else idx}  # "drop" or "query"
+            if ir.token_mode == "drop":
                 seq = [seq[p] for p in idx]
-            elif ir.token_mode == "query" and kept != set(seq):
-                idx = [p for p, t in enumerate(seq) if t in kept]
-                if prefix_layout:
-                    assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
-                plan["query"] = {"n": len(idx), "index": None if prefix_layout else idx}
         s = b.select
         if s is not None and s.keep < len(seq) - P:
             pr = s.predictor

@@ -5,9 +5,10 @@ Stages, in order (any failure leaves no output directory behind):
 1. read the spec file, import the timm model and its checkpoint, validate the spec (bad input:
    :class:`~vitshrink.errors.VitshrinkError`, before any heavy work);
 2. import fidelity: the codegen of the unpruned IR against timm's own forward;
-3. structural passes, then the layout pass; codegen;
+3. structural and token passes, then the layout passes (head padding, prefix token order); codegen;
 4. exactness: pruned module vs :func:`~vitshrink.reference.reference_forward` (max abs diff on
-   logits <= tolerance), and the saved checkpoint reloaded with :func:`vitshrink.load`;
+   logits <= tolerance; for dynamic token rules also identical kept tokens), and the saved
+   checkpoint reloaded with :func:`vitshrink.load`;
 5. ONNX export of dense and pruned (same codegen), onnx.checker, ONNX Runtime vs torch;
 6. latency (ONNX Runtime, dense and pruned interleaved) at each batch size and thread count;
    optional TensorRT engine;
@@ -145,19 +146,25 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def check_output(out: Path) -> None:
+    """Raise :class:`VitshrinkError` if ``out`` is a file, or a non-empty directory that is not a
+    vitshrink output (which would be replaced)."""
+    if out.exists():
+        if not out.is_dir():
+            raise VitshrinkError(f"output '{out}' exists and is not a directory")
+        if any(out.iterdir()) and not (out / "report.json").is_file():
+            raise VitshrinkError(f"output directory '{out}' is not empty and not a vitshrink output; choose another --out")
+
+
 def prepare_output(out: Path) -> tuple[Path, Optional[Path]]:
     """Check ``out`` can be (re)placed and make a temporary sibling directory to build it in.
 
     Returns:
         (temporary directory, the parent directory if this call created it, else None).
     Raises:
-        VitshrinkError: ``out`` is a file, or a non-empty directory that is not a vitshrink output.
+        VitshrinkError: see :func:`check_output`.
     """
-    if out.exists():
-        if not out.is_dir():
-            raise VitshrinkError(f"output '{out}' exists and is not a directory")
-        if any(out.iterdir()) and not (out / "report.json").is_file():
-            raise VitshrinkError(f"output directory '{out}' is not empty and not a vitshrink output; choose another --out")
+    check_output(out)
     created = None
     parent = out.resolve().parent
     if not parent.exists():
@@ -246,6 +253,7 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
     if any(b < 1 for b in opt.batches) or any(t < 1 for t in opt.threads):
         raise VitshrinkError("--batch and --threads take positive integers")
     out = Path(out)
+    check_output(out)
     log = _Log(opt.progress)
 
     # 1. inputs (all validation before any output exists)
@@ -256,21 +264,22 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
             timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
         for w in caught:
             log.warn(str(w.message))
-        resolved = resolve_spec(spec, dense_ir, {**timm_model.state_dict(), **extras})
+        checkpoint = {**timm_model.state_dict(), **extras}
+        resolved = resolve_spec(spec, dense_ir, checkpoint)
         if opt.data:
             from vitshrink.runtime.accuracy import list_images
 
             list_images(opt.data, dense_ir.num_classes)
         transform = eval_transform(timm_model)
     shape = (dense_ir.in_chans, *dense_ir.img_size)
-    # keep only the checkpoint tensors the spec references (an exit classifier), not the whole model
-    tensors = _referenced_tensors(resolved, {**timm_model.state_dict(), **extras})
+    # keep only the checkpoint tensors the spec references (exit classifier, token predictors)
+    tensors = _referenced_tensors(resolved, checkpoint)
     x = verification_images(opt.verify_images, shape, opt.data, transform, dense_ir.num_classes, dense_ir.patch_size)
 
     # 2. import fidelity (then the timm model is dropped: the IR holds the weights)
     with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
         fidelity = _max_diff(codegen.build_module(dense_ir, share=True)(x), timm_model(x))
-    del timm_model, extras
+    del timm_model, extras, checkpoint
     if fidelity > opt.tolerance:
         raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
 
@@ -312,10 +321,11 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
 
 
 def _referenced_tensors(resolved, tensors: dict) -> dict:
+    """The checkpoint tensors a resolved spec reads: exit classifier and token predictor weights."""
+    prefixes = [r.predictor.prefix for r in resolved.dynamic.values() if r.predictor is not None]
     e = resolved.exit
-    if e is None:
-        return {}
-    prefixes = [p for p in (e.head, e.head_dist, e.norm) if p is not None]
+    if e is not None:
+        prefixes += [p for p in (e.head, e.head_dist, e.norm) if p is not None]
     return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}
 
 

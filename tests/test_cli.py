@@ -151,3 +151,33 @@ def test_masks_command(tmp_path):
     assert code == 2 and "at least one of" in stderr
     code, _, stderr = run("masks", MODEL, "--mlp", "2", "--out", tmp_path / "t.json")
     assert code == 2 and "keep ratio" in stderr and not (tmp_path / "t.json").exists()
+
+
+def test_compile_with_a_predictor_from_the_checkpoint(tmp_path):
+    """DynamicViT-style predictor weights travel from the checkpoint into the compiled model."""
+    from safetensors.torch import save_file
+
+    from conftest import randomise
+    from test_tokens import predictor_tensors
+    from vitshrink.frontends.timm import create_model
+
+    model = randomise(create_model(MODEL), seed=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.2)
+    ckpt = {k: v.contiguous() for k, v in model.state_dict().items()}
+    ckpt.update({k.replace("pred.", "score_predictor.0."): v for k, v in predictor_tensors(192).items() if k.startswith("pred.")})
+    save_file(ckpt, str(tmp_path / "ckpt.safetensors"))
+    spec = _spec(tmp_path, {}, {"dynamic_tokens": {
+        "3": {"keep": 0.7, "score": "predictor", "where": "attn", "predictor": {"type": "dynamicvit", "prefix": "score_predictor.0"}},
+        "8": {"keep": 0.5, "fuse": True}}})
+    code, _, stderr = run("compile", MODEL, "--spec", spec, "--checkpoint", tmp_path / "ckpt.safetensors",
+                          "--out", tmp_path / "o", *FAST)
+    assert code == 0, stderr
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["exactness"]["token_ids_identical"] is True and r["export"]["passed"]
+    assert [b["tokens"]["keys"][1] for b in r["structure"]["blocks"]][2:5] == [197, 139, 139]
+    import vitshrink
+
+    m = vitshrink.load(tmp_path / "o")
+    assert m.blocks[3].predictor is not None and m(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)

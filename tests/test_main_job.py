@@ -55,3 +55,45 @@ def test_exactness_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="exactness failed"):
         compile_model("deit_tiny_patch16_224", spec, tmp_path / "o", CompileOptions(progress=False, bench_seconds=0))
     assert list(tmp_path.iterdir()) == []
+
+
+def _masks_and_compile(tmp_path, masks_args, name, extra=()):
+    require_shared()
+    spec = tmp_path / f"{name}.json"
+    subprocess.run([BIN, "masks", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, *masks_args, "--out", spec],
+                   check=True, capture_output=True)
+    out = tmp_path / name
+    proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--spec", spec,
+                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "2", "--quiet", *extra],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((out / "report.json").read_text())
+    assert r["exactness"]["max_abs_diff"] <= 1e-4 and r["export"]["onnx_max_abs_diff"] <= 1e-4
+    assert r["accuracy"]["n"] == 1000 and abs(r["accuracy"]["dense_top1"] - 0.789) <= 0.005
+    assert r["latency"][0]["speedup"] > 0 and "tokens per block" not in proc.stderr
+    return json.loads(spec.read_text()), r
+
+
+@pytest.mark.slow
+def test_real_deit_tiny_patch_slimming_schedule(tmp_path):
+    """(i) a Patch-Slimming nested schedule computed top-down on 100 of the sample images."""
+    spec, r = _masks_and_compile(tmp_path, ["--tokens", "slim:0.85@3-11", "--calib", IMAGENET_VAL, "--calib-n", "100"], "slim")
+    assert spec["settings"]["token_mode"] == "query" and spec["meta"]["tokens"]["calibration"]["n"] == 100
+    kept = [set(spec["masks"][f"blocks.{i}.tokens"]) for i in range(3, 12)]
+    assert all(b <= a for a, b in zip(kept, kept[1:])) and all(0 in k for k in kept)  # nested, class token kept
+    rows = r["structure"]["blocks"]
+    assert [b["tokens"]["queries"][1] for b in rows] == [197] * 3 + [1 + len(k) - 1 for k in kept]
+    assert all(b["tokens"]["keys"][1] == 197 for b in rows)  # query mode: keys/values from all tokens
+    print(f"\nslim: MACs x{r['macs']['dense'] / r['macs']['pruned']:.2f}, top-1 {r['accuracy']['pruned_top1']:.3f}")
+
+
+@pytest.mark.slow
+def test_real_deit_tiny_evit(tmp_path):
+    """(ii) EViT-style keep 0.7 at blocks 4, 7, 10."""
+    spec, r = _masks_and_compile(tmp_path, ["--tokens", "evit:0.7@4,7,10"], "evit")
+    assert set(spec["settings"]["dynamic_tokens"]) == {"4", "7", "10"}
+    assert r["exactness"]["token_ids_identical"] is True
+    assert [b["tokens"]["mlp"][1] for b in r["structure"]["blocks"]] == [197] * 4 + [139] * 3 + [98] * 3 + [69] * 2
+    # EViT without fine-tuning is known to cost little accuracy; a guard against a broken selection
+    assert r["accuracy"]["pruned_top1"] > 0.6 and r["accuracy"]["top1_agreement"] > 0.7
+    print(f"\nevit: MACs x{r['macs']['dense'] / r['macs']['pruned']:.2f}, top-1 {r['accuracy']['pruned_top1']:.3f}")

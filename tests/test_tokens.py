@@ -396,3 +396,19 @@ def test_bad_schedules(small_model, bad):
     _, ir = small_model
     with pytest.raises(VitshrinkError, match="--tokens"):
         token_spec(ir, bad, calib=images(2))
+
+
+def test_query_mode_semantics_on_the_last_block(small_model):
+    """Patch Slimming eq. 2: updating only the class token in the last block leaves the logits of
+    the dense model unchanged (no other token's last update reaches the classifier); dropping the
+    other tokens instead changes them (the class token then attends to itself only)."""
+    model, ir = small_model
+    only_cls = torch.zeros(17, dtype=torch.bool)
+    only_cls[0] = True
+    x = images(3)
+    with torch.no_grad():
+        dense = model(x)
+    for mode, same in (("query", True), ("drop", False)):
+        rs = resolve_spec(Spec({"blocks.3.tokens": only_cls}, {"token_mode": mode}), ir)
+        got = build_module(prefix_token_order(apply_spec(ir, rs)))(x).detach()
+        assert (float((got - dense).abs().max()) <= TOL) == same
