@@ -436,7 +436,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
             speedup = d["p50"] / p["p50"]
             entries.append({
                 "runtime": "onnxruntime", "device": "cpu", "provider": "CPUExecutionProvider",
-                "batch": batch, "threads": threads, "thread_pool": "global, spinning", "rounds": res.rounds,
+                "batch": batch, "threads": threads, "thread_pool": res.thread_pool, "rounds": res.rounds,
                 "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
                 "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
                 "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],

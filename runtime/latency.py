@@ -25,10 +25,12 @@ from .base import Runner
 
 @dataclass
 class LatencyResult:
-    """Latencies in milliseconds per runner name, one entry per round (same order across runners)."""
+    """Latencies in milliseconds per runner name, one entry per round (same order across runners).
+    ``thread_pool``: how ONNX Runtime's threads were set up (:func:`measure_onnx`)."""
 
     batch: int
     ms: dict[str, list[float]] = field(default_factory=dict)
+    thread_pool: str = ""
 
     def stats(self, name: str) -> dict[str, float]:
         """``{"p50", "p90", "p99", "mean", "throughput"}``: ms, ms, ms, ms, images/s (from p50)."""
@@ -88,8 +90,9 @@ def _onnx_worker(paths, batches, threads, input_shape, budget_s, min_rounds, max
     try:
         from .ort import OrtRunner, use_global_thread_pool
 
-        use_global_thread_pool(threads)
-        runners = {n: OrtRunner(p, threads=threads, allow_spinning=True, global_pool=True) for n, p in paths.items()}
+        shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
+        q.put(("pool", "global, spinning" if shared else "per-session, no spinning"))
+        runners = {n: OrtRunner(p, threads=threads, allow_spinning=shared, global_pool=shared) for n, p in paths.items()}
         for batch in batches:
             res = measure_interleaved(
                 runners, batch, input_shape, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s,
@@ -130,7 +133,7 @@ def measure_onnx(
         min_rounds, max_rounds, q))
     proc.start()
     results: dict[int, LatencyResult] = {}
-    error = None
+    error, pool = None, ""
     while True:
         try:
             msg = q.get(timeout=5)
@@ -141,8 +144,10 @@ def measure_onnx(
             continue
         if msg[0] == "progress" and progress:
             progress(*msg[1:])
+        elif msg[0] == "pool":
+            pool = msg[1]
         elif msg[0] == "result":
-            results[msg[1]] = LatencyResult(msg[1], msg[2])
+            results[msg[1]] = LatencyResult(msg[1], msg[2], pool)
         elif msg[0] == "error":
             error = msg[1]
         elif msg[0] == "done":

@@ -62,8 +62,9 @@ class OrtRunner(Runner):
         return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
-def use_global_thread_pool(threads: int) -> None:
-    """Create ONNX Runtime's process-wide thread pool (``threads`` intra-op, 1 inter-op).
+def use_global_thread_pool(threads: int) -> bool:
+    """Create ONNX Runtime's process-wide thread pool (``threads`` intra-op, 1 inter-op); False if
+    this onnxruntime build has no such entry point (callers then use per-session pools).
 
     Must run before the first session of the process; the size cannot change afterwards, which is
     why latency is measured in a fresh worker process per thread count
@@ -73,5 +74,9 @@ def use_global_thread_pool(threads: int) -> None:
     import onnxruntime as ort
     from onnxruntime.capi import _pybind_state
 
+    setter = getattr(_pybind_state, "set_global_thread_pool_sizes", None)
+    if setter is None:
+        return False
     ort.set_default_logger_severity(3)  # it warns that per-session thread options are ignored
-    _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    setter(threads, 1)
+    return True

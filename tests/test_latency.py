@@ -36,3 +36,18 @@ def test_budget_stops_after_min_rounds():
     res = measure_interleaved(runners, batch=1, input_shape=(3, 4, 4), warmup=0, min_rounds=3, max_rounds=1000, budget_s=0)
     assert res.rounds == 3
     assert np.allclose(res.ms["a"], 1.0)
+
+
+def test_measure_onnx_in_a_worker(tmp_path, small_model):
+    """The worker process times real ONNX files and reports how its thread pool was set up."""
+    from vitshrink.codegen import build_module
+    from vitshrink.export import export_onnx
+    from vitshrink.runtime.latency import measure_onnx
+
+    _, ir = small_model
+    path = export_onnx(build_module(ir), tmp_path / "m.onnx", (3, 32, 32))
+    seen = []
+    res = measure_onnx({"a": path, "b": path}, [1, 2], threads=1, input_shape=(3, 32, 32), budget_s=0, min_rounds=3,
+                       progress=lambda b, d, p: seen.append((b, d)))
+    assert sorted(res) == [1, 2] and res[2].rounds == 3 and res[1].thread_pool in ("global, spinning", "per-session, no spinning")
+    assert all(len(v) == 3 and min(v) > 0 for v in res[2].ms.values()) and (2, 3) in seen

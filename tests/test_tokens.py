@@ -219,7 +219,7 @@ def test_rank_keep_breaks_exact_ties_identically_in_torch_and_onnx(tmp_path):
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(Keep(), (scores,), str(tmp_path / "k.onnx"), dynamo=True, opset_version=20)
+        torch.onnx.export(Keep().eval(), (scores,), str(tmp_path / "k.onnx"), dynamo=True, opset_version=20)
     import onnxruntime as ort
 
     keep_o, idx_o = ort.InferenceSession(str(tmp_path / "k.onnx"), providers=["CPUExecutionProvider"]).run(None, {"s": scores.numpy()})
