@@ -128,7 +128,7 @@ def markdown(report: dict) -> str:
         f"- checkpoint: {src['path'] or '**random weights** (no checkpoint given)'}",
         f"- spec: {report['inputs']['spec']['path']} (sha256 {report['inputs']['spec']['sha256'][:12]})",
         f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores",
-        f"- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()),
+        "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()),
         "",
         "## Size",
         "",

@@ -379,7 +379,7 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
             continue
         match = _BLOCK_KEY.match(key)
         if not match:
-            raise SpecError(key, f"unknown mask name (expected embed or blocks.{{i}}.{{heads,qk,v,mlp,keep,tokens}})")
+            raise SpecError(key, "unknown mask name (expected embed or blocks.{i}.{heads,qk,v,mlp,keep,tokens})")
         i, kind = int(match.group(1)), match.group(2)
         if i >= L:
             raise SpecError(key, f"block {i} does not exist: the model has blocks 0..{L - 1}")

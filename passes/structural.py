@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from vitshrink.ir import (
@@ -19,7 +18,6 @@ from vitshrink.ir import (
     BlockIR,
     ClassifierIR,
     LayerNormIR,
-    MlpIR,
     ViTIR,
     cols,
     replace,

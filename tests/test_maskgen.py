@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from vitshrink.errors import VitshrinkError
 from vitshrink.maskgen import head_scores, l1_spec

@@ -186,20 +186,7 @@ def test_random_dynamic_rules_distilled(small_distilled, data):
     _, ir = small_distilled
     tensors = predictor_tensors(ir.embed_dim, seed=1)
     spec = _draw_valid(data, dynamic_specs(ir), ir, tensors)
-    rs, _ = check(ir, spec, tensors, token_layouts=("prefix",))
-
-
-@pytest.fixture(scope="module")
-def tie_model():
-    """A model whose patch position embeddings are all equal: on flat images identical patches are
-    identical tokens, so token scores tie exactly."""
-    from conftest import small_vit
-    from vitshrink.frontends.timm import from_timm
-
-    m = small_vit(seed=3)
-    with torch.no_grad():
-        m.pos_embed[:, 1:] = m.pos_embed[:, 1:2]
-    return from_timm(m)
+    check(ir, spec, tensors, token_layouts=("prefix",))
 
 
 def test_rank_keep_breaks_exact_ties_identically_in_torch_and_onnx(tmp_path):
