@@ -1,10 +1,11 @@
-"""MACs and parameters, counted by torch's :class:`~torch.utils.flop_counter.FlopCounterMode`.
+"""MACs, counted by torch's :class:`~torch.utils.flop_counter.FlopCounterMode`.
 
 MACs (multiply-accumulates) are what the pruning papers call "FLOPs" (fvcore's convention).
 FlopCounterMode counts 2 FLOPs per MAC for convolutions and matmuls; we halve it. Its registry lacks
 the CPU attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), which we map to
 torch's own SDPA formula so that attention's q.k and attn.v products are counted on every device.
 Elementwise work (LayerNorm, softmax, GELU, residual adds) is not counted, as in fvcore.
+Parameters are counted on the IR (:meth:`vitshrink.ir.ViTIR.num_params`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,3 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)
         model(x)
     return counter.get_total_flops() // 2 // input_shape[0]
 
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (elements of every parameter tensor)."""
-    return sum(p.numel() for p in model.parameters())

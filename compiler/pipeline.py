@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -56,7 +56,6 @@ class CompileOptions:
     verify_images: int = 4
     trt: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 class _Log:

@@ -115,8 +115,7 @@ def _select(rule, x, alive, scores_of, P, next_slot, traced):
         new_alive[b, kept] = True
         ids = list(range(P)) + kept
         if rule.fuse:
-            pruned = [c for c in order[rule.keep:]]
-            x[b, next_slot] = sum((s[c] * x[b, cand[c]] for c in pruned), torch.zeros(x.shape[-1]))
+            x[b, next_slot] = sum((s[c] * x[b, cand[c]] for c in order[rule.keep:]), torch.zeros(x.shape[-1]))
             new_alive[b, next_slot] = True
             ids.append(next_slot)
         kept_ids.append(ids)

@@ -57,14 +57,14 @@ def test_exactness_failure_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _masks_and_compile(tmp_path, masks_args, name, extra=()):
+def _masks_and_compile(tmp_path, masks_args, name):
     require_shared()
     spec = tmp_path / f"{name}.json"
     subprocess.run([BIN, "masks", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, *masks_args, "--out", spec],
                    check=True, capture_output=True)
     out = tmp_path / name
     proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--spec", spec,
-                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "2", "--quiet", *extra],
+                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "2", "--quiet"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "report.json").read_text())
