@@ -3,16 +3,21 @@
 checkpoint + masks --import--> IR --passes--> smaller IR --verify--> nn.Module --export--> ONNX
 --> engine (ONNX Runtime / TensorRT) --measure--> report.
 
-Public API (imported lazily so ``import vitshrink`` stays cheap):
+Public API (``__all__``; imported on first use so ``import vitshrink`` stays cheap, yet listed by
+``dir(vitshrink)`` and visible to type checkers and IDEs):
 
+- :func:`compile_model`, :class:`CompileOptions` -- the whole job (what ``vitshrink compile`` runs).
 - :func:`load` -- rebuild a pruned model from a ``vitshrink compile`` output or checkpoint directory.
-- :func:`compile_model` -- the whole job (what ``vitshrink compile`` runs).
 - :func:`load_spec`, :func:`resolve_spec`, :class:`Spec` -- the mask format.
 - :func:`import_model` -- timm model + checkpoint -> dense IR.
 - :func:`apply_spec` -- the structural passes; :func:`build_module` -- IR -> nn.Module.
 - :func:`reference_forward` -- the masked dense reference.
+- :class:`VitshrinkError` (bad input, CLI exit 2), :class:`VerificationError` (a broken promise,
+  exit 1), :class:`SpecError`, :class:`CheckpointError`, :class:`ModelError`.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -22,6 +27,12 @@ _LAZY = {
     "build_module": ("vitshrink.codegen", "build_module"),
     "PrunedViT": ("vitshrink.codegen", "PrunedViT"),
     "compile_model": ("vitshrink.pipeline", "compile_model"),
+    "CompileOptions": ("vitshrink.pipeline", "CompileOptions"),
+    "VitshrinkError": ("vitshrink.errors", "VitshrinkError"),
+    "VerificationError": ("vitshrink.errors", "VerificationError"),
+    "SpecError": ("vitshrink.errors", "SpecError"),
+    "CheckpointError": ("vitshrink.errors", "CheckpointError"),
+    "ModelError": ("vitshrink.errors", "ModelError"),
     "Spec": ("vitshrink.spec", "Spec"),
     "load_spec": ("vitshrink.spec", "load_spec"),
     "save_spec": ("vitshrink.spec", "save_spec"),
@@ -34,11 +45,27 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never executed)
+    from .codegen import PrunedViT, build_module, load, save
+    from .counting import count_macs
+    from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError
+    from .frontends.timm import import_model
+    from .passes import apply_spec
+    from .pipeline import CompileOptions, compile_model
+    from .reference import reference_forward
+    from .spec import Spec, load_spec, resolve_spec, save_spec
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
         module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value  # resolved once; documentation tools then find it in the module
+        return value
     raise AttributeError(f"module 'vitshrink' has no attribute {name!r}")

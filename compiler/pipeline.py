@@ -42,20 +42,47 @@ DEFAULT_TOLERANCE = 1e-4
 
 @dataclass
 class CompileOptions:
-    """Options of :func:`compile_model` (CLI flags of ``vitshrink compile``)."""
+    """Options of :func:`compile_model`; each field is the ``vitshrink compile`` flag of the same name.
+
+    Attributes:
+        checkpoint: weights of the model (``.safetensors`` / ``.pth``); None: random weights (latency
+            and exactness stay meaningful, accuracy does not; a warning says so).
+        data: ImageFolder directory for top-1/top-5 of dense and pruned (and 4 real verification images).
+        batch: batch sizes to time (an int or a sequence), e.g. ``(1, 8)``.
+        threads: ONNX Runtime intra-op thread counts to time (an int or a sequence); at most 2 on 2 cores.
+        bench_seconds: timing budget in seconds per (batch, threads) setting; rounds go on past it (up
+            to 3x) while the figure is not yet stable (:func:`vitshrink.runtime.latency.stability`).
+        limit: evaluate only the first ``limit`` images of ``data``.
+        layout: ``"pad"`` irregular heads to one width per block, or ``"group"`` equal widths.
+        token_layout: static tokens as ``"prefix"`` slices (one permutation) or ``"gather"``/scatter.
+        tolerance: max abs diff on logits (fp32) for import fidelity, exactness and export.
+        verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
+        trt: also build a TensorRT fp16 engine (skipped with the reason where TensorRT is missing).
+        progress: stage lines and progress bars on stderr (the CLI's ``--quiet`` turns them off).
+    Raises:
+        VitshrinkError: from :func:`compile_model`, for a value out of range (named).
+    """
 
     checkpoint: Optional[str] = None
     data: Optional[str] = None
-    batches: Sequence[int] = (1,)
-    threads: Sequence[int] = (2,)
+    batch: Sequence[int] | int = (1,)
+    threads: Sequence[int] | int = (2,)
     bench_seconds: float = 10.0
-    data_limit: Optional[int] = None
-    layout: str = "pad"  # "pad": pad irregular heads to one width; "group": run equal widths together
-    token_layout: str = "prefix"  # static tokens: "prefix" (permute once, slice) or "gather" (gather/scatter)
+    limit: Optional[int] = None
+    layout: str = "pad"
+    token_layout: str = "prefix"
     tolerance: float = DEFAULT_TOLERANCE
     verify_images: int = 4
     trt: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
+        self.threads = (self.threads,) if isinstance(self.threads, int) else tuple(self.threads)
+        if self.checkpoint is not None:
+            self.checkpoint = str(self.checkpoint)
+        if self.data is not None:
+            self.data = str(self.data)
 
 
 class _Log:
@@ -67,7 +94,7 @@ class _Log:
         if enabled:
             from rich.console import Console
 
-            self.console = Console(stderr=True, highlight=False)
+            self.console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a file
         self.timings: dict[str, float] = {}
         self.peak_rss_gb: dict[str, float] = {}
 
@@ -76,8 +103,13 @@ class _Log:
             self.console.print(msg)
 
     def warn(self, msg: str) -> None:
+        """One line on stderr (``progress`` on), else a Python warning the caller can filter."""
         if self.console:
-            self.console.print(f"[bold yellow]warning:[/] {msg}")
+            from rich.markup import escape
+
+            self.console.print(f"[bold yellow]warning:[/] {escape(msg)}")
+        else:
+            warnings.warn(msg, stacklevel=3)
 
     @contextmanager
     def stage(self, name: str, label: str):
@@ -221,22 +253,47 @@ def verification_images(n: int, shape: tuple[int, int, int], data: Optional[str]
     return torch.cat(xs)
 
 
+def _options(options: Optional[CompileOptions], kwargs: dict) -> CompileOptions:
+    """``options`` (or the defaults) with the keyword arguments of :func:`compile_model` applied."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(CompileOptions)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise VitshrinkError(f"compile_model got an unknown option '{unknown[0]}' (options: {', '.join(sorted(names))})")
+    return dataclasses.replace(options or CompileOptions(), **kwargs)
+
+
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def compile_model(model_name: str, spec_path: str | Path, out: str | Path, options: Optional[CompileOptions] = None) -> dict:
-    """Compile ``model_name`` pruned by the spec at ``spec_path`` into the directory ``out``.
+def compile_model(model_name: str, spec: str | Path | None = None, out: str | Path | None = None,
+                  options: Optional[CompileOptions] = None, **kwargs) -> dict:
+    """Compile ``model_name`` pruned as ``spec`` says into the directory ``out`` (``vitshrink compile``).
+
+    Stages: import, import fidelity, passes + codegen, exactness against the masked dense reference
+    (max abs diff on logits, fp32), ONNX export (dense and pruned) checked in ONNX Runtime, latency
+    (dense and pruned interleaved; ms, speed-up and realization = speed-up / MACs ratio), accuracy.
+
+    Example::
+
+        report = vitshrink.compile_model("deit_tiny_patch16_224", "spec.json", "out/",
+                                         checkpoint="deit_tiny.safetensors", batch=(1, 8), threads=2)
+        report["latency"][0]["speedup"]
 
     Args:
-        model_name: a timm model name (DeiT/ViT family).
-        spec_path: mask spec v1 file (``.json`` or ``.safetensors``).
+        model_name: a timm model name (DeiT/ViT family), e.g. ``"deit_small_patch16_224"``.
+        spec: mask spec v1 file (``.json`` or ``.safetensors``).
         out: output directory; written atomically (built in a temporary sibling, then moved).
-        options: :class:`CompileOptions`.
+        options: a :class:`CompileOptions`; or give its fields as keyword arguments
+            (``checkpoint=``, ``data=``, ``batch=``, ``threads=``, ``bench_seconds=``, ``limit=``,
+            ``layout=``, ``token_layout=``, ``tolerance=``, ``verify_images=``, ``trt=``, ``progress=``),
+            which override the fields of ``options``.
     Returns:
-        The report (the content of ``out/report.json``).
+        The report, a dict (the content of ``out/report.json``; fields in :mod:`vitshrink.report`).
     Raises:
-        VitshrinkError: bad input (spec, checkpoint, model, data) -- nothing is written.
+        VitshrinkError: bad input (spec, checkpoint, model, data, an unknown keyword) -- nothing is written.
         VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
     """
     from . import codegen
@@ -244,12 +301,17 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
     from .report import write_report
     from .spec import load_spec, resolve_spec, save_spec
 
-    opt = options or CompileOptions()
+    opt = _options(options, kwargs)
+    if spec is None:
+        raise VitshrinkError("no spec: give a mask spec file (spec=... / --spec)")
+    if out is None:
+        raise VitshrinkError("no output directory: give out=... / --out")
+    spec_path = spec
     if opt.layout not in ("pad", "group"):
         raise VitshrinkError(f"--layout {opt.layout!r}: expected 'pad' or 'group'")
     if opt.token_layout not in ("prefix", "gather"):
         raise VitshrinkError(f"--token-layout {opt.token_layout!r}: expected 'prefix' or 'gather'")
-    if any(b < 1 for b in opt.batches) or any(t < 1 for t in opt.threads):
+    if any(b < 1 for b in opt.batch) or any(t < 1 for t in opt.threads):
         raise VitshrinkError("--batch and --threads take positive integers")
     out = Path(out)
     check_output(out)
@@ -261,8 +323,6 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
-        for w in caught:
-            log.warn(str(w.message))
         checkpoint = {**timm_model.state_dict(), **extras}
         resolved = resolve_spec(spec, dense_ir, checkpoint)
         if opt.data:
@@ -270,6 +330,8 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
 
             list_images(opt.data, dense_ir.num_classes)
         transform = eval_transform(timm_model)
+    for w in caught:  # only once the input is known to be good: bad input ends with its one error line
+        log.warn(str(w.message))
     shape = (dense_ir.in_chans, *dense_ir.img_size)
     # keep only the checkpoint tensors the spec references (exit classifier, token predictors)
     tensors = _referenced_tensors(resolved, checkpoint)
@@ -315,7 +377,7 @@ def compile_model(model_name: str, spec_path: str | Path, out: str | Path, optio
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log.info(f"[bold green]wrote[/] {out}/ (report.md, report.json, model.onnx, model/)")
+    log.info(f"[bold green]wrote[/] {out}/ (report.md, report.json, widths.png, latency.png, model.onnx, model/, spec.json)")
     return report
 
 
@@ -333,7 +395,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     ``owned`` and drops large objects as soon as they are no longer needed: peak memory is the dense
     weights once plus what the exporter needs."""
     from vitshrink.passes import apply_spec, group_heads, pad_heads, prefix_token_order
-    from vitshrink.runtime.latency import measure_onnx
+    from vitshrink.runtime.latency import measure_onnx, stability
     from vitshrink.runtime.ort import OrtRunner
 
     from . import codegen
@@ -419,17 +481,17 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     ideal = macs_dense / macs_pruned
     entries = []
     for threads in opt.threads:
-        with log.stage(f"latency_t{threads}", f"latency onnxruntime cpu, {threads} threads, batch {','.join(map(str, opt.batches))}"):
-            with log.bar(f"{threads} threads", 10 * len(opt.batches)) as bar:
+        with log.stage(f"latency_t{threads}", f"latency onnxruntime cpu, {threads} threads, batch {','.join(map(str, opt.batch))}"):
+            with log.bar(f"{threads} threads", 10 * len(opt.batch)) as bar:
                 done = {}
 
                 def tick(batch, d, planned):
                     done[batch] = (d, planned)
-                    bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(opt.batches) - len(done)))
+                    bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(opt.batch) - len(done)))
 
-                results = measure_onnx({"dense": onnx_dense, "pruned": onnx_pruned}, opt.batches, threads, shape,
-                                       budget_s=opt.bench_seconds, progress=tick)
-        for batch in opt.batches:
+                results = measure_onnx({"dense": onnx_dense, "pruned": onnx_pruned}, opt.batch, threads, shape,
+                                       budget_s=opt.bench_seconds, extend_s=2 * opt.bench_seconds, progress=tick)
+        for batch in opt.batch:
             res = results[batch]
             d, p = res.stats("dense"), res.stats("pruned")
             speedup = d["p50"] / p["p50"]
@@ -441,6 +503,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
                 "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
                 "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
                 "ideal_speedup": ideal, "realization": speedup / ideal,
+                "stability": stability(res),
             })
     rep["latency"] = entries
     rep["engines"] = {"onnxruntime": {"file": "model.onnx", "note": "ONNX Runtime optimises the graph at session creation"}}
@@ -453,9 +516,9 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
 
         runners = {"dense": OrtRunner(onnx_dense, threads=max(opt.threads)), "pruned": OrtRunner(onnx_pruned, threads=max(opt.threads))}
         with log.stage("accuracy", f"accuracy on {opt.data}"):
-            n = len(list_images(opt.data, num_classes)[:opt.data_limit])
+            n = len(list_images(opt.data, num_classes)[:opt.limit])
             with log.bar("images", n) as bar:
-                acc = evaluate(runners, opt.data, transform, num_classes, limit=opt.data_limit, progress=bar)
+                acc = evaluate(runners, opt.data, transform, num_classes, limit=opt.limit, progress=bar)
         rep["accuracy"] = {
             "n": acc["n"], "runtime": "onnxruntime", "transform": "timm eval transform of the model",
             "dense_top1": acc["dense_top1"], "pruned_top1": acc["pruned_top1"],
@@ -475,7 +538,7 @@ def _tensorrt(tmp: Path, onnx_path: Path, shape, opt: CompileOptions, log: _Log)
         log.warn(f"TensorRT skipped: {reason}")
         return {"skipped": reason}
     with log.stage("tensorrt", "build TensorRT engine (fp16)"):
-        hi = max(max(opt.batches), 1)
+        hi = max(max(opt.batch), 1)
         build_engine(onnx_path, tmp / "model.trt", INPUT_NAME, shape, batches=(1, hi, hi), fp16=True,
                      timing_cache=tmp / "trt.timing-cache")
     return {"file": "model.trt", "fp16": True}

@@ -18,7 +18,9 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
 - ``latency``: entries with ``runtime``, ``device``, ``batch``, ``threads``, ``rounds``,
   ``dense_ms.{p50,p90,p99,mean}``, ``pruned_ms.{...}``, ``dense_throughput``/``pruned_throughput``
   (images/s at p50), ``speedup`` (dense p50 / pruned p50), ``speedup_paired`` (median of per-round
-  ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup / ideal_speedup)
+  ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup / ideal_speedup), ``stability``
+  (``verdict`` stable/noisy, ``reasons``, ``rounds``, ``speedup_ci95``: bootstrap interval of the
+  paired speed-up; see :func:`vitshrink.runtime.latency.stability`)
 - ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
   ``pruned_top5``, ``top1_agreement`` (fractions)
 - ``engines``: the files built per runtime (TensorRT: file or ``skipped`` with the reason)
@@ -62,55 +64,82 @@ def _fmt_macs(m: float) -> str:
     return f"{m / 1e9:.3f} G"
 
 
+_STATUS_COLOR = {"removed": "#cf222e", "after exit": "#9a6700"}
+
+
 def _plot_widths(report: dict, path: Path) -> None:
+    """One panel per width (heads, q/k, v, MLP hidden) and one for tokens, per block: grey = dense
+    width, blue = kept width; removed blocks and blocks after an early exit are shaded and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = report["structure"]["blocks"]
     idx = [r["block"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.4))
-    for ax, key, title in zip(axes, ("heads", "v", "mlp"), ("attention heads", "v channels (all heads)", "MLP hidden neurons")):
-        ax.bar(idx, [r[key][0] for r in rows], color="#d0d7de", label="dense")
-        ax.bar(idx, [r[key][1] for r in rows], color="#1f6feb", label="pruned")
+    panels = (("heads", "attention heads"), ("qk", "q/k channels (all heads)"), ("v", "v channels (all heads)"),
+              ("mlp", "MLP hidden neurons"))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 3.9))
+    for ax, (key, title) in zip(axes, panels):
+        ax.bar(idx, [r[key][0] for r in rows], color="#d0d7de")
+        ax.bar(idx, [r[key][1] for r in rows], color="#1f6feb")
         ax.set_title(title)
+    ax = axes[4]
+    ax.bar(idx, [r["tokens"]["keys"][0] for r in rows], color="#d0d7de")
+    ax.bar(idx, [r["tokens"]["keys"][1] for r in rows], color="#1f6feb")
+    ax.step(idx, [r["tokens"]["queries"][1] for r in rows], where="mid", color="#cf222e", lw=2)
+    ax.step(idx, [r["tokens"]["mlp"][1] for r in rows], where="mid", color="#1a7f37", linestyle="--", lw=2)
+    ax.set_title("tokens per block")
+    for ax in axes:
+        top = ax.get_ylim()[1]
+        for r in rows:
+            if r["status"] in _STATUS_COLOR:
+                ax.axvspan(r["block"] - 0.5, r["block"] + 0.5, color=_STATUS_COLOR[r["status"]], alpha=0.12, lw=0)
+                ax.text(r["block"], top * 0.5, r["status"], rotation=90, ha="center", va="center", fontsize=7,
+                        color=_STATUS_COLOR[r["status"]])
         ax.set_xlabel("block")
         ax.set_xticks(idx)
-    ax = axes[3]
-    ax.bar(idx, [r["tokens"]["keys"][0] for r in rows], color="#d0d7de", label="dense")
-    ax.bar(idx, [r["tokens"]["keys"][1] for r in rows], color="#1f6feb", label="keys/values")
-    ax.step(idx, [r["tokens"]["queries"][1] for r in rows], where="mid", color="#cf222e", label="queries (updated)")
-    ax.step(idx, [r["tokens"]["mlp"][1] for r in rows], where="mid", color="#1a7f37", linestyle="--", label="MLP")
-    ax.set_title("tokens per block")
-    ax.set_xlabel("block")
-    ax.set_xticks(idx)
-    ax.legend(fontsize=7)
-    axes[0].legend()
-    fig.suptitle(f"{report['model']}: widths per block (embed_dim {report['structure']['embed_dim'][0]} -> "
+    handles = [Patch(color="#d0d7de", label="dense width"), Patch(color="#1f6feb", label="kept width"),
+               plt.Line2D([], [], color="#cf222e", lw=2, label="tokens updated (queries)"),
+               plt.Line2D([], [], color="#1a7f37", lw=2, linestyle="--", label="tokens through the MLP")]
+    handles += [Patch(color=c, alpha=0.25, label=f"block {s}") for s, c in _STATUS_COLOR.items()
+                if any(r["status"] == s for r in rows)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.suptitle(f"{report['model']}: kept width per block (embed_dim {report['structure']['embed_dim'][0]} -> "
                  f"{report['structure']['embed_dim'][1]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _plot_latency(report: dict, path: Path) -> None:
+    """Per-image p50 latency against MACs per image: one line dense -> pruned per (batch, threads),
+    its ideal (latency proportional to MACs) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     md, mp = report["macs"]["dense"] / 1e9, report["macs"]["pruned"] / 1e9
     for e in report["latency"]:
         d, p = e["dense_ms"]["p50"] / e["batch"], e["pruned_ms"]["p50"] / e["batch"]
-        line, = ax.plot([md, mp], [d, p], "o-", label=f"batch {e['batch']}, {e['threads']} thr "
-                                                      f"(x{e['speedup']:.2f}, realization {e['realization']:.2f})")
+        noisy = "" if e.get("stability", {}).get("verdict", "stable") == "stable" else ", NOISY"
+        line, = ax.plot([md, mp], [d, p], "o-", label=f"batch {e['batch']}, {e['threads']} threads: x{e['speedup']:.2f}, "
+                                                      f"realization {e['realization']:.2f}{noisy}")
         ax.plot([md, mp], [d, d * mp / md], ":", color=line.get_color(), alpha=0.6)
+        ax.annotate(f"dense {d:.2f} ms", (md, d), textcoords="offset points", xytext=(8, 0), ha="left", va="center",
+                    fontsize=8, color=line.get_color())
+        ax.annotate(f"pruned {p:.2f} ms", (mp, p), textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
+                    fontsize=8, color=line.get_color())
+    ax.plot([], [], ":", color="grey", label="ideal: latency proportional to MACs")
     ax.set_xlabel("GMACs per image")
-    ax.set_ylabel("ms per image (p50)")
-    ax.set_title("latency vs MACs (dotted: ideal, proportional to MACs)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("ms per image (p50 latency / batch)")
+    ax.set_title(f"{report['model']}: latency vs MACs")
+    ax.set_xlim(mp - 0.35 * (md - mp), md + 0.35 * (md - mp))
+    ax.set_ylim(0, 1.3 * max(e["dense_ms"]["p50"] / e["batch"] for e in report["latency"]))
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -160,14 +189,22 @@ def markdown(report: dict) -> str:
         "",
         "Dense and pruned (same codegen, same runtime) timed interleaved in one run; milliseconds per batch.",
         "",
-        "| runtime | device | batch | threads | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up | ideal (MACs) | realization |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| runtime | device | batch | threads | rounds | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up (95% CI) | ideal (MACs) | realization | stable? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    noisy = []
     for e in report["latency"]:
+        st = e.get("stability", {})
+        lo, hi = st.get("speedup_ci95", (float("nan"), float("nan")))
+        mark = "yes" if st.get("verdict") == "stable" else "**NO** ⚠"
+        if st.get("verdict") == "noisy":
+            noisy.append(f"- batch {e['batch']}, {e['threads']} threads: " + "; ".join(st["reasons"]))
         lines.append(
-            f"| {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['dense_ms']['p50']:.2f} | "
+            f"| {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']} | {e['dense_ms']['p50']:.2f} | "
             f"{e['pruned_ms']['p50']:.2f} | {e['dense_ms']['p90']:.2f} | {e['pruned_ms']['p90']:.2f} | "
-            f"{e['speedup']:.3f} | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** |")
+            f"{e['speedup']:.3f} ({lo:.3f}-{hi:.3f}) | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** | {mark} |")
+    if noisy:
+        lines += ["", "**Not trustworthy** (time longer with `--bench-seconds`, on an idle machine):", "", *noisy]
     lines += ["", "![latency vs MACs](latency.png)", ""]
     if "accuracy" in report:
         a = report["accuracy"]

@@ -11,8 +11,10 @@ shared spinning pool 26.8 / 14.3 ms.
 """
 from __future__ import annotations
 
-import multiprocessing
-import queue
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,52 @@ class LatencyResult:
         return len(next(iter(self.ms.values())))
 
 
+#: What a trustworthy latency figure needs (:func:`stability`).
+MIN_ROUNDS = 20
+MAX_CI_HALF_WIDTH = 0.03  # 95% interval of the paired speed-up within +-3% of it
+MAX_P50_PAIRED_GAP = 0.05  # speed-up from p50s and median per-round speed-up within 5%
+MAX_TAIL = 0.5  # p90 at most 50% above p50
+
+
+def stability(res: LatencyResult, num: str = "dense", den: str = "pruned", seed: int = 0) -> dict:
+    """Is the speed-up ``num``/``den`` of ``res`` a figure to trust? A verdict with its evidence.
+
+    The 95% confidence interval of the median per-round ratio is a percentile bootstrap
+    (:func:`scipy.stats.bootstrap`, 999 resamples). The figure is ``"noisy"`` when any of: fewer than
+    :data:`MIN_ROUNDS` rounds; the interval wider than +-:data:`MAX_CI_HALF_WIDTH` of the ratio; the
+    speed-up from the p50s and the paired one more than :data:`MAX_P50_PAIRED_GAP` apart; a runner's
+    p90 more than :data:`MAX_TAIL` above its p50 (a long tail: another process, throttling).
+
+    Returns:
+        ``{"verdict": "stable"|"noisy", "reasons": [str], "rounds": int, "speedup_ci95": [lo, hi]}``.
+    """
+    from scipy.stats import bootstrap
+
+    ratios = np.asarray(res.ms[num]) / np.asarray(res.ms[den])
+    paired = float(np.median(ratios))
+    n = len(ratios)
+    reasons = []
+    if n >= 3 and np.ptp(ratios) > 0:
+        ci = bootstrap((ratios,), np.median, n_resamples=999, confidence_level=0.95, method="percentile",
+                       random_state=np.random.default_rng(seed)).confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    else:
+        lo = hi = paired
+    if n < MIN_ROUNDS:
+        reasons.append(f"only {n} rounds (< {MIN_ROUNDS})")
+    half = max(paired - lo, hi - paired) / paired
+    if half > MAX_CI_HALF_WIDTH:
+        reasons.append(f"speed-up 95% interval [{lo:.3f}, {hi:.3f}] is +-{100 * half:.0f}% (> {100 * MAX_CI_HALF_WIDTH:.0f}%)")
+    p50 = res.stats(num)["p50"] / res.stats(den)["p50"]
+    if abs(p50 - paired) / paired > MAX_P50_PAIRED_GAP:
+        reasons.append(f"speed-up from p50s x{p50:.3f} and paired x{paired:.3f} disagree")
+    for name in (num, den):
+        st = res.stats(name)
+        if st["p90"] > (1 + MAX_TAIL) * st["p50"]:
+            reasons.append(f"{name} p90 is {100 * (st['p90'] / st['p50'] - 1):.0f}% above p50")
+    return {"verdict": "noisy" if reasons else "stable", "reasons": reasons, "rounds": n, "speedup_ci95": [lo, hi]}
+
+
 def measure_interleaved(
     runners: Mapping[str, Runner],
     batch: int,
@@ -58,12 +106,15 @@ def measure_interleaved(
     budget_s: float = 20.0,
     progress: Optional[Callable[[int, int], None]] = None,
     seed: int = 0,
+    extend_s: float = 0.0,
+    until: Optional[Callable[[LatencyResult], bool]] = None,
 ) -> LatencyResult:
     """Time ``runners`` on the same random batch [batch, *input_shape], interleaved.
 
     Runs ``warmup`` untimed rounds, then rounds until ``max_rounds`` or until ``budget_s`` seconds
-    have passed and at least ``min_rounds`` were taken. ``progress(done, planned)`` is called after
-    each round.
+    have passed and at least ``min_rounds`` were taken. Past the budget, rounds go on for up to
+    ``extend_s`` more seconds while ``until(result)`` is False (checked every 10 rounds; e.g. "the
+    speed-up is :func:`stability` stable"). ``progress(done, planned)`` is called after each round.
 
     Returns:
         :class:`LatencyResult` with per-round latencies in ms.
@@ -76,7 +127,16 @@ def measure_interleaved(
     res = LatencyResult(batch, {n: [] for n in names})
     t0 = time.perf_counter()
     r = 0
-    while r < max_rounds and (r < min_rounds or time.perf_counter() - t0 < budget_s):
+    settled = until is None or extend_s <= 0
+    while r < max_rounds:
+        elapsed = time.perf_counter() - t0
+        if r >= min_rounds and elapsed >= budget_s:
+            if settled or elapsed >= budget_s + extend_s:
+                break
+            if r % 10 == 0:
+                settled = until(res)
+                if settled:
+                    break
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             res.ms[n].append(runners[n].time_once(x))
@@ -86,73 +146,70 @@ def measure_interleaved(
     return res
 
 
-def _onnx_worker(paths, batches, threads, input_shape, budget_s, min_rounds, max_rounds, q) -> None:
-    try:
-        from .ort import OrtRunner, use_global_thread_pool
-
-        shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
-        q.put(("pool", "global, spinning" if shared else "per-session, no spinning"))
-        runners = {n: OrtRunner(p, threads=threads, allow_spinning=shared, global_pool=shared) for n, p in paths.items()}
-        for batch in batches:
-            res = measure_interleaved(
-                runners, batch, input_shape, min_rounds=min_rounds, max_rounds=max_rounds, budget_s=budget_s,
-                progress=lambda done, planned, b=batch: q.put(("progress", b, done, planned)))
-            q.put(("result", batch, res.ms))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        q.put(("error", f"{type(e).__name__}: {e}"))
-    q.put(("done",))
-
-
 def measure_onnx(
     paths: Mapping[str, str | Path],
     batches: Sequence[int],
     threads: int,
     input_shape: tuple[int, int, int] = (3, 224, 224),
     budget_s: float = 20.0,
-    min_rounds: int = 10,
+    min_rounds: int = MIN_ROUNDS,
     max_rounds: int = 5000,
     progress: Optional[Callable[[int, int, int], None]] = None,
+    extend_s: float = 0.0,
 ) -> dict[int, LatencyResult]:
     """Time ONNX files interleaved with ONNX Runtime (CPU) in a fresh worker process.
 
-    The worker creates one global intra-op pool of ``threads`` threads, spinning allowed, shared by
-    a session per file, then runs :func:`measure_interleaved` for each batch size.
+    The worker is ``python -m vitshrink.runtime.latency_worker``, a plain subprocess fed on stdin: it
+    never imports the caller's ``__main__``, so this works the same from a script, a script piped to
+    ``python -``, a notebook or a REPL. It creates one global intra-op pool of ``threads`` threads,
+    spinning allowed, shared by a session per file, then runs :func:`measure_interleaved` for each
+    batch size.
 
     Args:
         paths: runner name -> ONNX file (input [B, *input_shape] -> logits).
+        budget_s: seconds per batch size; ``extend_s``: up to this many more while the speed-up of
+            the first two runners is not :func:`stability` stable.
         progress: ``progress(batch, done, planned)`` after each round.
     Returns:
         batch size -> :class:`LatencyResult` (ms per run).
     Raises:
         RuntimeError: the worker failed (its error is included).
     """
-    ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(target=_onnx_worker, daemon=True, args=(
-        {n: str(p) for n, p in paths.items()}, list(batches), threads, tuple(input_shape), budget_s,
-        min_rounds, max_rounds, q))
-    proc.start()
+    job = {"paths": {n: str(Path(p).resolve()) for n, p in paths.items()}, "batches": [int(b) for b in batches],
+           "threads": int(threads), "input_shape": list(input_shape), "budget_s": float(budget_s),
+           "min_rounds": int(min_rounds), "max_rounds": int(max_rounds), "extend_s": float(extend_s)}
     results: dict[int, LatencyResult] = {}
     error, pool = None, ""
-    while True:
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "vitshrink.runtime.latency_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
         try:
-            msg = q.get(timeout=5)
-        except queue.Empty:
-            if not proc.is_alive():
-                error = error or f"latency worker exited with code {proc.exitcode}"
-                break
-            continue
-        if msg[0] == "progress" and progress:
-            progress(*msg[1:])
-        elif msg[0] == "pool":
-            pool = msg[1]
-        elif msg[0] == "result":
-            results[msg[1]] = LatencyResult(msg[1], msg[2], pool)
-        elif msg[0] == "error":
-            error = msg[1]
-        elif msg[0] == "done":
-            break
-    proc.join(timeout=30)
+            proc.stdin.write(json.dumps(job))
+            proc.stdin.close()
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    msg = None
+                if not isinstance(msg, list) or not msg:
+                    continue  # a library printing to stdout: not a message
+                if msg[0] == "progress" and progress:
+                    progress(*msg[1:])
+                elif msg[0] == "pool":
+                    pool = msg[1]
+                elif msg[0] == "result":
+                    results[msg[1]] = LatencyResult(msg[1], msg[2], pool)
+                elif msg[0] == "error":
+                    error = msg[1]
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if error is None and (code != 0 or len(results) != len(job["batches"])):
+            err.seek(0)
+            tail = [ln for ln in err.read().splitlines() if ln.strip()][-1:]
+            error = f"latency worker exited with code {code}" + (f": {tail[0]}" if tail else "")
     if error:
         raise RuntimeError(f"latency measurement failed: {error}")
     return results

@@ -1,0 +1,55 @@
+"""The latency worker process: ``python -m vitshrink.runtime.latency_worker``.
+
+Started by :func:`vitshrink.runtime.latency.measure_onnx` as a plain subprocess (never through
+``multiprocessing``, whose spawn method re-imports the caller's ``__main__``: a user's script would
+run a second time in the child, and a script read from stdin cannot be re-imported at all).
+
+Protocol: one JSON object on stdin ``{"paths": {name: onnx file}, "batches": [int], "threads": int,
+"input_shape": [C, H, W], "budget_s": float, "min_rounds": int, "max_rounds": int, "extend_s": float}``; one JSON line
+per event on stdout: ``["pool", str]``, ``["progress", batch, done, planned]``,
+``["result", batch, {name: [ms, ...]}]``, ``["error", str]``, and finally ``["done"]``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _send(*msg) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def run(job: dict) -> None:
+    """Time the job's ONNX files (see the module docstring); every event goes to stdout."""
+    from .latency import measure_interleaved, stability
+    from .ort import OrtRunner, use_global_thread_pool
+
+    threads = int(job["threads"])
+    shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
+    _send("pool", "global, spinning" if shared else "per-session, no spinning")
+    runners = {n: OrtRunner(p, threads=threads, allow_spinning=shared, global_pool=shared)
+               for n, p in job["paths"].items()}
+    names = list(runners)
+    until = (lambda res: stability(res, names[0], names[1])["verdict"] == "stable") if len(names) >= 2 else None
+    for batch in job["batches"]:
+        res = measure_interleaved(
+            runners, batch, tuple(job["input_shape"]), min_rounds=job["min_rounds"],
+            max_rounds=job["max_rounds"], budget_s=job["budget_s"], extend_s=job.get("extend_s", 0.0), until=until,
+            progress=lambda done, planned, b=batch: _send("progress", b, done, planned))
+        _send("result", batch, res.ms)
+
+
+def main() -> int:
+    try:
+        run(json.loads(sys.stdin.read()))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises
+        _send("error", f"{type(e).__name__}: {e}")
+        return 1
+    finally:
+        _send("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
