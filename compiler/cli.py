@@ -12,6 +12,7 @@ import warnings
 
 import click
 
+from .cli_import import register as _register_import_commands
 from .errors import VitshrinkError
 
 
@@ -60,9 +61,15 @@ Examples:
       --data imagenet/val --batch 1,8 --threads 2 --out runs/tiny
 """ + EXIT_CODES)
 @click.argument("model")
-@click.option("--spec", "spec", required=True, help="Mask spec v1 (.json or .safetensors).")
+@click.option("--spec", "spec", default=None,
+              help="Mask spec v1 (.json or .safetensors). Omitted: --checkpoint is a pruned checkpoint of another tool, imported.")
 @click.option("--out", "out", required=True, help="Output directory (written atomically).")
-@click.option("--checkpoint", default=None, help="Weights (.safetensors or .pth); random weights when omitted.")
+@click.option("--checkpoint", default=None,
+              help="Weights (.safetensors or .pth); random weights when omitted. Without --spec: a pruned checkpoint "
+                   "(Torch-Pruning, torch.nn.utils.prune, NNI masks, zeroed structure).")
+@click.option("--from", "source_format", default=None, help="Format of a pruned --checkpoint (skip detection).")
+@click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
+@click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
 @click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
 @click.option("--batch", "batches", default="1", callback=_int_list, show_default=True, help="Batch sizes to time, e.g. 1,8.")
 @click.option("--threads", "threads", default="2", callback=_int_list, show_default=True, help="ONNX Runtime intra-op threads, e.g. 1,2.")
@@ -76,14 +83,16 @@ Examples:
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def compile_cmd(model, spec, out, checkpoint, data, batches, threads, bench_seconds, limit, layout, token_layout,
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, data, batches, threads, bench_seconds, limit, layout, token_layout,
                 tolerance, trt, quiet):
-    """Prune MODEL (a timm ViT/DeiT name) as SPEC says, verify, export ONNX, measure, report into OUT."""
+    """Prune MODEL (a timm ViT/DeiT name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
+    verify, export ONNX, measure, report into OUT."""
     from .pipeline import CompileOptions, compile_model
 
     opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
-                          tolerance=tolerance, trt=trt, progress=not quiet)
+                          tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
+                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:
@@ -209,6 +218,8 @@ def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, json_out
             json.dump({"model": model, "spec": spec, "machine": report["machine"], "toolchain": report["toolchain"],
                        "macs": report["macs"], "latency": report["latency"]}, f, indent=1)
 
+
+_register_import_commands(main, _fail)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -20,6 +20,7 @@ A failed verification raises :class:`~vitshrink.errors.VerificationError` (CLI e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import resource
@@ -59,6 +60,10 @@ class CompileOptions:
         verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
         trt: also build a TensorRT fp16 engine (skipped with the reason where TensorRT is missing).
         progress: stage lines and progress bars on stderr (the CLI's ``--quiet`` turns them off).
+        source_format: without a spec, ``checkpoint`` is a pruned checkpoint of another tool; its format
+            (``--from``), detected when None (:func:`vitshrink.importers.import_checkpoint`).
+        dense_checkpoint: dense weights for formats that hold masks only (NNI).
+        trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
     Raises:
         VitshrinkError: from :func:`compile_model`, for a value out of range (named).
     """
@@ -75,6 +80,9 @@ class CompileOptions:
     verify_images: int = 4
     trt: bool = False
     progress: bool = True
+    source_format: Optional[str] = None
+    dense_checkpoint: Optional[str] = None
+    trust_pickle: bool = False
 
     def __post_init__(self):
         self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
@@ -284,7 +292,9 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
 
     Args:
         model_name: a timm model name (DeiT/ViT family), e.g. ``"deit_small_patch16_224"``.
-        spec: mask spec v1 file (``.json`` or ``.safetensors``).
+        spec: mask spec v1 file (``.json`` or ``.safetensors``); None: ``checkpoint`` is a checkpoint
+            pruned by another tool (Torch-Pruning, torch.nn.utils.prune, NNI, zeroed structure), imported
+            with its masks (see :mod:`vitshrink.importers`) and checked against what the source computes.
         out: output directory; written atomically (built in a temporary sibling, then moved).
         options: a :class:`CompileOptions`; or give its fields as keyword arguments
             (``checkpoint=``, ``data=``, ``batch=``, ``threads=``, ``bench_seconds=``, ``limit=``,
@@ -302,8 +312,8 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
     from .spec import load_spec, resolve_spec, save_spec
 
     opt = _options(options, kwargs)
-    if spec is None:
-        raise VitshrinkError("no spec: give a mask spec file (spec=... / --spec)")
+    if spec is None and opt.checkpoint is None:
+        raise VitshrinkError("no spec: give a mask spec file (spec=... / --spec), or a pruned checkpoint to import (--checkpoint)")
     if out is None:
         raise VitshrinkError("no output directory: give out=... / --out")
     spec_path = spec
@@ -318,11 +328,20 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
     log = _Log(opt.progress)
 
     # 1. inputs (all validation before any output exists)
+    imported = None
     with log.stage("import", f"import {model_name}"):
-        spec = load_spec(spec_path)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
+            if spec_path is None:
+                from .importers import import_checkpoint
+
+                imported = import_checkpoint(opt.checkpoint, model_name, opt.source_format, opt.dense_checkpoint,
+                                             opt.trust_pickle)
+                spec = imported.spec
+                timm_model, dense_ir, extras = import_model(model_name, state_dict=imported.state_dict)
+            else:
+                spec = load_spec(spec_path)
+                timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)
         checkpoint = {**timm_model.state_dict(), **extras}
         resolved = resolve_spec(spec, dense_ir, checkpoint)
         if opt.data:
@@ -340,6 +359,10 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
     # 2. import fidelity (then the timm model is dropped: the IR holds the weights)
     with log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
         fidelity = _max_diff(codegen.build_module(dense_ir, share=True)(x), timm_model(x))
+        if imported is not None:
+            from .importers.verify import source_logits
+
+            owned_source = source_logits(imported, model_name, x)
     del timm_model, extras, checkpoint
     if fidelity > opt.tolerance:
         raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
@@ -349,7 +372,8 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
         "model": model_name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": {
-            "spec": {"path": str(spec_path), "sha256": sha256(spec_path)},
+            "spec": ({"path": str(spec_path), "sha256": sha256(spec_path)} if spec_path is not None
+                     else {"path": None, "imported_from": str(opt.checkpoint)}),
             "checkpoint": ({"path": str(opt.checkpoint), "sha256": sha256(opt.checkpoint)} if opt.checkpoint
                            else {"path": None, "random_init": True}),
             "data": opt.data,
@@ -360,12 +384,21 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
     }
     tmp, created_parent = prepare_output(out)
     work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
-    owned = {"dense_ir": dense_ir}  # handed over, so the callee can free the dense weights early
+    if imported is not None:
+        from .importers.verify import import_report
+
+        report["import"].update(import_report(imported))
+    owned = {"dense_ir": dense_ir, "source": owned_source if imported is not None else None}  # handed over, so the callee can free the dense weights early
     del dense_ir
     try:
         report.update(_compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt, log))
+        if "import_source" in report:
+            src = report.pop("import_source")
+            report["import"].update(source_max_abs_diff=src["max_abs_diff"], source_reference=src["reference"])
         with log.stage("report", "write report"):
             save_spec(spec, tmp / "spec.json")
+            if imported is not None:
+                (tmp / "import.json").write_text(json.dumps(report["import"], indent=1) + "\n")
             report["timings_s"] = log.timings
             report["peak_rss_gb"] = log.peak_rss_gb  # process peak resident memory after each stage
             write_report(report, tmp)
@@ -436,6 +469,14 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
         "reference": "dense model with masks as zeros (heads/channels/neurons), identity (blocks), "
                      "LayerNorm over kept embed channels, early-exit classifier, tokens as alive/key masks",
     }
+    source = owned.pop("source", None)
+    if source is not None:  # an imported checkpoint: what the source tool computes
+        ref_logits, note = source
+        rep["import_source"] = {"max_abs_diff": _max_diff(got, ref_logits) if ref_logits is not None else None,
+                                "reference": note}
+        if ref_logits is not None and rep["import_source"]["max_abs_diff"] > tol:
+            raise VerificationError(f"import failed: the compiled model differs from what the source checkpoint "
+                                    f"computes by {rep['import_source']['max_abs_diff']:.3g} > {tol:g}")
     if ids_same is not None:
         rep["exactness"]["token_ids_identical"] = ids_same
         if not ids_same:

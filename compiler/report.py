@@ -146,6 +146,23 @@ def _plot_latency(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _import_lines(imp: dict) -> list[str]:
+    """Verification lines of an imported checkpoint (empty for a spec file)."""
+    if "format" not in imp:
+        return []
+    d = imp.get("source_max_abs_diff")
+    lines = [f"- imported `{imp['format']}` ({imp['detected_because']}; {imp.get('loader')})",
+             f"- compiled model vs what the source computes: " + (f"max |diff| = {d:.2e}" if d is not None else "not run")
+             + f" -- {imp.get('source_reference')}",
+             f"- indices: {imp.get('index_history')}"]
+    lines += [f"- not removed: {m}" for m in imp.get("not_removed") or []]
+    un = imp.get("unstructured") or []
+    if un:
+        lines.append(f"- unstructured zeros stay in {len(un)} kept tensors ({sum(u['semi_structured_2_4'] for u in un)} "
+                     f"of them 2:4 semi-structured); no speed-up is claimed for them (import.json lists each)")
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The human-readable report."""
     ok = lambda b: "pass" if b else "FAIL"  # noqa: E731
@@ -155,7 +172,9 @@ def markdown(report: dict) -> str:
         f"# vitshrink report: {report['model']}",
         "",
         f"- checkpoint: {src['path'] or '**random weights** (no checkpoint given)'}",
-        f"- spec: {report['inputs']['spec']['path']} (sha256 {report['inputs']['spec']['sha256'][:12]})",
+        (f"- spec: {report['inputs']['spec']['path']} (sha256 {report['inputs']['spec']['sha256'][:12]})"
+         if report["inputs"]["spec"].get("path") else
+         f"- spec: imported from the pruned checkpoint (`{report['import'].get('format')}` format; spec.json, import.json)"),
         f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores",
         "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()),
         "",
@@ -177,6 +196,7 @@ def markdown(report: dict) -> str:
         "## Verification",
         "",
         f"- import fidelity (codegen of the unpruned model vs timm): max |diff| = {report['import']['max_abs_diff']:.2e} ({ok(report['import']['passed'])})",
+        *_import_lines(report["import"]),
         f"- exactness (pruned vs masked dense reference, {report['exactness']['inputs']}): max |diff| = "
         f"{report['exactness']['max_abs_diff']:.2e} <= {report['exactness']['tolerance']:g} ({ok(report['exactness']['passed'])})",
         f"- reloaded checkpoint vs compiled model: max |diff| = {report['exactness']['reload_max_abs_diff']:.2e}",

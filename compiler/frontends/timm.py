@@ -91,16 +91,26 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, torch.Tenso
     Raises:
         CheckpointError: unreadable file, a missing key, or a shape mismatch (named).
     """
-    sd = read_state_dict(path)
+    return load_state(model, read_state_dict(path), f"checkpoint '{path}'")
+
+
+def load_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str = "state dict") -> dict[str, torch.Tensor]:
+    """Load the state dict ``sd`` into ``model`` strictly; ``where`` names its origin in errors.
+
+    Returns:
+        The extra tensors of ``sd`` (keys the model does not have).
+    Raises:
+        CheckpointError: a missing key or a shape mismatch (named).
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise CheckpointError(f"checkpoint '{path}' does not match the model: key '{missing[0]}' missing{more}")
+        raise CheckpointError(f"{where} does not match the model: key '{missing[0]}' missing{more}")
     for k, v in own.items():
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(
-                f"checkpoint '{path}' does not match the model: '{k}' has shape {list(sd[k].shape)}, "
+                f"{where} does not match the model: '{k}' has shape {list(sd[k].shape)}, "
                 f"the model needs {list(v.shape)}"
             )
     model.load_state_dict({k: sd[k].float() for k in own}, strict=True)
@@ -259,9 +269,15 @@ def eval_transform(model: nn.Module):
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-def import_model(name: str, checkpoint: Optional[str | Path] = None) -> tuple[nn.Module, ViTIR, dict[str, torch.Tensor]]:
-    """Create timm model ``name``, load ``checkpoint`` (random weights with a warning when None) and import it.
+def import_model(name: str, checkpoint: Optional[str | Path] = None,
+                 state_dict: Optional[dict[str, torch.Tensor]] = None) -> tuple[nn.Module, ViTIR, dict[str, torch.Tensor]]:
+    """Create timm model ``name``, load its weights and import it.
 
+    Args:
+        name: timm model name.
+        checkpoint: a weights file (safetensors or a pickled state dict).
+        state_dict: weights already in memory (e.g. from :func:`vitshrink.importers.import_checkpoint`);
+            neither: random weights, with a warning.
     Returns:
         (timm model in eval mode, dense IR, extra checkpoint tensors not in the model).
     Raises:
@@ -269,7 +285,9 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None) -> tuple[nn
     """
     model = create_model(name)
     extras: dict[str, torch.Tensor] = {}
-    if checkpoint is None:
+    if state_dict is not None:
+        extras = load_state(model, state_dict, f"imported weights for {name}")
+    elif checkpoint is None:
         warnings.warn(
             f"no checkpoint given: {name} has RANDOM weights (latency and exactness are meaningful, accuracy is not)",
             stacklevel=2,

@@ -1,0 +1,166 @@
+"""Torch-Pruning 1.6.x (VainF/Torch-Pruning): a timm ViT whose tensors physically shrank.
+
+Reads ``torch.save(model)`` pickles, ``{"model": module, ...}`` training checkpoints and the
+``tp.state_dict(model)`` form (``{"full_state_dict": {name: module.__dict__}, "attributions": {...}}``),
+all through the restricted unpickler (no code from the file runs). Widths come from the shapes and
+the recorded attributes -- embed = ``cls_token.shape[-1]``, heads = ``attn.num_heads``, head_dim =
+``qkv.out_features / 3 / num_heads``, MLP = ``fc1.out_features`` -- and the shrunk tensors are placed
+into the original architecture with zeros (kept units first: without a pruning history the original
+indices are unknown, and any placement computes the same function).
+
+The softmax scale the source really uses: Torch-Pruning's ViT example sets ``num_heads`` and
+``head_dim`` but not ``scale``; its patched forward calls SDPA without ``scale=``, so with
+``fused_attn`` on the effective scale is the *pruned* ``head_dim ** -0.5``, off it is the recorded
+``scale``. The importer folds the ratio to the original scale into the q rows and biases, so the
+compiled model (which keeps the original scale, as every pass does) computes what the source did.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..spec import Spec
+from . import Format, ImportContext, ImportResult
+from .safe_pickle import Record, find, is_module_record, module_tree
+
+_VIT_CLASSES = ("timm.models.vision_transformer.VisionTransformer", "timm.models.deit.VisionTransformerDistilled")
+
+
+def _tp_state(obj: Any) -> Optional[tuple[dict, dict, dict]]:
+    """(tensors, attributes per module, class per module) of any supported form, or None."""
+    if isinstance(obj, dict) and "full_state_dict" in obj and "attributions" in obj:
+        tensors, classes = {}, {}
+        for name, state in obj["full_state_dict"].items():
+            if not isinstance(state, dict):
+                return None
+            for kind in ("_parameters", "_buffers"):
+                for k, v in (state.get(kind) or {}).items():
+                    if isinstance(v, Tensor):
+                        tensors[f"{name}.{k}" if name else k] = v.detach()
+            mods = state.get("_modules") or {}
+            for k, child in mods.items():
+                if isinstance(child, Record):
+                    classes[f"{name}.{k}" if name else k] = child.path
+        classes.setdefault("", "timm.models.vision_transformer.VisionTransformer" if "cls_token" in tensors else "?")
+        return tensors, {k: dict(v) for k, v in obj["attributions"].items()}, classes
+    mod = find(obj, lambda o: is_module_record(o) or isinstance(o, nn.Module))
+    return module_tree(mod) if mod is not None else None
+
+
+def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
+    st = _tp_state(obj)
+    if st is None:
+        return None
+    cls = st[2].get("")
+    if cls not in _VIT_CLASSES:
+        return None
+    form = "tp.state_dict form" if isinstance(obj, dict) and "full_state_dict" in obj else \
+        "torch.save(model)" if not isinstance(obj, dict) else "training checkpoint {'model': module}"
+    return f"pickled {cls.rsplit('.', 1)[-1]} module ({form}); widths from its shapes and attributes"
+
+
+def _place(dense_shape: torch.Size, t: Tensor, key: str, views: dict[str, tuple]) -> Tensor:
+    """``t`` (shrunk) written into zeros of ``dense_shape``, kept units first along every axis;
+    ``views`` give the [3, H, hd] / [H, hd] structure of qkv rows and proj columns."""
+    z = torch.zeros(dense_shape, dtype=torch.float32)
+    if key in views:
+        dv, sv = views[key]
+        z.view(dv)[tuple(slice(0, n) for n in sv)] = t.float().reshape(sv)
+    else:
+        z[tuple(slice(0, n) for n in t.shape)] = t.float()
+    return z
+
+
+def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
+    tensors, attrs, classes = _tp_state(obj)
+    own = ctx.model.state_dict()
+    D = ctx.model.embed_dim
+    if "cls_token" not in tensors:
+        raise CheckpointError(f"checkpoint '{ctx.path}': the pickled model has no 'cls_token'")
+    D2 = int(tensors["cls_token"].shape[-1])
+    masks: dict[str, Tensor] = {}
+    if D2 < D:
+        masks["embed"] = torch.arange(D) < D2
+    views: dict[str, tuple] = {}
+    widths, scales, notes_scale = [], {}, []
+    for i, (H, hd, hidden) in enumerate(ctx.dims()):
+        p = f"blocks.{i}."
+        a = attrs.get(p + "attn", {})
+        qkv = tensors.get(p + "attn.qkv.weight")
+        if qkv is None:
+            raise CheckpointError(f"checkpoint '{ctx.path}': key '{p}attn.qkv.weight' missing")
+        H2 = int(a.get("num_heads", H))
+        if H2 < 1 or qkv.shape[0] % (3 * H2):
+            raise CheckpointError(f"checkpoint '{ctx.path}': '{p}attn.qkv.weight' has {qkv.shape[0]} rows, "
+                                  f"not 3 x num_heads ({H2}) x head_dim")
+        hd2, hidden2 = qkv.shape[0] // (3 * H2), int(tensors[p + "mlp.fc1.weight"].shape[0])
+        if H2 > H or hd2 > hd or hidden2 > hidden or D2 > D:
+            raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: '{p}attn.qkv.weight' is wider "
+                                  f"(heads {H2}/{H}, head_dim {hd2}/{hd}, mlp {hidden2}/{hidden}, embed {D2}/{D})")
+        views[p + "attn.qkv.weight"] = ((3, H, hd, D), (3, H2, hd2, D2))
+        views[p + "attn.qkv.bias"] = ((3, H, hd), (3, H2, hd2))
+        views[p + "attn.proj.weight"] = ((D, H, hd), (D2, H2, hd2))
+        if H2 < H:
+            masks[p + "heads"] = torch.arange(H) < H2
+        if hd2 < hd:
+            ch = (torch.arange(hd) < hd2).expand(H, hd).clone()
+            masks[p + "qk"], masks[p + "v"] = ch, ch.clone()
+        if hidden2 < hidden:
+            masks[p + "mlp"] = torch.arange(hidden) < hidden2
+        fused = bool(a.get("fused_attn", False))
+        eff = hd2 ** -0.5 if fused else float(a.get("scale", hd ** -0.5))
+        scales[i] = eff
+        if abs(eff - hd ** -0.5) > 1e-12:
+            notes_scale.append((i, f"{eff:.6g} (head_dim {hd2}, {'fused SDPA default' if fused else 'recorded scale'})"))
+        widths.append({"block": i, "heads": [H, H2], "head_dim": [hd, hd2], "mlp": [hidden, hidden2]})
+
+    L = len(ctx.dims())
+    if any(k.startswith(f"blocks.{L}.") for k in tensors):
+        raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: it has 'blocks.{L}', "
+                              f"the model has {L} blocks")
+    missing = [k for k in own if k not in tensors]
+    if missing:
+        raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: key '{missing[0]}' missing")
+    placed = {k: _place(v.shape, tensors[k], k, views) for k, v in own.items()}
+    folded = {k: v.clone() for k, v in placed.items()}
+    for i, (H, hd, _) in enumerate(ctx.dims()):  # the source's scale, folded into q (rows and bias)
+        ratio = scales[i] / hd ** -0.5
+        p = f"blocks.{i}.attn.qkv."
+        folded[p + "weight"][: H * hd] *= ratio
+        if p + "bias" in folded:
+            folded[p + "bias"][: H * hd] *= ratio
+    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
+    ref = placed if D2 == D else None
+    note = ("the source's computation: its shrunk tensors in the dense timm model (zeros elsewhere) with the "
+            "softmax scale it really used" if ref is not None else
+            "the embedding was pruned: the source normalises over kept channels only, which the masked dense "
+            "reference implements (timm's dense model cannot); checked there")
+    patched = sorted({k for k, v in attrs.items() if v.get("forward_patched")})
+    return ImportResult("", "", folded, spec, reference_state_dict=ref, reference_scales=scales if ref is not None else {},
+                        reference_note=note, notes={
+                            "index_history": "none in the file: kept units placed first (widths exact; which original "
+                                             "heads/channels/neurons were kept is unknown)",
+                            "embed": [D, D2], "shrunk_widths": widths,
+                            "softmax_scale": _group(notes_scale) or "original head_dim ** -0.5 in every block",
+                            "patched_forward": f"{len(patched)} attention modules had a patched forward (recorded, not run)",
+                            "removed": {}, "not_removed": [], "unstructured": [],
+                            "classes": sorted(set(classes.values())),
+                        })
+
+
+def _group(items: list[tuple[int, str]]) -> list[str]:
+    """[(block, text)] -> ["blocks 0-11: text", ...], consecutive blocks with the same text merged."""
+    out: list[list] = []
+    for i, text in items:
+        if out and out[-1][2] == text and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i, text])
+    return [f"block {a}: {t}" if a == b else f"blocks {a}-{b}: {t}" for a, b, t in out]
+
+
+FORMAT = Format("torch-pruning", "Torch-Pruning: torch.save(model), {'model': module}, tp.state_dict (shrunk timm ViT)",
+                _probe, _convert)

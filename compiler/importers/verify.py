@@ -1,0 +1,42 @@
+"""The import's own checks: what the source computes (logits), and the import section of the report."""
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import ImportResult
+
+
+def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Optional[torch.nn.Module]:
+    """The source's computation as a timm model (``model_name``: a timm name, or a timm model to copy):
+    the original architecture with
+    ``result.reference_state_dict`` and, per block, the softmax scale the source really used (timm's
+    explicit ``q * scale`` path, ``fused_attn`` off). None when the source cannot be expressed so
+    (then the masked dense reference is the only anchor; ``result.reference_note`` says why)."""
+    from ..frontends.timm import create_model
+
+    if result.reference_state_dict is None:
+        return None
+    model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name)
+    model.load_state_dict(result.reference_state_dict, strict=True)
+    for i, scale in result.reference_scales.items():
+        attn = model.blocks[i].attn
+        attn.scale, attn.fused_attn = scale, False
+    return model.eval()
+
+
+def source_logits(result: ImportResult, model_name: str, x: Tensor) -> tuple[Optional[Tensor], str]:
+    """(logits [B, classes] of the source on images ``x`` [B, C, H, W] or None, what the reference is)."""
+    model = source_model(result, model_name)
+    if model is None:
+        return None, result.reference_note
+    with torch.no_grad():
+        return model(x), result.reference_note
+
+
+def import_report(result: ImportResult) -> dict:
+    """The ``import`` section of report.json and the content of import.json (JSON-ready)."""
+    return {"format": result.format, "detected_because": result.reason, **result.notes}

@@ -1,0 +1,129 @@
+"""`vitshrink compile --checkpoint PRUNED` (no spec), `import`, `inspect`: one command from a pruned
+checkpoint to a verified engine, and every bad file -> exit 2, one line naming the key/class/file."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import small_vit
+from vitshrink.cli import main
+
+MODEL = "deit_tiny_patch16_224"
+FAST = ["--bench-seconds", "0", "--quiet"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def tp_pickle(tmp_path_factory):
+    """deit_tiny (real weights from ../shared/data) pruned by Torch-Pruning as its ViT example does
+    (head_dim + MLP 50%, bottleneck), saved with torch.save(model)."""
+    pytest.importorskip("torch_pruning", reason="torch-pruning is in the [importers] extra")
+    from conftest import DEIT_TINY_CKPT
+    from tools import torch_pruning_vit
+    from vitshrink.frontends.timm import create_model, load_checkpoint
+
+    model = create_model(MODEL)
+    if DEIT_TINY_CKPT.is_file():  # real weights: attention far from uniform, live biases
+        load_checkpoint(model, DEIT_TINY_CKPT)
+    model, _ = torch_pruning_vit(model, 0.5, bottleneck=True)
+    path = tmp_path_factory.mktemp("tp") / "tp_deit_tiny.pth"
+    torch.save(model, path)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    return path, model, x
+
+
+def test_compile_a_torch_pruning_pickle_in_one_command(tmp_path, tp_pickle):
+    path, model, x = tp_pickle
+    code, stdout, stderr = run("compile", MODEL, "--checkpoint", path, "--out", tmp_path / "o", *FAST)
+    assert code == 0, stderr
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    imp = r["import"]
+    assert imp["format"] == "torch-pruning" and imp["source_max_abs_diff"] <= 1e-4
+    assert imp["softmax_scale"] == ["blocks 0-11: 0.176777 (head_dim 32, fused SDPA default)"]
+    assert r["exactness"]["passed"] and r["export"]["passed"] and r["inputs"]["spec"]["path"] is None
+    assert r["macs"]["pruned"] < 0.6 * r["macs"]["dense"]
+    assert json.loads((tmp_path / "o" / "import.json").read_text())["format"] == "torch-pruning"
+    assert "imported `torch-pruning`" in (tmp_path / "o" / "report.md").read_text()
+    import vitshrink
+
+    with torch.no_grad():
+        assert float((vitshrink.load(tmp_path / "o")(x) - model(x)).abs().max()) <= 1e-4  # the tool's own module
+
+
+def test_inspect_and_import(tmp_path, tp_pickle):
+    path, model, _ = tp_pickle
+    code, stdout, stderr = run("inspect", path, "--model", MODEL)
+    assert code == 0, stderr
+    rows = [ln for ln in stdout.splitlines() if ln.strip().split(" ")[0].isdigit()]
+    assert len(rows) == 12 and all("96/192" in r and "384/768" in r for r in rows)
+    assert "restricted unpickler" in stdout
+    code, stdout, stderr = run("import", path, "--model", MODEL, "--out", tmp_path / "imp")
+    assert code == 0, stderr
+    doc = json.loads((tmp_path / "imp" / "import.json").read_text())
+    assert doc["format"] == "torch-pruning" and len(doc["widths"]) == 12
+    from vitshrink.frontends.timm import import_model
+    from vitshrink.spec import load_spec, resolve_spec
+
+    _, ir, _ = import_model(MODEL, tmp_path / "imp" / "dense.safetensors")
+    resolved = resolve_spec(load_spec(tmp_path / "imp" / "spec.json"), ir)
+    assert resolved.qk[0].sum() == 3 * 32 and resolved.mlp[0].sum() == 384
+
+
+class Payload:
+    """Pickles as a call to os.system: a checkpoint that would run code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _bad_files(tmp_path):
+    from safetensors.torch import save_file
+
+    small = tmp_path / "small_tp.pth"
+    torch.save(small_vit(), small)  # 4 blocks, embed 48: not a deit_tiny
+    trunc = tmp_path / "truncated.pth"
+    torch.save({"model": small_vit().state_dict()}, trunc)
+    trunc.write_bytes(trunc.read_bytes()[:500])
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Payload(tmp_path / "pwned")}, evil)
+    nni = tmp_path / "nni.pth"
+    torch.save({"blocks.0.mlp.fc1": {"weight": torch.ones(5, 5)}}, nni)
+    dense = tmp_path / "dense.safetensors"
+    from vitshrink.frontends.timm import create_model
+
+    save_file({k: v.contiguous() for k, v in create_model(MODEL).state_dict().items()}, str(dense))
+    other = tmp_path / "other.pth"
+    torch.save({"epoch": 3, "note": "no tensors"}, other)
+    return {
+        "truncated": ([trunc], "truncated.pth"),
+        "wrong model": ([small], "does not fit deit_tiny_patch16_224: 'blocks.0.attn.qkv.weight' is wider"),
+        "unknown class": ([evil], "class 'posix.system'"),
+        "mask fits no layer": ([nni, "--dense-checkpoint", dense], "'blocks.0.mlp.fc1'/'weight' has shape [5, 5]"),
+        "unknown format": ([other], "--from FORMAT"),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "wrong model", "unknown class", "mask fits no layer", "unknown format"])
+@pytest.mark.parametrize("command", ["compile", "inspect"])
+def test_bad_files_exit_2_with_one_line(tmp_path, case, command):
+    args, needle = _bad_files(tmp_path)[case]
+    if command == "compile":
+        code, _, stderr = run("compile", MODEL, "--checkpoint", *args, "--out", tmp_path / "o", *FAST)
+    else:
+        code, _, stderr = run("inspect", *args, "--model", MODEL)
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], stderr
+    assert not (tmp_path / "o").exists() and not (tmp_path / "pwned").exists()
+    if case == "unknown format":
+        assert all(f in lines[0] for f in ("torch-pruning", "torch-prune", "nni", "zeroed"))
