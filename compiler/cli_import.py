@@ -13,7 +13,7 @@ from .errors import VitshrinkError
 
 _SOURCE_OPTIONS = [
     click.option("--from", "source_format", default=None,
-                 help="Format of PRUNED (skip detection): torch-pruning, torch-prune, nni, zeroed."),
+                 help="Format of PRUNED (skip detection): torch-pruning, hf, torch-prune, nni, zeroed."),
     click.option("--dense-checkpoint", default=None, help="Dense weights, for formats that hold masks only (NNI)."),
     click.option("--trust-pickle", is_flag=True,
                  help="Let a pickled checkpoint run its own code (default: classes are recorded, never run)."),

@@ -150,11 +150,16 @@ class _Log:
 
 
 def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
+    """Hex SHA-256 of a file; of a directory (a transformers model), of its files' names and contents in order."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -338,7 +343,8 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
                 imported = import_checkpoint(opt.checkpoint, model_name, opt.source_format, opt.dense_checkpoint,
                                              opt.trust_pickle)
                 spec = imported.spec
-                timm_model, dense_ir, extras = import_model(model_name, state_dict=imported.state_dict)
+                timm_model, dense_ir, extras = import_model(model_name, state_dict=imported.state_dict,
+                                                            configure=imported.configure)
             else:
                 spec = load_spec(spec_path)
                 timm_model, dense_ir, extras = import_model(model_name, opt.checkpoint)

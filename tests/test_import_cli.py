@@ -127,3 +127,39 @@ def test_bad_files_exit_2_with_one_line(tmp_path, case, command):
     assert not (tmp_path / "o").exists() and not (tmp_path / "pwned").exists()
     if case == "unknown format":
         assert all(f in lines[0] for f in ("torch-pruning", "torch-prune", "nni", "zeroed"))
+
+
+def test_compile_a_hugging_face_directory(tmp_path):
+    """An HF DeiT (with teacher) directory with config.pruned_heads: model name read from config.json,
+    LayerNorm eps 1e-12 kept, exact against transformers' own logits."""
+    pytest.importorskip("transformers", reason="transformers is in the [importers] extra")
+    from test_hf_import import _save, _zero_heads
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    import test_hf_import
+
+    torch.manual_seed(0)
+    hf = DeiTForImageClassificationWithTeacher(DeiTConfig(hidden_size=192, num_attention_heads=3, intermediate_size=768,
+                                                          num_hidden_layers=12, num_labels=1000)).eval()
+    dims = {**test_hf_import.DIMS, "hidden_size": 192, "num_attention_heads": 3}
+    pruned = {0: [1], 5: [0, 2], 11: [2]}
+    old, test_hf_import.DIMS = test_hf_import.DIMS, dims
+    try:
+        _save(hf, tmp_path / "hf", "v4", pruned)
+        x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = _zero_heads(hf, pruned)(pixel_values=x).logits  # what transformers v4 computed
+    finally:
+        test_hf_import.DIMS = old
+    code, stdout, stderr = run("inspect", tmp_path / "hf")
+    assert code == 0 and "model: deit_tiny_distilled_patch16_224" in stdout and "    5     1/3" in stdout, stdout + stderr
+    code, _, stderr = run("compile", "deit_tiny_distilled_patch16_224", "--checkpoint", tmp_path / "hf", "--out",
+                          tmp_path / "o", *FAST)
+    assert code == 0, stderr
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["import"]["format"] == "hf" and r["import"]["source_max_abs_diff"] <= 1e-4
+    assert [b["heads"][1] for b in r["structure"]["blocks"]] == [2, 3, 3, 3, 3, 1, 3, 3, 3, 3, 3, 2]
+    import vitshrink
+
+    with torch.no_grad():
+        assert float((vitshrink.load(tmp_path / "o")(x) - want).abs().max()) <= 1e-4

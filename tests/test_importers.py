@@ -28,7 +28,7 @@ EXAMPLES = int(os.environ.get("VITSHRINK_EXAMPLES", "25"))
 def compile_import(result, dense_model):
     """What `vitshrink compile --checkpoint PRUNED` builds: the imported weights in the original
     architecture, the imported spec resolved and applied, codegen. Returns (pruned module, dense IR, resolved)."""
-    model = copy.deepcopy(dense_model)
+    model = result.configure(copy.deepcopy(dense_model))
     model.load_state_dict(result.state_dict)
     ir = from_timm(model, "small")
     resolved = resolve_spec(result.spec, ir)

@@ -269,8 +269,8 @@ def eval_transform(model: nn.Module):
     return timm.data.create_transform(**cfg, is_training=False)
 
 
-def import_model(name: str, checkpoint: Optional[str | Path] = None,
-                 state_dict: Optional[dict[str, torch.Tensor]] = None) -> tuple[nn.Module, ViTIR, dict[str, torch.Tensor]]:
+def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict: Optional[dict[str, torch.Tensor]] = None,
+                 configure=None) -> tuple[nn.Module, ViTIR, dict[str, torch.Tensor]]:
     """Create timm model ``name``, load its weights and import it.
 
     Args:
@@ -278,6 +278,8 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None,
         checkpoint: a weights file (safetensors or a pickled state dict).
         state_dict: weights already in memory (e.g. from :func:`vitshrink.importers.import_checkpoint`);
             neither: random weights, with a warning.
+        configure: called on the timm model before translation (an importer's
+            :meth:`~vitshrink.importers.ImportResult.configure`: e.g. the source's LayerNorm eps).
     Returns:
         (timm model in eval mode, dense IR, extra checkpoint tensors not in the model).
     Raises:
@@ -294,4 +296,6 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None,
         )
     else:
         extras = load_checkpoint(model, checkpoint)
+    if configure is not None:
+        configure(model)
     return model, from_timm(model, name), extras

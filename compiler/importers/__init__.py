@@ -12,6 +12,7 @@ format              what it reads
                     ``{"model": module, ...}`` training checkpoints, ``tp.state_dict(model)``
 ``torch-prune``     ``torch.nn.utils.prune`` state dicts (``*.weight_orig`` + ``*.weight_mask``)
 ``nni``             NNI mask dicts ``{module: {"weight": mask, "bias": mask}}`` (+ the dense weights)
+``hf``              Hugging Face ViT/DeiT directories, ``config.pruned_heads`` as head masks
 ``zeroed``          any dense-shaped timm state dict whose pruned structure is zeros (after
                     ``prune.remove``, S2ViTE, applied gates)
 ==================  ==========================================================================
@@ -45,6 +46,7 @@ class ImportResult:
             the source cannot be run without its code; then the masked dense reference is the anchor).
         reference_scales: softmax scale per block the source really uses (block -> scale), for the reference.
         notes: ``loader``, per-block ``widths``, ``removed``, ``not_removed``, ``unstructured``, ``index_history``.
+        layer_norm_eps: the source's LayerNorm eps where it differs from timm's (Hugging Face: 1e-12).
     """
 
     format: str
@@ -55,6 +57,15 @@ class ImportResult:
     reference_scales: dict[int, float] = field(default_factory=dict)
     reference_note: str = ""
     notes: dict = field(default_factory=dict)
+    layer_norm_eps: Optional[float] = None
+
+    def configure(self, model: nn.Module) -> nn.Module:
+        """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps)."""
+        if self.layer_norm_eps is not None:
+            for m in model.modules():
+                if isinstance(m, nn.LayerNorm):
+                    m.eps = self.layer_norm_eps
+        return model
 
 
 @dataclass
@@ -89,9 +100,9 @@ class Format:
 
 
 def _formats() -> list[Format]:
-    from . import formats, torch_pruning
+    from . import formats, hf, torch_pruning
 
-    return [torch_pruning.FORMAT, *formats.FORMATS]
+    return [torch_pruning.FORMAT, hf.FORMAT, *formats.FORMATS]
 
 
 def format_names() -> list[str]:
@@ -106,6 +117,13 @@ def load_source(path: str | Path, trust: bool = False) -> tuple[Any, str]:
         CheckpointError: missing, unreadable, or a pickle needing unknown classes (named).
     """
     path = Path(path)
+    if path.is_dir():
+        from .hf import read_hf_dir
+
+        obj = read_hf_dir(path)
+        if obj is None:
+            raise CheckpointError(f"checkpoint '{path}' is a directory without config.json (not a transformers model)")
+        return obj, "transformers directory (config.json + weights; no code run)"
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}': no such file")
     if path.suffix == ".safetensors":
@@ -225,10 +243,14 @@ def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:
 
 
 def guess_model(path: str | Path, trust: bool = False) -> Optional[str]:
-    """The timm architecture a pickled timm module records in its ``pretrained_cfg``, or None."""
+    """The timm architecture a checkpoint names: a pickled timm module's ``pretrained_cfg``, or the timm
+    equivalent of a transformers config (:func:`.hf.timm_name`); None when it names none."""
+    from .hf import timm_name
     from .safe_pickle import find, is_module_record
 
     obj, _ = load_source(path, trust)
+    if isinstance(obj, dict) and "hf_config" in obj:
+        return timm_name(obj["hf_config"])
     mod = find(obj, lambda o: is_module_record(o) or isinstance(o, nn.Module))
     if mod is None:
         return None

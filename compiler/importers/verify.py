@@ -22,6 +22,7 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
         return None
     model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name)
     model.load_state_dict(result.reference_state_dict, strict=True)
+    result.configure(model)
     for i, scale in result.reference_scales.items():
         attn = model.blocks[i].attn
         attn.scale, attn.fused_attn = scale, False

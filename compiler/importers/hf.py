@@ -1,0 +1,163 @@
+"""Hugging Face transformers ``ViTForImageClassification`` / ``DeiTForImageClassificationWithTeacher``
+directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) -> the timm layout.
+
+Both key layouts are read: transformers v4 (``{vit,deit}.encoder.layer.{i}.attention.attention.query``,
+``.attention.output.dense``, ``.intermediate.dense``, ``.output.dense``) and v5
+(``{vit,deit}.layers.{i}.attention.{q,k,v,o}_proj``, ``.mlp.fc1``/``.fc2``). q, k and v are stacked
+into timm's fused ``qkv``. ``config.pruned_heads`` (``{layer: [original head ids]}``; v4 applied it at
+load time, v5 cannot) becomes head masks, the kept heads placed at their *original* ids. HF's
+LayerNorm eps (``layer_norm_eps``, 1e-12 by default; timm uses 1e-6) is kept: the compiled model
+normalises as the source does.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError, ModelError
+from ..spec import Spec
+from . import Format, ImportContext, ImportResult
+
+_LAYER_V4 = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.attention.query": "q",
+             "attention.attention.key": "k", "attention.attention.value": "v", "attention.output.dense": "attn.proj",
+             "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+_LAYER_V5 = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.q_proj": "q", "attention.k_proj": "k",
+             "attention.v_proj": "v", "attention.o_proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_TOP = {"embeddings.cls_token": "cls_token", "embeddings.distillation_token": "dist_token",
+        "embeddings.position_embeddings": "pos_embed", "embeddings.patch_embeddings.projection": "patch_embed.proj",
+        "layernorm": "norm"}
+_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
+_LAYER_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def read_hf_dir(path: Path) -> Optional[dict]:
+    """``{"hf_config": dict, "state": {key: tensor}}`` for a transformers model directory, else None."""
+    cfg_file = path / "config.json"
+    if not path.is_dir() or not cfg_file.is_file():
+        return None
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"'{cfg_file}': cannot be read as JSON ({e})") from e
+    weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+    if not weights:
+        raise CheckpointError(f"'{path}': has config.json but no model.safetensors or pytorch_model.bin")
+    try:
+        if weights[0].suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights[0]))
+        else:
+            state = torch.load(str(weights[0]), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"'{weights[0]}': cannot be read ({type(e).__name__}: {e})".splitlines()[0]) from e
+    return {"hf_config": config, "state": state}
+
+
+def timm_name(config: dict) -> Optional[str]:
+    """The timm model with the architecture of an HF ViT/DeiT config (the common sizes), or None."""
+    size = {192: "tiny", 384: "small", 768: "base", 1024: "large"}.get(config.get("hidden_size"))
+    p, img = config.get("patch_size", 16), config.get("image_size", 224)
+    if size is None:
+        return None
+    if config.get("model_type") == "deit":
+        distilled = any("Teacher" in a for a in config.get("architectures") or [])
+        return f"deit_{size}{'_distilled' if distilled else ''}_patch{p}_{img}"
+    return f"vit_{size}_patch{p}_{img}"
+
+
+def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
+    if not (isinstance(obj, dict) and "hf_config" in obj):
+        return None
+    cfg = obj["hf_config"]
+    if cfg.get("model_type") not in ("vit", "deit"):
+        return None
+    pruned = {k: v for k, v in (cfg.get("pruned_heads") or {}).items() if v}
+    return (f"Hugging Face {cfg.get('model_type')} directory ({', '.join(cfg.get('architectures') or ['?'])}), "
+            f"{sum(len(v) for v in pruned.values())} pruned heads in config.pruned_heads")
+
+
+def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
+    cfg, state = obj["hf_config"], obj["state"]
+    prefix = cfg["model_type"]
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise ModelError(f"unsupported HF option hidden_act={cfg.get('hidden_act')!r}: only exact (erf) GELU")
+    has_dist = f"{prefix}.embeddings.distillation_token" in state
+    if has_dist and "classifier.weight" in state:
+        raise ModelError("unsupported HF model DeiTForImageClassification with a distillation token: it classifies from "
+                         "the class token alone, timm's distilled DeiT averages both heads; use the WithTeacher model")
+    sd: dict[str, Tensor] = {}
+    layers: dict[int, dict[str, Tensor]] = {}
+    for key, t in state.items():
+        k = key.removeprefix(prefix + ".")
+        m = _LAYER_RE.match(k)
+        if m:
+            i, name, kind = int(m.group(1)), m.group(2), m.group(3)
+            table = _LAYER_V4 if k.startswith("encoder.") else _LAYER_V5
+            if name not in table:
+                raise CheckpointError(f"HF checkpoint '{ctx.path}': unknown key '{key}'")
+            layers.setdefault(i, {})[f"{table[name]}.{kind}"] = t.float()
+            continue
+        base, _, kind = k.rpartition(".")
+        if k in _TOP:  # tokens: no .weight suffix
+            sd[_TOP[k]] = t.float()
+        elif base in _TOP:
+            sd[f"{_TOP[base]}.{kind}"] = t.float()
+        elif base in _HEADS:
+            sd[f"{_HEADS[base]}.{kind}"] = t.float()
+        elif k.startswith("pooler."):
+            continue  # ViTModel's pooler is not used by the image classifier
+        else:
+            raise CheckpointError(f"HF checkpoint '{ctx.path}': unknown key '{key}'")
+    dims = ctx.dims()
+    if len(layers) != len(dims):
+        raise CheckpointError(f"HF checkpoint '{ctx.path}' has {len(layers)} layers, {ctx.model_name} has {len(dims)}")
+    pruned = {int(k): sorted(v) for k, v in (cfg.get("pruned_heads") or {}).items()}
+    masks: dict[str, Tensor] = {}
+    D = ctx.model.embed_dim
+    for i, (H, hd, _) in enumerate(dims):
+        lay, p = layers[i], f"blocks.{i}."
+        kept = [h for h in range(H) if h not in pruned.get(i, [])]
+        if lay["q.weight"].shape[0] != len(kept) * hd:
+            raise CheckpointError(f"HF checkpoint '{ctx.path}': layer {i} query has {lay['q.weight'].shape[0]} rows, "
+                                  f"expected {len(kept)} heads x {hd} (config.pruned_heads: {pruned.get(i, [])})")
+        rows = torch.tensor([h * hd + c for h in kept for c in range(hd)], dtype=torch.long)
+        qkv_w, qkv_b = torch.zeros(3, H * hd, D), torch.zeros(3, H * hd)
+        for j, n in enumerate("qkv"):
+            qkv_w[j, rows] = lay[f"{n}.weight"]
+            if f"{n}.bias" in lay:
+                qkv_b[j, rows] = lay[f"{n}.bias"]
+        sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"] = qkv_w.reshape(3 * H * hd, D), qkv_b.reshape(-1)
+        proj = torch.zeros(D, H * hd)
+        proj[:, rows] = lay["attn.proj.weight"]
+        sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"] = proj, lay["attn.proj.bias"]
+        for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+            for kind in ("weight", "bias"):
+                sd[f"{p}{n}.{kind}"] = lay[f"{n}.{kind}"]
+        if len(kept) < H:
+            masks[p + "heads"] = torch.tensor([h in kept for h in range(H)])
+    own = ctx.model.state_dict()
+    for k, v in own.items():
+        if k not in sd:
+            raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: nothing maps to '{k}'")
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: '{k}' would have shape "
+                                  f"{list(sd[k].shape)}, the model needs {list(v.shape)}")
+    eps = float(cfg.get("layer_norm_eps", 1e-12))
+    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "hf"})
+    return ImportResult("", "", sd, spec, reference_state_dict=sd, layer_norm_eps=eps,
+                        reference_note="the HF model's computation: its weights in the timm layout, pruned heads as "
+                                       f"zeros, LayerNorm eps {eps:g} (transformers v5 cannot apply pruned_heads itself)",
+                        notes={"index_history": "original head ids from config.pruned_heads",
+                               "layer_norm_eps": eps, "key_layout": "v4" if any(".encoder.layer." in k for k in state) else "v5",
+                               "pruned_heads": {str(k): v for k, v in pruned.items()},
+                               "removed": {"heads": sum(len(v) for v in pruned.values())}, "not_removed": [], "unstructured": []})
+
+
+FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT directory (config.json + weights), config.pruned_heads",
+                _probe, _convert)
