@@ -12,6 +12,7 @@ import warnings
 
 import click
 
+from .cli_import import parse_options as _parse_options
 from .cli_import import register as _register_import_commands
 from .errors import VitshrinkError
 
@@ -70,6 +71,8 @@ Examples:
 @click.option("--from", "source_format", default=None, help="Format of a pruned --checkpoint (skip detection).")
 @click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
 @click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
+@click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: _parse_options(v),
+              help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
 @click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
 @click.option("--batch", "batches", default="1", callback=_int_list, show_default=True, help="Batch sizes to time, e.g. 1,8.")
 @click.option("--threads", "threads", default="2", callback=_int_list, show_default=True, help="ONNX Runtime intra-op threads, e.g. 1,2.")
@@ -83,7 +86,7 @@ Examples:
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, data, batches, threads, bench_seconds, limit, layout, token_layout,
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, import_options, data, batches, threads, bench_seconds, limit, layout, token_layout,
                 tolerance, trt, quiet):
     """Prune MODEL (a timm ViT/DeiT name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT."""
@@ -92,7 +95,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
-                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle)
+                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:

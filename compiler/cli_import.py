@@ -17,7 +17,20 @@ _SOURCE_OPTIONS = [
     click.option("--dense-checkpoint", default=None, help="Dense weights, for formats that hold masks only (NNI)."),
     click.option("--trust-pickle", is_flag=True,
                  help="Let a pickled checkpoint run its own code (default: classes are recorded, never run)."),
+    click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
+                 help="KEY=VALUE for the format, repeatable (WDPruning: exit=11, classifiers=10,11)."),
 ]
+
+
+def parse_options(values) -> dict:
+    """``("exit=11", "classifiers=10,11")`` -> ``{"exit": "11", "classifiers": "10,11"}``."""
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {v!r}")
+        out[key.strip()] = val.strip()
+    return out
 
 
 def _source_options(fn):
@@ -26,14 +39,14 @@ def _source_options(fn):
     return fn
 
 
-def _import(pruned, model, source_format, dense_checkpoint, trust_pickle):
+def _import(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options=None):
     from .importers import guess_model, import_checkpoint
 
     if model is None:
         model = guess_model(pruned, trust_pickle)
         if model is None:
             raise VitshrinkError(f"'{pruned}' does not name its architecture: give --model (a timm model name)")
-    return model, import_checkpoint(pruned, model, source_format, dense_checkpoint, trust_pickle)
+    return model, import_checkpoint(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options)
 
 
 def _table(model: str, result) -> str:
@@ -76,12 +89,12 @@ Example:
     @click.option("--model", default=None, help="timm name of the original architecture (read from the pickle if it records one).")
     @_source_options
     @click.option("--json", "as_json", is_flag=True, help="Print import.json instead of the table.")
-    def inspect_cmd(pruned, model, source_format, dense_checkpoint, trust_pickle, as_json):
+    def inspect_cmd(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options, as_json):
         """Detect PRUNED's format and print what it keeps per block (no compiling, nothing written)."""
         from .importers.verify import import_report
 
         try:
-            model, result = _import(pruned, model, source_format, dense_checkpoint, trust_pickle)
+            model, result = _import(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options)
         except VitshrinkError as e:
             fail(e)
         click.echo(json.dumps(import_report(result), indent=1) if as_json else _table(model, result))
@@ -96,7 +109,7 @@ Example:
     @click.option("--model", default=None, help="timm name of the original architecture (read from the pickle if it records one).")
     @click.option("--out", "out", required=True, help="Directory for spec.json, dense.safetensors, import.json.")
     @_source_options
-    def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle):
+    def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle, import_options):
         """Convert PRUNED into spec v1 + dense-layout weights (what `compile --checkpoint PRUNED` does first)."""
         from safetensors.torch import save_file
 
@@ -107,7 +120,7 @@ Example:
         try:
             if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "import.json").is_file())):
                 raise VitshrinkError(f"output '{out}' exists and is not an earlier vitshrink import; choose another --out")
-            model, result = _import(pruned, model, source_format, dense_checkpoint, trust_pickle)
+            model, result = _import(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options)
         except VitshrinkError as e:
             fail(e)
         out_dir.resolve().parent.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,7 @@ class CompileOptions:
             (``--from``), detected when None (:func:`vitshrink.importers.import_checkpoint`).
         dense_checkpoint: dense weights for formats that hold masks only (NNI).
         trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
+        import_options: format options (``--import-option KEY=VALUE``), e.g. ``{"exit": "11"}`` (WDPruning).
     Raises:
         VitshrinkError: from :func:`compile_model`, for a value out of range (named).
     """
@@ -83,6 +84,7 @@ class CompileOptions:
     source_format: Optional[str] = None
     dense_checkpoint: Optional[str] = None
     trust_pickle: bool = False
+    import_options: Optional[dict] = None
 
     def __post_init__(self):
         self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
@@ -341,7 +343,7 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
                 from .importers import import_checkpoint
 
                 imported = import_checkpoint(opt.checkpoint, model_name, opt.source_format, opt.dense_checkpoint,
-                                             opt.trust_pickle)
+                                             opt.trust_pickle, opt.import_options)
                 spec = imported.spec
                 timm_model, dense_ir, extras = import_model(model_name, state_dict=imported.state_dict,
                                                             configure=imported.configure)

@@ -28,11 +28,14 @@ EXAMPLES = int(os.environ.get("VITSHRINK_EXAMPLES", "25"))
 def compile_import(result, dense_model):
     """What `vitshrink compile --checkpoint PRUNED` builds: the imported weights in the original
     architecture, the imported spec resolved and applied, codegen. Returns (pruned module, dense IR, resolved)."""
-    model = result.configure(copy.deepcopy(dense_model))
-    model.load_state_dict(result.state_dict)
-    ir = from_timm(model, "small")
-    resolved = resolve_spec(result.spec, ir)
-    return build_module(apply_spec(ir, resolved)), ir, resolved
+    from vitshrink.frontends.timm import load_state
+
+    model = copy.deepcopy(dense_model)
+    extras = load_state(model, result.state_dict)  # exit classifiers and the like stay beside the model
+    ir = from_timm(result.configure(model), "small")
+    tensors = {**model.state_dict(), **extras}
+    resolved = resolve_spec(result.spec, ir, tensors)
+    return build_module(apply_spec(ir, resolved, tensors)), ir, resolved
 
 
 def diff(a, b):

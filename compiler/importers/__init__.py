@@ -47,6 +47,8 @@ class ImportResult:
         reference_scales: softmax scale per block the source really uses (block -> scale), for the reference.
         notes: ``loader``, per-block ``widths``, ``removed``, ``not_removed``, ``unstructured``, ``index_history``.
         layer_norm_eps: the source's LayerNorm eps where it differs from timm's (Hugging Face: 1e-12).
+        reference_exit: the source ends early (WDPruning): (blocks kept, norm prefix, head prefix) -- the
+            reference is timm's model cut by hand after that many blocks with that norm and classifier.
     """
 
     format: str
@@ -58,6 +60,7 @@ class ImportResult:
     reference_note: str = ""
     notes: dict = field(default_factory=dict)
     layer_norm_eps: Optional[float] = None
+    reference_exit: Optional[tuple[int, str, str]] = None
 
     def configure(self, model: nn.Module) -> nn.Module:
         """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps)."""
@@ -79,6 +82,11 @@ class ImportContext:
     dense_checkpoint: Optional[Path] = None
     trust: bool = False
     loader: str = ""
+    options: dict = field(default_factory=dict)
+
+    def option(self, key: str, default=None):
+        """An importer option (``--import-option KEY=VALUE``), as given (a string) or ``default``."""
+        return self.options.get(key, default)
 
     def dense_state(self) -> dict[str, Tensor]:
         """Weights of the dense model: ``--dense-checkpoint`` when given, else the model's own (random)."""
@@ -97,12 +105,13 @@ class Format:
     description: str
     probe: Callable[[Any, ImportContext], Optional[str]]
     convert: Callable[[Any, ImportContext], ImportResult]
+    fallback: bool = False  # chosen only when no specific format matches (``zeroed``)
 
 
 def _formats() -> list[Format]:
-    from . import formats, hf, torch_pruning
+    from . import formats, hf, seeds, torch_pruning
 
-    return [torch_pruning.FORMAT, hf.FORMAT, *formats.FORMATS]
+    return [torch_pruning.FORMAT, hf.FORMAT, *seeds.FORMATS, *formats.FORMATS]
 
 
 def format_names() -> list[str]:
@@ -172,7 +181,8 @@ def as_state_dict(obj: Any) -> Optional[dict[str, Tensor]]:
 
 
 def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Optional[str] = None,
-                      dense_checkpoint: Optional[str | Path] = None, trust: bool = False) -> ImportResult:
+                      dense_checkpoint: Optional[str | Path] = None, trust: bool = False,
+                      options: Optional[dict] = None) -> ImportResult:
     """Detect the format of the pruned checkpoint ``path`` and convert it for the timm model ``model_name``.
 
     Args:
@@ -182,6 +192,7 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
         fmt: skip detection and use this format (``--from``).
         dense_checkpoint: dense weights, for formats that hold masks only (NNI).
         trust: let pickles run their own code (``--trust-pickle``); off, classes are recorded, not run.
+        options: format options (``--import-option KEY=VALUE``), e.g. WDPruning's ``exit=11``.
     Returns:
         :class:`ImportResult`.
     Raises:
@@ -196,7 +207,8 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
     else:
         model = create_model(model_name)
     obj, loader = load_source(path, trust)
-    ctx = ImportContext(model_name, model, path, Path(dense_checkpoint) if dense_checkpoint else None, trust, loader)
+    ctx = ImportContext(model_name, model, path, Path(dense_checkpoint) if dense_checkpoint else None, trust, loader,
+                        dict(options or {}))
     formats = _formats()
     names = ", ".join(f.name for f in formats)
     if fmt is not None:
@@ -207,6 +219,8 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
         fmt_obj = chosen[0]
     else:
         hits = [(f, r) for f in formats for r in [f.probe(obj, ctx)] if r]
+        if any(not f.fallback for f, _ in hits):
+            hits = [(f, r) for f, r in hits if not f.fallback]
         if not hits:
             raise VitshrinkError(f"checkpoint '{path}': no known pruned format for {model_name} (known: {names}); "
                                  f"name one with --from FORMAT")

@@ -31,14 +31,16 @@ def _check_shapes(sd: dict[str, Tensor], ctx: ImportContext, what: str) -> None:
 
 def from_zeroed(masked: dict[str, Tensor], ctx: ImportContext, notes: Optional[dict] = None) -> ImportResult:
     """The structure :func:`.zeroed.analyse` finds in ``masked`` (dense shapes, masks applied); the
-    reference is ``masked`` itself run by timm -- exactly what the source computes."""
+    reference is ``masked`` itself run by timm -- exactly what the source computes. Tensors the model
+    does not have (exit classifiers) travel along in the state dict."""
     _check_shapes(masked, ctx, "checkpoint")
     own = ctx.model.state_dict()
+    extras = {k: v.float() for k, v in masked.items() if k not in own and v.is_floating_point()}
     masked = {k: masked[k].float() if masked[k].is_floating_point() else masked[k] for k in own}
     D = ctx.model.embed_dim
     folded, masks, found = analyse(masked, ctx.dims(), D)
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path)})
-    return ImportResult("", "", folded, spec, reference_state_dict=masked,
+    return ImportResult("", "", {**folded, **extras}, spec, reference_state_dict={**masked, **extras},
                         reference_note="the checkpoint's masked weights run by timm (what the source computes)",
                         notes={**found, "index_history": "original indices (dense shapes)", **(notes or {})})
 
@@ -136,6 +138,6 @@ FORMATS = [
     Format("torch-prune", "torch.nn.utils.prune state dict (*_orig + *_mask)", _probe_torch_prune, _convert_torch_prune),
     Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint", _probe_nni, _convert_nni),
     Format("zeroed", "dense-shaped timm state dict with zeroed structure (prune.remove, S2ViTE, applied gates)",
-           _probe_zeroed, _convert_zeroed),
+           _probe_zeroed, _convert_zeroed, fallback=True),
 ]
 

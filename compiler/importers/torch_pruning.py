@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
 from ..spec import Spec
 from . import Format, ImportContext, ImportResult
 from .safe_pickle import Record, find, is_module_record, module_tree
+from .shrunk import place_shrunk
 
 _VIT_CLASSES = ("timm.models.vision_transformer.VisionTransformer", "timm.models.deit.VisionTransformerDistilled")
 
@@ -62,93 +61,42 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     return f"pickled {cls.rsplit('.', 1)[-1]} module ({form}); widths from its shapes and attributes"
 
 
-def _place(dense_shape: torch.Size, t: Tensor, key: str, views: dict[str, tuple]) -> Tensor:
-    """``t`` (shrunk) written into zeros of ``dense_shape``, kept units first along every axis;
-    ``views`` give the [3, H, hd] / [H, hd] structure of qkv rows and proj columns."""
-    z = torch.zeros(dense_shape, dtype=torch.float32)
-    if key in views:
-        dv, sv = views[key]
-        z.view(dv)[tuple(slice(0, n) for n in sv)] = t.float().reshape(sv)
-    else:
-        z[tuple(slice(0, n) for n in t.shape)] = t.float()
-    return z
-
-
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
     tensors, attrs, classes = _tp_state(obj)
-    own = ctx.model.state_dict()
-    D = ctx.model.embed_dim
-    if "cls_token" not in tensors:
-        raise CheckpointError(f"checkpoint '{ctx.path}': the pickled model has no 'cls_token'")
-    D2 = int(tensors["cls_token"].shape[-1])
-    masks: dict[str, Tensor] = {}
-    if D2 < D:
-        masks["embed"] = torch.arange(D) < D2
-    views: dict[str, tuple] = {}
-    widths, scales, notes_scale = [], {}, []
-    for i, (H, hd, hidden) in enumerate(ctx.dims()):
-        p = f"blocks.{i}."
-        a = attrs.get(p + "attn", {})
-        qkv = tensors.get(p + "attn.qkv.weight")
-        if qkv is None:
-            raise CheckpointError(f"checkpoint '{ctx.path}': key '{p}attn.qkv.weight' missing")
+    num_heads, scales, notes_scale = [], [], []
+    for i, (H, hd, _) in enumerate(ctx.dims()):
+        a = attrs.get(f"blocks.{i}.attn", {})
         H2 = int(a.get("num_heads", H))
-        if H2 < 1 or qkv.shape[0] % (3 * H2):
-            raise CheckpointError(f"checkpoint '{ctx.path}': '{p}attn.qkv.weight' has {qkv.shape[0]} rows, "
-                                  f"not 3 x num_heads ({H2}) x head_dim")
-        hd2, hidden2 = qkv.shape[0] // (3 * H2), int(tensors[p + "mlp.fc1.weight"].shape[0])
-        if H2 > H or hd2 > hd or hidden2 > hidden or D2 > D:
-            raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: '{p}attn.qkv.weight' is wider "
-                                  f"(heads {H2}/{H}, head_dim {hd2}/{hd}, mlp {hidden2}/{hidden}, embed {D2}/{D})")
-        views[p + "attn.qkv.weight"] = ((3, H, hd, D), (3, H2, hd2, D2))
-        views[p + "attn.qkv.bias"] = ((3, H, hd), (3, H2, hd2))
-        views[p + "attn.proj.weight"] = ((D, H, hd), (D2, H2, hd2))
-        if H2 < H:
-            masks[p + "heads"] = torch.arange(H) < H2
-        if hd2 < hd:
-            ch = (torch.arange(hd) < hd2).expand(H, hd).clone()
-            masks[p + "qk"], masks[p + "v"] = ch, ch.clone()
-        if hidden2 < hidden:
-            masks[p + "mlp"] = torch.arange(hidden) < hidden2
+        qkv = tensors.get(f"blocks.{i}.attn.qkv.weight")
+        hd2 = qkv.shape[0] // (3 * H2) if qkv is not None and H2 > 0 else hd
         fused = bool(a.get("fused_attn", False))
         eff = hd2 ** -0.5 if fused else float(a.get("scale", hd ** -0.5))
-        scales[i] = eff
+        num_heads.append(H2)
+        scales.append(eff)
         if abs(eff - hd ** -0.5) > 1e-12:
             notes_scale.append((i, f"{eff:.6g} (head_dim {hd2}, {'fused SDPA default' if fused else 'recorded scale'})"))
-        widths.append({"block": i, "heads": [H, H2], "head_dim": [hd, hd2], "mlp": [hidden, hidden2]})
-
-    L = len(ctx.dims())
-    if any(k.startswith(f"blocks.{L}.") for k in tensors):
-        raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: it has 'blocks.{L}', "
-                              f"the model has {L} blocks")
-    missing = [k for k in own if k not in tensors]
-    if missing:
-        raise CheckpointError(f"checkpoint '{ctx.path}' does not fit {ctx.model_name}: key '{missing[0]}' missing")
-    placed = {k: _place(v.shape, tensors[k], k, views) for k, v in own.items()}
-    folded = {k: v.clone() for k, v in placed.items()}
-    for i, (H, hd, _) in enumerate(ctx.dims()):  # the source's scale, folded into q (rows and bias)
-        ratio = scales[i] / hd ** -0.5
-        p = f"blocks.{i}.attn.qkv."
-        folded[p + "weight"][: H * hd] *= ratio
-        if p + "bias" in folded:
-            folded[p + "bias"][: H * hd] *= ratio
+    placed, folded, masks, widths = place_shrunk(tensors, ctx, num_heads, scales)
+    D, D2 = ctx.model.embed_dim, int(tensors["cls_token"].shape[-1])
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
     ref = placed if D2 == D else None
     note = ("the source's computation: its shrunk tensors in the dense timm model (zeros elsewhere) with the "
-            "softmax scale it really used" if ref is not None else
-            "the embedding was pruned: the source normalises over kept channels only, which the masked dense "
-            "reference implements (timm's dense model cannot); checked there")
+            "softmax scale it really used" if ref is not None else EMBED_NOTE)
     patched = sorted({k for k, v in attrs.items() if v.get("forward_patched")})
-    return ImportResult("", "", folded, spec, reference_state_dict=ref, reference_scales=scales if ref is not None else {},
+    return ImportResult("", "", folded, spec, reference_state_dict=ref,
+                        reference_scales=dict(enumerate(scales)) if ref is not None else {},
                         reference_note=note, notes={
-                            "index_history": "none in the file: kept units placed first (widths exact; which original "
-                                             "heads/channels/neurons were kept is unknown)",
-                            "embed": [D, D2], "shrunk_widths": widths,
+                            "index_history": NO_HISTORY, "embed": [D, D2], "shrunk_widths": widths,
                             "softmax_scale": _group(notes_scale) or "original head_dim ** -0.5 in every block",
                             "patched_forward": f"{len(patched)} attention modules had a patched forward (recorded, not run)",
                             "removed": {}, "not_removed": [], "unstructured": [],
                             "classes": sorted(set(classes.values())),
                         })
+
+
+NO_HISTORY = ("none in the file: kept units placed first (widths exact; which original heads/channels/neurons "
+              "were kept is unknown)")
+EMBED_NOTE = ("the embedding was pruned: the source normalises over kept channels only, which the masked dense "
+              "reference implements (timm's dense model cannot); checked there")
 
 
 def _group(items: list[tuple[int, str]]) -> list[str]:

@@ -21,8 +21,18 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
     if result.reference_state_dict is None:
         return None
     model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name)
-    model.load_state_dict(result.reference_state_dict, strict=True)
+    own = set(model.state_dict())
+    model.load_state_dict({k: v for k, v in result.reference_state_dict.items() if k in own}, strict=True)
     result.configure(model)
+    if result.reference_exit is not None:  # the source ends early: timm's model cut by hand
+        n, norm, head = result.reference_exit
+        sd = result.reference_state_dict
+        model.blocks = model.blocks[:n]
+        with torch.no_grad():
+            model.norm.weight.copy_(sd[f"{norm}.weight"])
+            model.norm.bias.copy_(sd[f"{norm}.bias"])
+            model.head.weight.copy_(sd[f"{head}.weight"])
+            model.head.bias.copy_(sd[f"{head}.bias"])
     for i, scale in result.reference_scales.items():
         attn = model.blocks[i].attn
         attn.scale, attn.fused_attn = scale, False
