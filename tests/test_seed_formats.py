@@ -278,3 +278,113 @@ def test_wdpruning_exit_needs_a_classifier(tmp_path):
     path = _save(tmp_path, {"model": sd})
     with pytest.raises(SpecError, match="exit"):
         import_checkpoint(path, _wd_model(seed=1), options={"exit": "2", "classifiers": "1"})
+
+
+# ------------------------------------------------------------------------------------------ VTC-LFC
+
+
+def _selector(x, attn, n_tokens, cutoff):
+    """VTC-LFC's selector (models/deit/deit.py) restated: per-head weighted class attention times the
+    low-frequency energy (FFT magnitude x Gaussian high-cut kernel, phase kept); kept tokens sorted back
+    into their original order (the authors' topk(sorted=False) order is the backend's choice)."""
+    B, N, C = x.shape
+    if n_tokens == N - 1:
+        return x
+    cls_w = attn[:, :, 1:, 0].mean(-1).reshape(B, -1, 1)
+    token_attn = attn[:, :, 0, 1:].mul(cls_w).mean(1) + attn[:, :, 1:, 1:].mean(2).mul(attn[:, :, 0, 0].reshape(B, -1, 1)).mean(1)
+    img = x[:, 1:].permute(0, 2, 1)
+    f = torch.fft.fft(img, dim=-1)
+    mag, pha = f.abs(), torch.atan2(f.imag, f.real)
+    L = mag.shape[-1]
+    d0, m0 = (L * cutoff / 2) ** 2, (L - 1) / 2.0
+    kernel = 1 - torch.exp(-((torch.arange(L) - m0) ** 2.0) / (2 * d0))
+    mag = mag * kernel
+    low = torch.fft.ifft(torch.complex(torch.cos(pha) * mag, torch.sin(pha) * mag), dim=-1)
+    lfe = low.abs().sum(1) / img.abs().sum(1).mean(-1).unsqueeze(-1)
+    idx = torch.topk(lfe * token_attn, n_tokens, dim=1).indices.sort(dim=1).values
+    kept = torch.gather(x[:, 1:], 1, idx.unsqueeze(-1).expand(-1, -1, C))
+    return torch.cat((x[:, :1], kept), dim=1)
+
+
+def _cfged_forward(sd, cfg, token_cfg, x, cutoff, keep_scale):
+    """The authors' ViT with dim_cfg (Attention_cfged, gamma_1/2, selector), restated for the anchor."""
+    F = torch.nn.functional
+    ln = lambda t, k: F.layer_norm(t, t.shape[-1:], sd[k + ".weight"], sd[k + ".bias"], 1e-6)  # noqa: E731
+    lin = lambda t, k: F.linear(t, sd[k + ".weight"], sd.get(k + ".bias"))  # noqa: E731
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=8).flatten(2).transpose(1, 2)
+    t = torch.cat((sd["cls_token"].expand(t.shape[0], -1, -1), t), 1) + sd["pos_embed"]
+    for i in range(len(token_cfg)):
+        p, H = f"blocks.{i}.", cfg[f"h.{i}"][0]
+        cq, cv = cfg[f"q.{i}"][1], cfg[f"v.{i}"][1]
+        B, N, _ = t.shape
+        qkv = lin(ln(t, p + "norm1"), p + "attn.qkv")
+        qk = qkv[:, :, : 2 * cq].reshape(B, N, 2, H, cq // H).permute(2, 0, 3, 1, 4)
+        v = qkv[:, :, 2 * cq:].reshape(B, N, H, cv // H).permute(0, 2, 1, 3)
+        scale = 64 ** -0.5 if keep_scale else (cq // H) ** -0.5
+        attn = ((qk[0] * scale) @ qk[1].transpose(-2, -1)).softmax(-1)
+        out = lin((attn @ v).transpose(1, 2).reshape(B, N, cv), p + "attn.proj")
+        t = sd[p + "gamma_1"] * out + t
+        t = _selector(t, attn, token_cfg[i], cutoff)
+        h = lin(F.gelu(lin(ln(t, p + "norm2"), p + "mlp.fc1")), p + "mlp.fc2")
+        t = sd[p + "gamma_2"] * h + t
+    return lin(ln(t, "norm")[:, 0], "head")
+
+
+def _vtc_checkpoint(seed, embed_keep, token_cfg, keep_scale=True):
+    """A VTC-LFC checkpoint cut from a random small DeiT: per block a head subset, q/k channels (same for
+    q and k) and v channels per head of unequal widths, MLP neurons, optionally fewer embed channels."""
+    model = small_vit(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    D, H, hd = 48, 4, 12
+    e = torch.randperm(D, generator=g)[:embed_keep].sort().values
+    cfg = {"embed": (3, embed_keep), "head": (embed_keep, 10)}
+    out = {"cls_token": sd["cls_token"][..., e], "pos_embed": sd["pos_embed"][..., e],
+           "patch_embed.proj.weight": sd["patch_embed.proj.weight"][e], "patch_embed.proj.bias": sd["patch_embed.proj.bias"][e],
+           "norm.weight": sd["norm.weight"][e], "norm.bias": sd["norm.bias"][e], "head.weight": sd["head.weight"][:, e],
+           "head.bias": sd["head.bias"]}
+    for i in range(4):
+        p = f"blocks.{i}."
+        H2, qkw, vw = (3, 5, 7) if i % 2 else (4, 12, 9)
+        heads = torch.randperm(H, generator=g)[:H2].sort().values
+        qk_rows = torch.cat([h * hd + torch.randperm(hd, generator=g)[:qkw].sort().values for h in heads])
+        v_rows = torch.cat([h * hd + torch.randperm(hd, generator=g)[:vw].sort().values for h in heads])
+        W, b = sd[p + "attn.qkv.weight"].view(3, H * hd, D), sd[p + "attn.qkv.bias"].view(3, H * hd)
+        out[p + "attn.qkv.weight"] = torch.cat([W[0][qk_rows], W[1][qk_rows], W[2][v_rows]])[:, e]
+        out[p + "attn.qkv.bias"] = torch.cat([b[0][qk_rows], b[1][qk_rows], b[2][v_rows]])
+        out[p + "attn.proj.weight"] = sd[p + "attn.proj.weight"][e][:, v_rows]
+        out[p + "attn.proj.bias"] = sd[p + "attn.proj.bias"][e]
+        n = torch.randperm(96, generator=g)[:40 + 10 * i].sort().values
+        out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = sd[p + "mlp.fc1.weight"][n][:, e], sd[p + "mlp.fc1.bias"][n]
+        out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = sd[p + "mlp.fc2.weight"][e][:, n], sd[p + "mlp.fc2.bias"][e]
+        for k in ("norm1", "norm2"):
+            out[f"{p}{k}.weight"], out[f"{p}{k}.bias"] = sd[f"{p}{k}.weight"][e], sd[f"{p}{k}.bias"][e]
+        out[p + "gamma_1"] = 1 + 0.2 * torch.randn(embed_keep, generator=g)
+        out[p + "gamma_2"] = 1 + 0.2 * torch.randn(embed_keep, generator=g)
+        cfg.update({f"h.{i}": (H2,), f"q.{i}": (embed_keep, H2 * qkw), f"k.{i}": (embed_keep, H2 * qkw),
+                    f"v.{i}": (embed_keep, H2 * vw), f"proj.{i}": (H2 * vw, embed_keep), f"fc1.{i}": (embed_keep, len(n)),
+                    f"fc2.{i}": (len(n), embed_keep)})
+    return {"model": out, "dim_cfg": cfg, "token_cfg": token_cfg, "i_mask": None, "o_mask": None}, out, cfg
+
+
+@pytest.mark.parametrize("case", ["channels", "channels+embed+tokens", "pruned scale"])
+def test_vtc_lfc(tmp_path, case):
+    from argparse import Namespace
+
+    embed, tokens, keep = {"channels": (48, [16] * 4, True), "channels+embed+tokens": (40, [16, 12, 12, 7], True),
+                           "pruned scale": (48, [16] * 4, False)}[case]
+    ckpt, sd, cfg = _vtc_checkpoint(31, embed, tokens)
+    ckpt["args"] = Namespace(keep_qk_scale=keep, cutoff_token=0.85)  # recorded, never instantiated
+    path = _save(tmp_path, ckpt)
+    result = import_checkpoint(path, small_vit(seed=1))
+    assert result.format == "vtc-lfc"
+    x = images(3, seed=9)
+    pruned, _, _ = compile_import(result, small_vit(seed=1))
+    assert diff(pruned(x), _cfged_forward(sd, cfg, tokens, x, 0.15, keep)) <= TOL
+    assert [b.attn.num_heads for b in pruned.blocks] == [4, 3, 4, 3]
+    if case == "channels":
+        from vitshrink.importers.verify import source_model
+
+        assert diff(source_model(result, small_vit(seed=1))(x), _cfged_forward(sd, cfg, tokens, x, 0.15, keep)) <= TOL
+    if case == "channels+embed+tokens":
+        assert sorted(result.spec.settings["dynamic_tokens"]) == ["1", "3"]

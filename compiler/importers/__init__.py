@@ -13,6 +13,11 @@ format              what it reads
 ``torch-prune``     ``torch.nn.utils.prune`` state dicts (``*.weight_orig`` + ``*.weight_mask``)
 ``nni``             NNI mask dicts ``{module: {"weight": mask, "bias": mask}}`` (+ the dense weights)
 ``hf``              Hugging Face ViT/DeiT directories, ``config.pruned_heads`` as head masks
+``vtc-lfc``         VTC-LFC's shrunk "cfged" DeiT (``dim_cfg``, ``token_cfg`` as LFE token rules)
+``s2vite``          SViTE / S2ViTE checkpoints with ``atten_mask`` / ``other_mask`` / ``mask``
+``savit``           SAViT's gated model (``res_gate``, ``attn_gate``, ``hidden_gate1``)
+``savit-deployed``  SAViT's deployed shrunk state dict (whole heads, original head_dim)
+``wdpruning``       WDPruning saliency scores + thresholds, early exit with ``exit=K``
 ``zeroed``          any dense-shaped timm state dict whose pruned structure is zeros (after
                     ``prune.remove``, S2ViTE, applied gates)
 ==================  ==========================================================================
@@ -109,9 +114,9 @@ class Format:
 
 
 def _formats() -> list[Format]:
-    from . import formats, hf, seeds, torch_pruning
+    from . import formats, hf, seeds, torch_pruning, vtc_lfc
 
-    return [torch_pruning.FORMAT, hf.FORMAT, *seeds.FORMATS, *formats.FORMATS]
+    return [torch_pruning.FORMAT, hf.FORMAT, vtc_lfc.FORMAT, *seeds.FORMATS, *formats.FORMATS]
 
 
 def format_names() -> list[str]:

@@ -113,7 +113,7 @@ def _convert_savit(obj: Any, ctx: ImportContext) -> ImportResult:
 
 def _probe_savit_deployed(obj: Any, ctx: ImportContext) -> Optional[str]:
     sd = as_state_dict(obj)
-    if sd is None or "cls_token" not in sd or any("gate" in k for k in sd):
+    if sd is None or "cls_token" not in sd or any("gate" in k for k in sd) or (isinstance(obj, dict) and "dim_cfg" in obj):
         return None
     own = ctx.model.state_dict()
     if all(k in sd and sd[k].shape == v.shape for k, v in own.items()):
