@@ -10,6 +10,7 @@ Public API (``__all__``; imported on first use so ``import vitshrink`` stays che
 - :func:`load` -- rebuild a pruned model from a ``vitshrink compile`` output or checkpoint directory.
 - :func:`load_spec`, :func:`resolve_spec`, :class:`Spec` -- the mask format.
 - :func:`import_model` -- timm model + checkpoint -> dense IR.
+- :func:`import_checkpoint` -- a checkpoint pruned by another tool -> spec + dense-layout weights.
 - :func:`apply_spec` -- the structural passes; :func:`build_module` -- IR -> nn.Module.
 - :func:`reference_forward` -- the masked dense reference.
 - :class:`VitshrinkError` (bad input, CLI exit 2), :class:`VerificationError` (a broken promise,
@@ -38,6 +39,7 @@ _LAZY = {
     "save_spec": ("vitshrink.spec", "save_spec"),
     "resolve_spec": ("vitshrink.spec", "resolve_spec"),
     "import_model": ("vitshrink.frontends.timm", "import_model"),
+    "import_checkpoint": ("vitshrink.importers", "import_checkpoint"),
     "apply_spec": ("vitshrink.passes", "apply_spec"),
     "reference_forward": ("vitshrink.reference", "reference_forward"),
     "count_macs": ("vitshrink.counting", "count_macs"),
@@ -50,6 +52,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never 
     from .counting import count_macs
     from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError
     from .frontends.timm import import_model
+    from .importers import import_checkpoint
     from .passes import apply_spec
     from .pipeline import CompileOptions, compile_model
     from .reference import reference_forward

@@ -17,7 +17,7 @@ ensure_timm_importable()
 warnings.filterwarnings("ignore", category=UserWarning)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("VITSHRINK_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEIT_TINY_CKPT = SHARED / "deit_tiny_patch16_224.in1k.safetensors"
 IMAGENET_VAL = SHARED / "imagenet-sample" / "val"
 
@@ -64,6 +64,22 @@ def images(n: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
 
 
+def _missing(reason: str):
+    """Skip -- or, when the ``CI`` environment variable is set, fail: in CI a missing data directory or
+    optional dependency must not turn the claims that need it into silent skips."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: a missing requirement fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_shared():
     if not DEIT_TINY_CKPT.is_file() or not IMAGENET_VAL.is_dir():
-        pytest.skip(f"real data not found at {SHARED} (weights and images live in ../shared/data)")
+        _missing(f"real data not found at {SHARED} (weights and images live in ../shared/data)")
+
+
+def need(module: str, extra: str = "importers"):
+    """``pytest.importorskip`` that fails under CI: the module is in the ``[extra]`` the tests install."""
+    try:
+        return __import__(module)
+    except ImportError:
+        _missing(f"{module} is not installed (it is in the [{extra}] extra)")

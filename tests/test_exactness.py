@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import images, randomise
+from conftest import images
 from vitshrink.codegen import build_module
 from vitshrink.frontends.timm import create_model, from_timm
 from vitshrink.passes import apply_spec, group_heads, pad_heads
@@ -302,13 +302,19 @@ def test_reference_without_masks_is_timm(small_distilled):
     assert float((reference_forward(ir, resolve_spec(Spec(), ir), x) - want).abs().max()) <= TOL
 
 
-def test_exactness_on_deit_tiny_full_size():
-    """The real geometry (197 tokens, 3 heads of 64, 768 hidden) with every kind at once."""
-    model = randomise(create_model("deit_tiny_patch16_224"), seed=2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(0.2)
-    ir = from_timm(model, "deit_tiny_patch16_224")
+def _real_tiny_ir():
+    """DeiT-Tiny with its real ImageNet weights: attention far from uniform, every bias live -- a
+    softmax-scale or bias bug shows far above the tolerance (test_full_size_sees_attention_bugs)."""
+    from conftest import DEIT_TINY_CKPT, require_shared
+    from vitshrink.frontends.timm import load_checkpoint
+
+    require_shared()
+    model = create_model("deit_tiny_patch16_224")
+    load_checkpoint(model, DEIT_TINY_CKPT)
+    return from_timm(model, "deit_tiny_patch16_224")
+
+
+def _full_size_spec():
     g = torch.Generator().manual_seed(0)
     masks = {"embed": torch.rand(192, generator=g) > 0.2, "blocks.4.keep": False}
     for i in range(12):
@@ -317,4 +323,26 @@ def test_exactness_on_deit_tiny_full_size():
         masks[f"blocks.{i}.qk"][:, 0] = True
         masks[f"blocks.{i}.v"] = torch.rand(3, 64, generator=g) > 0.5
         masks[f"blocks.{i}.mlp"] = torch.rand(768, generator=g) > 0.6
-    check_exact(ir, Spec(masks, {"exit": {"block": 10}}), x=images(2, 224))
+    return Spec(masks, {"exit": {"block": 10}})
+
+
+def test_full_size_sees_attention_bugs():
+    """The review's mutants that hid under the tolerance with 0.2-scaled random weights: a softmax scale
+    recomputed from the kept q/k width, q/k biases dropped -- both far above 1e-4 on the real weights."""
+    from test_mutants import qk_bias_dropped, wrong_scale
+
+    ir = _real_tiny_ir()
+    rs = resolve_spec(_full_size_spec(), ir)
+    pruned = apply_spec(ir, rs)
+    x = images(2, 224)
+    with torch.no_grad():
+        ref = reference_forward(ir, rs, x)
+        for mutant in (wrong_scale, qk_bias_dropped):
+            assert float((build_module(mutant(pruned))(x) - ref).abs().max()) > 10 * TOL, mutant.__name__
+
+
+def test_exactness_on_deit_tiny_full_size():
+    """The real geometry (197 tokens, 3 heads of 64, 768 hidden) and real weights, every kind at once."""
+    check_exact(_real_tiny_ir(), _full_size_spec(), x=images(2, 224))
+
+

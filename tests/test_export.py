@@ -55,3 +55,28 @@ def test_export_matches_torch(tmp_path, small_distilled, case, layout):
         with torch.no_grad():
             want = module(x).numpy()
         assert float(np.abs(runner.run(x.numpy()) - want).max()) <= 1e-4
+
+
+def test_structure_is_gone_in_the_module_and_the_onnx_initializers(tmp_path, small_distilled):
+    """Physically gone in the artifacts, not only in the IR: the generated module's weight shapes and
+    the ONNX file's initializer shapes are the kept widths, and no dense-width tensor survives."""
+    _, ir = small_distilled
+    D2, H2, qk, v, hidden = 40, 3, 8, 10, 37  # regular per-head widths: no padding to account for
+    masks = {"embed": torch.arange(48) < D2}
+    for i in range(4):
+        masks[f"blocks.{i}.heads"] = torch.arange(4) != i
+        masks[f"blocks.{i}.qk"] = (torch.arange(12) < qk).expand(4, 12).clone()
+        masks[f"blocks.{i}.v"] = (torch.arange(12) < v).expand(4, 12).clone()
+        masks[f"blocks.{i}.mlp"] = torch.arange(96) < hidden
+    module = build_module(pad_heads(apply_spec(ir, resolve_spec(Spec(masks), ir))))
+    want = {"qkv": (H2 * (2 * qk + v), D2), "proj": (D2, H2 * v), "fc1": (hidden, D2), "fc2": (D2, hidden)}
+    for b in module.blocks:
+        got = {"qkv": b.attn.qkv.weight.shape, "proj": b.attn.proj.weight.shape, "fc1": b.mlp.fc1.weight.shape,
+               "fc2": b.mlp.fc2.weight.shape}
+        assert {k: tuple(s) for k, s in got.items()} == want
+    path = export_onnx(module, tmp_path / "m.onnx", (3, 32, 32))
+    shapes = [tuple(t.dims) for t in onnx.load(str(path)).graph.initializer]
+    for s in want.values():  # each block's weights, as stored or transposed for Gemm
+        assert sum(x in (s, s[::-1]) for x in shapes) >= 4, s
+    dense_widths = {48, 144, 96}  # embed_dim, 3 x embed_dim, MLP hidden of the dense model
+    assert not [s for s in shapes if len(s) == 2 and set(s) & dense_widths], "a dense-width weight survived"

@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from conftest import images, randomise
+from conftest import images, need, randomise
 from test_importers import compile_import, diff
 from vitshrink.importers import guess_model, import_checkpoint
 from vitshrink.importers.verify import source_model
 
-transformers = pytest.importorskip("transformers", reason="transformers is in the [importers] extra")
+transformers = need("transformers")
 
 DIMS = dict(image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
             intermediate_size=96, num_labels=10)

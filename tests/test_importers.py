@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SMALL, images, small_vit
+from conftest import SMALL, images, need, small_vit
 from vitshrink.codegen import build_module
 from vitshrink.frontends.timm import from_timm
 from vitshrink.importers import import_checkpoint
@@ -47,7 +47,7 @@ def diff(a, b):
 
 @pytest.fixture(scope="module")
 def tp_models():
-    pytest.importorskip("torch_pruning", reason="torch-pruning is in the [importers] extra")
+    need("torch_pruning")
     from tools import torch_pruning_vit
 
     out = {}

@@ -47,6 +47,8 @@ def deployed_anchor(model, embed_keep):
         m.cls_token[..., drop] = 0
         m.pos_embed[..., drop] = 0
         for b in m.blocks:
+            if not hasattr(b, "attn"):  # a removed block (identity)
+                continue
             for lin in (b.attn.proj, b.mlp.fc2):
                 lin.weight[drop] = 0
                 lin.bias[drop] = 0

@@ -19,7 +19,8 @@ from . import Format, ImportContext, ImportResult, as_state_dict
 from .zeroed import analyse
 
 
-def _check_shapes(sd: dict[str, Tensor], ctx: ImportContext, what: str) -> None:
+def check_shapes(sd: dict[str, Tensor], ctx: ImportContext, what: str) -> None:
+    """Every key of the dense model present in ``sd`` at its shape (CheckpointError naming the key)."""
     own = ctx.model.state_dict()
     for k, v in own.items():
         if k not in sd:
@@ -33,7 +34,7 @@ def from_zeroed(masked: dict[str, Tensor], ctx: ImportContext, notes: Optional[d
     """The structure :func:`.zeroed.analyse` finds in ``masked`` (dense shapes, masks applied); the
     reference is ``masked`` itself run by timm -- exactly what the source computes. Tensors the model
     does not have (exit classifiers) travel along in the state dict."""
-    _check_shapes(masked, ctx, "checkpoint")
+    check_shapes(masked, ctx, "checkpoint")
     own = ctx.model.state_dict()
     extras = {k: v.float() for k, v in masked.items() if k not in own and v.is_floating_point()}
     masked = {k: masked[k].float() if masked[k].is_floating_point() else masked[k] for k in own}

@@ -141,13 +141,9 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                 sd[f"{p}{n}.{kind}"] = lay[f"{n}.{kind}"]
         if len(kept) < H:
             masks[p + "heads"] = torch.tensor([h in kept for h in range(H)])
-    own = ctx.model.state_dict()
-    for k, v in own.items():
-        if k not in sd:
-            raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: nothing maps to '{k}'")
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: '{k}' would have shape "
-                                  f"{list(sd[k].shape)}, the model needs {list(v.shape)}")
+    from .formats import check_shapes
+
+    check_shapes(sd, ctx, "HF checkpoint (in timm keys)")
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "hf"})
     return ImportResult("", "", sd, spec, reference_state_dict=sd, layer_norm_eps=eps,
