@@ -32,8 +32,9 @@ def build(out: Path) -> list[Path]:
                           if not m.name.rsplit(".", 1)[-1].startswith("_"))
 
         # pdoc walks a package's submodules itself unless the package sets __all__ (vitshrink, passes)
-        modules = ["vitshrink", *submodules(vitshrink), "vitshrink.passes", *submodules(vitshrink.passes),
-                   "vitshrink.runtime"]
+        # (an editable install maps passes/ and runtime/ beside compiler/; a plain one nests them: dedupe)
+        modules = list(dict.fromkeys(["vitshrink", *submodules(vitshrink), "vitshrink.passes",
+                                      *submodules(vitshrink.passes), "vitshrink.runtime"]))
         pdoc.pdoc(*modules, output_directory=out)
     return sorted(out.rglob("*.html"))
 
