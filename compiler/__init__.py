@@ -48,15 +48,15 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never executed)
-    from .codegen import PrunedViT, build_module, load, save
-    from .counting import count_macs
-    from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError
-    from .frontends.timm import import_model
-    from .importers import import_checkpoint
-    from .passes import apply_spec
-    from .pipeline import CompileOptions, compile_model
-    from .reference import reference_forward
-    from .spec import Spec, load_spec, resolve_spec, save_spec
+    from .codegen import PrunedViT, build_module, load, save  # noqa: F401
+    from .counting import count_macs  # noqa: F401
+    from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError  # noqa: F401
+    from .frontends.timm import import_model  # noqa: F401
+    from .importers import import_checkpoint  # noqa: F401
+    from .passes import apply_spec  # noqa: F401
+    from .pipeline import CompileOptions, compile_model  # noqa: F401
+    from .reference import reference_forward  # noqa: F401
+    from .spec import Spec, load_spec, resolve_spec, save_spec  # noqa: F401
 
 
 def __dir__() -> list[str]:

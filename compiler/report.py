@@ -152,7 +152,7 @@ def _import_lines(imp: dict) -> list[str]:
         return []
     d = imp.get("source_max_abs_diff")
     lines = [f"- imported `{imp['format']}` ({imp['detected_because']}; {imp.get('loader')})",
-             f"- compiled model vs what the source computes: " + (f"max |diff| = {d:.2e}" if d is not None else "not run")
+             "- compiled model vs what the source computes: " + (f"max |diff| = {d:.2e}" if d is not None else "not run")
              + f" -- {imp.get('source_reference')}",
              f"- indices: {imp.get('index_history')}"]
     lines += [f"- not removed: {m}" for m in imp.get("not_removed") or []]

@@ -4,7 +4,8 @@
 - A second spec applied to an already pruned (or padded) model equals one spec with the combined masks.
 - Anchors that share no code with vitshrink's reference: embedding pruning against timm with its
   LayerNorms replaced by LayerNorms over the kept channels and the removed channels zeroed where they
-  are written; early exit against timm cut by hand; distilled models in the zeroed-timm anchor.
+  are written; early exit against timm cut by hand (distilled models in the zeroed-timm anchor:
+  test_exactness.py).
 """
 from __future__ import annotations
 
@@ -129,13 +130,3 @@ def test_early_exit_against_timm_cut_by_hand(small_distilled):
     x = images(3, seed=7)
     with torch.no_grad():
         assert float((build_module(apply_spec(ir, rs, tensors))(x) - cut(x)).abs().max()) <= TOL
-
-
-@FEW
-@given(data=st.data())
-def test_reference_equals_timm_with_zeroed_weights_distilled(small_distilled, data):
-    model, ir = small_distilled
-    rs = resolve_spec(data.draw(timm_zeroable_specs(ir)), ir)
-    x = images(2)
-    with torch.no_grad():
-        assert float((reference_forward(ir, rs, x) - zeroed_timm(model, ir, rs)(x)).abs().max()) <= TOL

@@ -284,8 +284,8 @@ def zeroed_timm(model, ir, rs):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_reference_equals_timm_with_zeroed_weights(small_model, data):
-    model, ir = small_model
+def test_reference_equals_timm_with_zeroed_weights(small_model, small_distilled, data):
+    model, ir = data.draw(st.sampled_from([small_model, small_distilled]))
     rs = resolve_spec(data.draw(timm_zeroable_specs(ir)), ir)
     x = images(2)
     with torch.no_grad():
