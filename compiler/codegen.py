@@ -326,8 +326,10 @@ class Block(nn.Module):
             x3 = x.reshape(-1, N, D)
             if self.drop.get("index") is None:
                 x = x3[:, :n].reshape(-1, D)
+                ids = None if ids is None else ids[:, :n]
             else:
                 x = x3.index_select(1, self.drop_index).reshape(-1, D)
+                ids = None if ids is None else ids.index_select(1, self.drop_index)
             N = n
         if self.select is not None and self.where == "attn":
             x, ids = self._select(x, None, ids, fused_id)
@@ -367,7 +369,9 @@ class PrunedViT(nn.Module):
 
     forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes]. With ``trace=True`` it
     returns ``(logits, [ids after each dynamic selection])`` (original token ids, fused tokens
-    numbered from N on) -- used to check that kept tokens are identical everywhere. The final norm
+    numbered from N on) -- used to check that kept tokens are identical everywhere -- and keeps
+    ``residuals``: per block, ``(source block index, residual stream [B, n_out, D_kept], original
+    token ids [B, n_out])``, for token-by-token comparison with the reference. The final norm
     is applied only to the prefix tokens the classifiers read (LayerNorm is per token).
     """
 
@@ -397,21 +401,25 @@ class PrunedViT(nn.Module):
         """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D], traced ids)."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        if self.arch.get("token_order") is not None:
-            x = x.index_select(1, self.token_order)
-        N, D = x.shape[1], x.shape[2]
         ids = None
         if self.trace:
             ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
+            self.residuals = []
+        if self.arch.get("token_order") is not None:
+            x = x.index_select(1, self.token_order)
+            ids = None if ids is None else ids.index_select(1, self.token_order)
+        N, D = x.shape[1], x.shape[2]
         traced, fused_id = [], self.arch["num_tokens"]
         x = x.reshape(-1, D)  # the blocks run on a flat [B*N, D] token stream
-        for blk in self.blocks:
+        for blk, cfg in zip(self.blocks, self.arch["blocks"]):
             x, ids = blk(x, ids, fused_id)
             if blk.select is not None:
                 fused_id += int(blk.select.fuse)
                 if ids is not None:
                     traced.append(ids)
             N = blk.n_out
+            if self.trace:
+                self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
         return self.norm(x.reshape(-1, N, D)[:, :self.num_read]), traced
 
     def forward(self, x: Tensor):

@@ -59,9 +59,9 @@ def _low_frequency_energy(xs: Tensor, cutoff: float) -> Tensor:
     return (low / xs.double().abs().sum(1).mean()).to(xs.dtype)
 
 
-def _predictor_scores(rule: DynamicRule, xs: Tensor, tensors: Mapping[str, Tensor], e: Tensor, eps: float) -> Tensor:
+def _predictor_scores(rule: DynamicRule, xs: Tensor, tensors: Mapping[str, Tensor], e: Tensor) -> Tensor:
     """A learned scorer on one image's alive patch tokens xs [L, D] -> [L]."""
-    p, t = rule.predictor.prefix, tensors
+    p, t, eps = rule.predictor.prefix, tensors, rule.predictor.eps
     if rule.predictor.type == "dynamicvit":
         h = _masked_layer_norm(xs, t[f"{p}.in_conv.0.weight"], t[f"{p}.in_conv.0.bias"], eps, e)
         h = F.gelu(_linear(h, t[f"{p}.in_conv.1.weight"], t.get(f"{p}.in_conv.1.bias")))
@@ -130,6 +130,7 @@ def reference_forward(
     images: Tensor,
     tensors: Optional[Mapping[str, Tensor]] = None,
     trace: bool = False,
+    residuals: Optional[list] = None,
 ):
     """Logits [B, num_classes] of the dense model ``dense`` under the masks of ``spec``.
 
@@ -140,6 +141,10 @@ def reference_forward(
         tensors: checkpoint tensors for an exit classifier or a token predictor named in the spec.
         trace: also return, per dynamic rule, the token slots kept [B, P + keep (+1 fused)] (original
             token ids; fused tokens take slots N, N+1, ... in rule order).
+        residuals: if a list, gets per kept block ``(source block index, residual stream [B, T, D] in
+            original token slots and channels (removed channels zero), live tokens [B, T] bool)``;
+            a token is live while it is still in the sequence (kept by every static and dynamic
+            selection so far).
     """
     tensors = tensors or {}
     D, P, N = dense.embed_dim, dense.num_prefix, dense.num_tokens
@@ -173,7 +178,7 @@ def reference_forward(
         rule = spec.dynamic.get(i)
         if rule is not None and rule.where == "attn":
             alive, next_slot = _select(
-                rule, x, alive, lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e, blk.norm1.eps),
+                rule, x, alive, lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e),
                 P, next_slot, traced)
             update = alive.clone()
 
@@ -206,7 +211,7 @@ def reference_forward(
 
         if rule is not None and rule.where == "mlp":
             if rule.score == "predictor":
-                scores_of = lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e, blk.norm1.eps)  # noqa: E731
+                scores_of = lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e)  # noqa: E731
             else:
                 att = _attention_scores(rule, probs_live, alive, P)
                 if rule.score == "cls_attention_lfe":
@@ -222,6 +227,8 @@ def reference_forward(
         if i in spec.mlp:
             z = z * spec.mlp[i].float()
         x = x + _linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
+        if residuals is not None:
+            residuals.append((i, x.clone(), alive.clone()))
 
     norm, heads_w = dense.norm, {c.name: (c.weight, c.bias) for c in dense.heads}
     if spec.exit is not None:

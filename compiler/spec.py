@@ -96,6 +96,7 @@ class PredictorSetting:
     prefix: str
     hidden: tuple[int, ...] = ()
     norm: bool = True
+    eps: float = 1e-5  # the predictor's own LayerNorm eps: torch's default, which DynamicViT's PredictorLG uses
 
     def expected_shapes(self, D: int) -> dict[str, tuple[int, ...]]:
         """Checkpoint key -> shape this predictor needs for embed_dim D."""
@@ -435,9 +436,9 @@ def _check_static_tokens(out: ResolvedSpec, ir: ViTIR) -> None:
 def _resolve_predictor(key: str, value: Any, ir: ViTIR, tensors: dict[str, Tensor]) -> PredictorSetting:
     if not isinstance(value, dict) or not isinstance(value.get("prefix"), str):
         raise SpecError(key, 'must be {"type": "dynamicvit"|"mlp", "prefix": "<checkpoint prefix>", ...}')
-    unknown = set(value) - {"type", "prefix", "hidden", "norm"}
+    unknown = set(value) - {"type", "prefix", "hidden", "norm", "eps"}
     if unknown:
-        raise SpecError(f"{key}.{sorted(unknown)[0]}", "unknown predictor field (expected type, prefix, hidden, norm)")
+        raise SpecError(f"{key}.{sorted(unknown)[0]}", "unknown predictor field (expected type, prefix, hidden, norm, eps)")
     kind = value.get("type", "dynamicvit")
     if kind not in PREDICTOR_TYPES:
         raise SpecError(f"{key}.type", f"must be one of {', '.join(PREDICTOR_TYPES)}, found {kind!r}")
@@ -446,7 +447,10 @@ def _resolve_predictor(key: str, value: Any, ir: ViTIR, tensors: dict[str, Tenso
         raise SpecError(f"{key}.hidden", "must be a list of positive layer widths")
     if kind == "dynamicvit" and ir.embed_dim % 4:
         raise SpecError(f"{key}.type", f"dynamicvit predictors need embed_dim divisible by 4 (found {ir.embed_dim})")
-    pred = PredictorSetting(kind, value["prefix"], tuple(hidden), bool(value.get("norm", True)))
+    eps = value.get("eps", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise SpecError(f"{key}.eps", f"must be the LayerNorm eps, a number in (0, 1), found {eps!r}")
+    pred = PredictorSetting(kind, value["prefix"], tuple(hidden), bool(value.get("norm", True)), float(eps))
     for name, shape in pred.expected_shapes(ir.embed_dim).items():
         if name not in tensors:
             raise SpecError(key, f"predictor weight '{name}' is missing from the checkpoint")

@@ -84,7 +84,7 @@ def dynamic_tokens(ir: ViTIR, rules: Mapping[int, DynamicRule], tensors: Mapping
         r = rules.get(b.source_index)
         if r is None:
             return b
-        pred = predictor_ir(r.predictor, tensors, ids, b.norm1.eps) if r.predictor is not None else None
+        pred = predictor_ir(r.predictor, tensors, ids, r.predictor.eps) if r.predictor is not None else None
         return replace(b, select=TokenSelectIR(r.keep, r.score, r.where, r.fuse, r.head_weighting, r.cutoff, pred))
 
     return replace(ir, blocks=tuple(fn(b) for b in ir.blocks))

@@ -130,3 +130,85 @@ def test_early_exit_against_timm_cut_by_hand(small_distilled):
     x = images(3, seed=7)
     with torch.no_grad():
         assert float((build_module(apply_spec(ir, rs, tensors))(x) - cut(x)).abs().max()) <= TOL
+
+
+def _evit_forward(model, x, rules: dict, renormalise: bool = False):
+    """EViT (Liang et al., ICLR 2022, sec. 3.2) written on timm's own modules with a forward hook:
+    in block i of ``rules`` = {i: keep ratio}, after attention, keep the ceil(keep * n) patch tokens
+    with the highest class attention (mean over heads of attn[:, :, 0, 1:]) and fuse the rest into
+    one token sum_j a_j x_j (eq. 3: weights are the class attention, not renormalised), appended
+    after the kept tokens. Independent of vitshrink's reference: only timm's weights are shared."""
+    import math
+
+    import timm.models.vision_transformer as tvit
+
+    cls_attn = {}
+
+    def hook(attn, inputs, _out):  # recompute the probabilities timm's fused attention does not expose
+        h = inputs[0]
+        B, N, C = h.shape
+        qkv = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        cls_attn["a"] = ((q @ k.transpose(-2, -1)) * attn.scale).softmax(-1)[:, :, 0, 1:].mean(1)  # [B, N-1]
+
+    handles = [b.attn.register_forward_hook(hook) for b in model.blocks]
+    try:
+        t = model.patch_embed(x)
+        t = model._pos_embed(t)
+        for i, blk in enumerate(model.blocks):
+            assert isinstance(blk, tvit.Block)
+            t = t + blk.attn(blk.norm1(t))
+            if i in rules:
+                a, patches = cls_attn["a"], t[:, 1:]
+                k = math.ceil(rules[i] * patches.shape[1])
+                idx = a.topk(k, dim=1).indices
+                rest = torch.ones_like(a, dtype=torch.bool).scatter(1, idx, False)
+                kept = patches.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+                fused = (a * rest)[..., None].mul(patches).sum(1, keepdim=True)
+                if renormalise:  # a plausible misreading of eq. 3, for the sensitivity check
+                    fused = fused / (a * rest).sum(1)[:, None, None]
+                t = torch.cat([t[:, :1], kept, fused], 1)
+            t = t + blk.mlp(blk.norm2(t))
+        return model.forward_head(model.norm(t))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_evit_keep_and_fuse_against_timm_with_hooks():
+    """Issue 11: EViT's keep + fuse (the dynamic rule score cls_attention, fuse true, no head
+    weighting) on real DeiT-Tiny weights and real images, against timm run by hand with the
+    paper's formula -- 70% kept at blocks 3, 6 and 9 as in the paper's DeiT setting."""
+    from conftest import DEIT_TINY_CKPT, require_shared
+    from vitshrink.frontends.timm import import_model
+
+    require_shared()
+    model, ir, _ = import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)
+    model.eval()
+    x = real_images(4)
+    rules = {3: 0.7, 6: 0.7, 9: 0.7}
+    spec = Spec({}, {"dynamic_tokens": {str(i): {"keep": r, "score": "cls_attention", "fuse": True,
+                                                 "head_weighting": False} for i, r in rules.items()}})
+    rs = resolve_spec(spec, ir)
+    with torch.no_grad():
+        want = _evit_forward(model, x, rules)
+        ref = reference_forward(ir, rs, x)
+        got = build_module(pad_heads(apply_spec(ir, rs)))(x)
+    assert float((ref - want).abs().max()) <= TOL, "reference differs from EViT's formula"
+    assert float((got - want).abs().max()) <= TOL, "compiled module differs from EViT's formula"
+    assert (got.argmax(1) == want.argmax(1)).all()
+    with torch.no_grad():  # the anchor is sensitive: fusing with renormalised weights is another model
+        other = _evit_forward(model, x, rules, renormalise=True)
+    assert float((other - want).abs().max()) > 100 * TOL
+
+
+def real_images(n: int) -> torch.Tensor:
+    """``n`` real ImageNet validation images [n, 3, 224, 224], DeiT's eval transform."""
+    from PIL import Image
+
+    from conftest import IMAGENET_VAL
+    from vitshrink.frontends.timm import create_model, eval_transform
+
+    tf = eval_transform(create_model("deit_tiny_patch16_224"))
+    files = sorted(p for p in IMAGENET_VAL.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:n]
+    return torch.stack([tf(Image.open(p).convert("RGB")) for p in files])

@@ -96,14 +96,33 @@ def check_exact(ir, spec: Spec, tensors=None, x=None):
     x = images(2) if x is None else x
     rs = resolve_spec(spec, ir, tensors)
     pruned = apply_spec(ir, rs, tensors)
-    ref = reference_forward(ir, rs, x, tensors)
+    ref_res = []
+    ref = reference_forward(ir, rs, x, tensors, residuals=ref_res)
     for layout in (lambda r: r, pad_heads, group_heads):
+        module = build_module(layout(pruned), trace=True)
         with torch.no_grad():
-            got = build_module(layout(pruned))(x)
+            got, _ = module(x)
         diff = float((got - ref).abs().max())
         assert diff <= TOL, f"max abs diff {diff:.3g} > {TOL}"
+        assert_tokens_match(ref_res, module.residuals, rs.embed)
     assert_structure_gone(ir, rs, pruned)
     return pruned
+
+
+def assert_tokens_match(ref_res, got_res, embed=None, tol=TOL):
+    """Issue 11 item 5: after every kept block, the compiled module holds exactly the live tokens of
+    the reference, and each one's residual stream (kept channels) equals the reference's -- including
+    tokens no classifier reads. ``ref_res`` / ``got_res``: the ``residuals`` of
+    :func:`reference_forward` and of a module built with ``trace=True``."""
+    assert [r[0] for r in ref_res] == [g[0] for g in got_res], "blocks differ"
+    for (i, x_ref, live), (_, x_got, ids) in zip(ref_res, got_res):
+        x_ref = x_ref if embed is None else x_ref[..., embed]
+        for b in range(x_got.shape[0]):
+            want = sorted(live[b].nonzero().flatten().tolist())
+            assert sorted(ids[b].tolist()) == want, f"block {i}, image {b}: token set differs"
+            scale = max(1.0, float(x_ref[b].abs().max()))
+            d = float((x_got[b] - x_ref[b, ids[b]]).abs().max())
+            assert d <= tol * scale, f"block {i}, image {b}: residual max abs diff {d:.3g}"
 
 
 def assert_structure_gone(ir, rs, pruned):

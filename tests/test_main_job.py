@@ -31,7 +31,13 @@ def test_real_deit_tiny_heads_and_mlp(tmp_path):
     a = r["accuracy"]
     assert a["n"] == 1000
     assert abs(a["dense_top1"] - 0.789) <= 0.005  # what timm gives on these images
-    assert 0.0 <= a["pruned_top1"] <= 1.0 and 0.0 <= a["top1_agreement"] <= 1.0
+    for k in ("dense_top1", "pruned_top1", "top1_agreement"):  # counts over 1000 images
+        assert abs(a[k] * 1000 - round(a[k] * 1000)) < 1e-6, (k, a[k])
+    # a third of the heads and half the MLP gone one-shot, no fine-tuning: top-1 collapses (1.8% here),
+    # yet stays well above a constant prediction (~0.1%) -- the pruned model still reads the image
+    assert 0.005 < a["pruned_top1"] < a["dense_top1"] - 0.1
+    # predictions that agree on a fraction q of the images bound the top-1 gap by 1 - q
+    assert abs(a["dense_top1"] - a["pruned_top1"]) <= 1 - a["top1_agreement"] + 1e-9 and a["top1_agreement"] < 1
     assert a["dense_top5"] >= a["dense_top1"] and a["pruned_top5"] >= a["pruned_top1"]
     assert r["macs"]["dense"] == 1_253_683_200
     assert all(b["heads"] == [3, 2] and b["mlp"] == [768, 384] for b in r["structure"]["blocks"])

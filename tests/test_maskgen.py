@@ -2,22 +2,34 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from vitshrink.errors import VitshrinkError
 from vitshrink.maskgen import head_scores, l1_spec
 from vitshrink.spec import resolve_spec
 
 
+def timm_head_l1(blk) -> torch.Tensor:
+    """[H] L1 norm of each head's q, k, v rows and proj columns, read from timm's fused qkv --
+    independently of the frontend and of maskgen.head_scores."""
+    H = blk.attn.num_heads
+    D = blk.attn.qkv.weight.shape[1]
+    qkv = blk.attn.qkv.weight.detach().reshape(3, H, D // H, D).abs().sum((0, 2, 3))
+    proj = blk.attn.proj.weight.detach().reshape(D, H, D // H).abs().sum((0, 2))
+    return qkv + proj
+
+
 def test_keeps_the_largest_units(small_model):
-    _, ir = small_model
+    model, ir = small_model
     spec = l1_spec(ir, heads=0.5, mlp=0.25, embed=0.75)
     rs = resolve_spec(spec, ir)
     for j, b in enumerate(ir.blocks):
         i = b.source_index
-        s = head_scores(ir, j)
+        s = timm_head_l1(model.blocks[i])
+        assert torch.allclose(head_scores(ir, j), s, rtol=1e-5)
         kept, dropped = s[rs.heads[i]], s[~rs.heads[i]]
         assert rs.heads[i].sum() == 2 and kept.min() >= dropped.max()
-        fc1 = b.mlp.fc1_weight.abs().sum(1)
+        fc1 = model.blocks[i].mlp.fc1.weight.detach().abs().sum(1)
         assert rs.mlp[i].sum() == round(0.25 * b.mlp.hidden)
         assert fc1[rs.mlp[i]].min() >= fc1[~rs.mlp[i]].max()
     assert rs.embed.sum() == 36

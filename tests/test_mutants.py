@@ -157,6 +157,33 @@ def test_check_exact_catches(mutant):
         assert float((build_module(bad)(x) - ref).abs().max()) > 10 * TOL, f"mutant {mutant} survived"
 
 
+def test_per_token_check_catches_what_logits_miss():
+    """A bug on tokens no classifier reads: in query mode (Patch Slimming) the last block updates
+    every token instead of the kept ones. The logits cannot see it; the per-token check does."""
+    from test_exactness import assert_tokens_match
+
+    model = small_vit(seed=9)
+    ir = from_timm(model, "small")
+    L, N = len(ir.blocks), ir.num_tokens
+    keep = torch.arange(N) % 2 == 0
+    spec = Spec({f"blocks.{L - 1}.tokens": keep}, {"token_mode": "query"})
+    rs = resolve_spec(spec, ir)
+    good = apply_spec(ir, rs)
+    bad = replace(good, blocks=good.blocks[:-1] + (replace(good.blocks[-1], tokens=None),))
+    x, ref_res = images(3, seed=2), []
+    ref = reference_forward(ir, rs, x, residuals=ref_res)
+    for pruned, exact in ((good, True), (bad, False)):
+        module = build_module(pruned, trace=True)
+        with torch.no_grad():
+            logits, _ = module(x)
+        assert float((logits - ref).abs().max()) <= TOL  # the classifier reads only kept tokens
+        if exact:
+            assert_tokens_match(ref_res, module.residuals)
+        else:
+            with pytest.raises(AssertionError, match="residual max abs diff"):
+                assert_tokens_match(ref_res, module.residuals)
+
+
 @pytest.fixture(scope="module")
 def real_tiny_spec(tmp_path_factory):
     """A spec for real DeiT-Tiny weights (attention far from uniform, live biases) with every kind."""
