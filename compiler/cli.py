@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 verification failed (exactness, import fidelity or export) or an
 internal error; 2 bad input (spec, checkpoint, model name, unreadable file, bad option) -- always
-one line ``error: ...`` on stderr, and no output directory left behind.
+one line ``error: ...`` on stderr, and no output directory left behind; 3 a gate check failed
+(``check``, ``compile`` with thresholds, ``run``; the output directory is kept).
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import warnings
 
 import click
 
+from .cli_gate import gate_options
+from .cli_gate import register as _register_gate_commands
 from .cli_import import parse_options as _parse_options
+from .cli_run import register as _register_run_command
 from .cli_import import register as _register_import_commands
 from .errors import VitshrinkError
 
@@ -37,6 +41,7 @@ Exit codes:
   0  success
   1  verification failed (import fidelity, exactness, export): nothing written
   2  bad input (spec, checkpoint, model name, file, option): one line 'error: ...', nothing written
+  3  a gate check failed (check, compile with thresholds, run): the table says which
 """
 
 
@@ -86,12 +91,21 @@ Examples:
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
+@gate_options
 def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, import_options, data, batches, threads, bench_seconds, limit, layout, token_layout,
-                tolerance, trt, quiet):
+                tolerance, trt, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
-    verify, export ONNX, measure, report into OUT."""
+    verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
+    the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
+    from .cli_gate import prepare_gate, run_gate, split_gate_kwargs
     from .pipeline import CompileOptions, compile_model
 
+    thresholds, outputs = split_gate_kwargs(gate_kwargs)
+    gating = any(v not in (None, (), False) for v in thresholds.values()) or outputs["gate_file"]
+    try:
+        gate, baseline = prepare_gate(thresholds, outputs, pyproject=None) if gating else (None, None)
+    except VitshrinkError as e:
+        _fail(e)
     opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
@@ -101,6 +115,11 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     except VitshrinkError as e:
         _fail(e)
     _summary(report)
+    if gating:
+        try:
+            run_gate(report, gate, baseline, outputs, f"vitshrink gate: {out}", quiet=False)
+        except VitshrinkError as e:
+            _fail(e)
 
 
 def _summary(report: dict) -> None:
@@ -223,6 +242,8 @@ def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, json_out
 
 
 _register_import_commands(main, _fail)
+_register_gate_commands(main, _fail)
+_register_run_command(main, _fail)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

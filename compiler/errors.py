@@ -2,6 +2,7 @@
 
 - :class:`VitshrinkError` and subclasses: bad input (spec, checkpoint, model name, files). Exit 2.
 - :class:`VerificationError`: the compiled result broke a promise (exactness, export). Exit 1.
+- :class:`GateError`: the result is correct but a deployment gate (``vitshrink check``) failed. Exit 3.
 """
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ class VerificationError(VitshrinkError):
     """Exactness or export verification failed: the compiled model is not what was promised."""
 
     exit_code = 1
+
+
+class GateError(VitshrinkError):
+    """A gate threshold failed (accuracy, speed-up, regression vs a baseline...). Exit 3."""
+
+    exit_code = 3

@@ -347,7 +347,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     ``owned`` and drops large objects as soon as they are no longer needed: peak memory is the dense
     weights once plus what the exporter needs."""
     from vitshrink.passes import apply_spec, group_heads, pad_heads, prefix_token_order
-    from vitshrink.runtime.latency import measure_onnx, stability
+    from vitshrink.runtime.latency import latency_entry, measure_onnx
     from vitshrink.runtime.ort import OrtRunner
 
     from . import codegen
@@ -452,19 +452,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
                 results = measure_onnx({"dense": onnx_dense, "pruned": onnx_pruned}, opt.batch, threads, shape,
                                        budget_s=opt.bench_seconds, extend_s=2 * opt.bench_seconds, progress=tick)
         for batch in opt.batch:
-            res = results[batch]
-            d, p = res.stats("dense"), res.stats("pruned")
-            speedup = d["p50"] / p["p50"]
-            entries.append({
-                "runtime": "onnxruntime", "device": "cpu", "provider": "CPUExecutionProvider",
-                "batch": batch, "threads": threads, "thread_pool": res.thread_pool, "rounds": res.rounds,
-                "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
-                "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
-                "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
-                "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
-                "ideal_speedup": ideal, "realization": speedup / ideal,
-                "stability": stability(res),
-            })
+            entries.append(latency_entry(results[batch], ideal, threads=threads))
     rep["latency"] = entries
     rep["engines"] = {"onnxruntime": {"file": "model.onnx", "note": "ONNX Runtime optimises the graph at session creation"}}
     if opt.trt:

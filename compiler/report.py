@@ -20,7 +20,8 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   (images/s at p50), ``speedup`` (dense p50 / pruned p50), ``speedup_paired`` (median of per-round
   ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup / ideal_speedup), ``stability``
   (``verdict`` stable/noisy, ``reasons``, ``rounds``, ``speedup_ci95``: bootstrap interval of the
-  paired speed-up; see :func:`vitshrink.runtime.latency.stability`)
+  paired speed-up; see :func:`vitshrink.runtime.latency.stability`), ``rounds_ms.{dense,pruned}``
+  (per-round latencies, what ``vitshrink check --baseline`` bootstraps)
 - ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
   ``pruned_top5``, ``top1_agreement`` (fractions)
 - ``engines``: the files built per runtime (TensorRT: file or ``skipped`` with the reason)

@@ -96,6 +96,27 @@ def stability(res: LatencyResult, num: str = "dense", den: str = "pruned", seed:
     return {"verdict": "noisy" if reasons else "stable", "reasons": reasons, "rounds": n, "speedup_ci95": [lo, hi]}
 
 
+def latency_entry(res: LatencyResult, ideal_speedup: float, threads: int, runtime: str = "onnxruntime",
+                  device: str = "cpu", provider: Optional[str] = "CPUExecutionProvider") -> dict:
+    """One ``report.json`` latency entry (dense vs pruned) from an interleaved ``res``: p50/p90/p99/mean
+    ms, throughput (images/s), speed-up from the p50s and paired (median per-round ratio), ideal
+    speed-up (MACs ratio), realization (speed-up / ideal), :func:`stability`, and the per-round ms
+    (``rounds_ms``, what ``vitshrink check --baseline`` bootstraps)."""
+    d, p = res.stats("dense"), res.stats("pruned")
+    speedup = d["p50"] / p["p50"]
+    return {
+        "runtime": runtime, "device": device, "provider": provider,
+        "batch": res.batch, "threads": threads, "thread_pool": res.thread_pool, "rounds": res.rounds,
+        "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
+        "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
+        "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
+        "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
+        "ideal_speedup": ideal_speedup, "realization": speedup / ideal_speedup,
+        "stability": stability(res),
+        "rounds_ms": {k: [round(float(v), 4) for v in res.ms[k]] for k in ("dense", "pruned")},
+    }
+
+
 def measure_interleaved(
     runners: Mapping[str, Runner],
     batch: int,

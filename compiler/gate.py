@@ -1,0 +1,376 @@
+"""Deployment gates over ``report.json``: thresholds, a baseline, and statistics a noisy runner can trust.
+
+A gate is a set of thresholds (:data:`THRESHOLDS`), each optional. :func:`evaluate` turns a report
+(and optionally a baseline report) into a list of :class:`Check` rows -- one per threshold and, for
+latency thresholds, one per latency entry (engine, device, batch, threads) -- each ``pass``, ``fail``
+or ``skip`` with the value, the threshold and, for latency, a 95% confidence interval.
+
+Latency checks fail only when the **whole interval** is on the wrong side of the threshold (a speed-up
+whose interval straddles 1.5 passes ``--min-speedup 1.5``, and the table says it was inconclusive):
+a gate on a shared CI runner must not flap. The intervals are percentile bootstraps
+(:func:`scipy.stats.bootstrap`):
+
+- speed-up and realization: the report's own ``stability.speedup_ci95`` (median of the per-round
+  dense/pruned ratios, one run);
+- slowdown vs a baseline: the two runs' per-round ``pruned/dense`` ratios (``rounds_ms``) resampled
+  independently, statistic ``median(new) / median(old) - 1``. The dense model timed in the same
+  rounds is the control that cancels a machine that is faster or slower today than last week; with
+  ``absolute=True`` the pruned milliseconds themselves are compared (sees a toolchain that slows
+  dense and pruned alike, but also every drift of the machine).
+
+Thresholds come from ``[tool.vitshrink.gate]`` in pyproject.toml, a TOML file (``--gate FILE``, its
+``[gate]`` table or top level) and command-line flags, later ones overriding earlier ones
+(:func:`load_gate`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import VitshrinkError
+
+# name -> (direction, what the value is, unit)
+THRESHOLDS = {
+    "max_abs_diff": ("<=", "max abs diff on logits, compiled vs reference and ONNX Runtime vs torch", ""),
+    "min_top1_agreement": (">=", "fraction of images where pruned and dense predict the same class", ""),
+    "max_top1_drop": ("<=", "dense top-1 minus pruned top-1", "points"),
+    "min_speedup": (">=", "dense / pruned latency (median of per-round ratios)", "x"),
+    "min_realization": (">=", "speed-up / ideal speed-up (MACs ratio)", ""),
+    "max_slowdown": ("<=", "pruned latency vs the baseline report, relative", ""),
+    "max_params": ("<=", "parameters of the pruned model", ""),
+    "max_macs": ("<=", "MACs per image of the pruned model", ""),
+}
+PER_ENTRY = ("min_speedup", "min_realization", "max_slowdown")  # take SELECTOR=VALUE forms
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+@dataclass
+class Gate:
+    """Thresholds: ``values[name]`` is a list of ``(selector, value)``; a selector is ``"*"`` (every
+    latency entry), ``"ENGINE"``, ``"ENGINE@BATCH"`` or ``"@BATCH"`` (``ort`` = ``onnxruntime``)."""
+
+    values: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    allow_machine_change: bool = False
+    absolute: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.values)
+
+
+@dataclass
+class Check:
+    """One row of the gate table. ``status`` is ``pass``, ``fail`` or ``skip``; ``interval`` the 95%
+    confidence interval of ``value`` where it is a latency statistic."""
+
+    name: str
+    threshold_name: str
+    value: Optional[float]
+    threshold: float
+    status: str
+    interval: Optional[tuple[float, float]] = None
+    note: str = ""
+
+    @property
+    def op(self) -> str:
+        return THRESHOLDS[self.threshold_name][0]
+
+
+def _toml():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
+def parse_number(key: str, value: Any) -> float:
+    """A threshold value: a number, ``"5%"`` (= 0.05), or a count with a K/M/G suffix (``"2.5M"``).
+
+    Raises:
+        VitshrinkError: naming ``key`` when the value is none of these.
+    """
+    if isinstance(value, bool):
+        raise VitshrinkError(f"gate threshold '{key}': expected a number, found {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        try:
+            if v.endswith("%"):
+                return float(v[:-1]) / 100
+            if v and v[-1] in _SUFFIX:
+                return float(v[:-1]) * _SUFFIX[v[-1]]
+            return float(v)
+        except ValueError:
+            pass
+    raise VitshrinkError(f"gate threshold '{key}': expected a number, '5%' or '2.5M', found {value!r}")
+
+
+def _entries(key: str, value: Any) -> list[tuple[str, float]]:
+    """``1.5`` -> [("*", 1.5)]; ``"ort@8=1.8"`` or {"ort@8": 1.8} -> [("ort@8", 1.8)]; lists of these."""
+    if isinstance(value, dict):
+        if key not in PER_ENTRY:
+            raise VitshrinkError(f"gate threshold '{key}': takes one number, not a table")
+        return [(_selector(key, s), parse_number(f"{key}.{s}", v)) for s, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [e for v in value for e in _entries(key, v)]
+    if isinstance(value, str) and "=" in value:
+        if key not in PER_ENTRY:
+            raise VitshrinkError(f"gate threshold '{key}': takes one number, not SELECTOR=VALUE")
+        sel, v = value.split("=", 1)
+        return [(_selector(key, sel), parse_number(key, v))]
+    return [("*", parse_number(key, value))]
+
+
+def _selector(key: str, sel: str) -> str:
+    sel = sel.strip()
+    if sel in ("*", "all"):
+        return "*"
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(@\d+)?|@\d+", sel):
+        raise VitshrinkError(f"gate threshold '{key}': selector {sel!r} is not ENGINE, ENGINE@BATCH or @BATCH")
+    return sel
+
+
+def gate_from_mapping(table: dict, where: str) -> Gate:
+    """A :class:`Gate` from a TOML-like table (keys as in :data:`THRESHOLDS`, ``-`` or ``_``).
+
+    Raises:
+        VitshrinkError: an unknown key (named, with ``where``) or a bad value.
+    """
+    gate = Gate()
+    for raw, value in table.items():
+        key = raw.replace("-", "_")
+        if key == "allow_machine_change":
+            gate.allow_machine_change = bool(value)
+        elif key == "absolute":
+            gate.absolute = bool(value)
+        elif key in THRESHOLDS:
+            gate.values[key] = _entries(key, value)
+        else:
+            raise VitshrinkError(f"{where}: unknown gate key '{raw}' (expected {', '.join(THRESHOLDS)}, "
+                                 "allow_machine_change, absolute)")
+    return gate
+
+
+def read_gate_file(path: str | Path) -> Gate:
+    """Thresholds from a TOML file: ``[tool.vitshrink.gate]`` of a pyproject.toml, else its ``[gate]``
+    table, else its top level.
+
+    Raises:
+        VitshrinkError: the file is missing or not TOML (named), or holds a bad key.
+    """
+    tomllib = _toml()
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise VitshrinkError(f"gate file {p}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise VitshrinkError(f"gate file {p}: not TOML ({e})") from None
+    table = doc.get("tool", {}).get("vitshrink", {}).get("gate")
+    if table is None:
+        table = doc.get("gate", doc)
+    return gate_from_mapping(table, str(p))
+
+
+def load_gate(cli: dict[str, Any], gate_file: Optional[str] = None, pyproject: Optional[str | Path] = "pyproject.toml") -> Gate:
+    """The gate of a ``check`` / ``compile --gate`` call: pyproject.toml's ``[tool.vitshrink.gate]``
+    (when that file has one), then ``gate_file``, then the ``cli`` flags (non-None values), each
+    overriding a threshold of the same name."""
+    gate = Gate()
+    sources: list[Gate] = []
+    if pyproject is not None and Path(pyproject).is_file():
+        tomllib = _toml()
+        try:
+            table = tomllib.loads(Path(pyproject).read_text()).get("tool", {}).get("vitshrink", {}).get("gate")
+        except tomllib.TOMLDecodeError as e:
+            raise VitshrinkError(f"{pyproject}: not TOML ({e})") from None
+        if table:
+            sources.append(gate_from_mapping(table, f"{pyproject} [tool.vitshrink.gate]"))
+    if gate_file:
+        sources.append(read_gate_file(gate_file))
+    sources.append(gate_from_mapping({k: v for k, v in cli.items() if v not in (None, (), [], False)}, "command line"))
+    for s in sources:
+        gate.values.update(s.values)
+        gate.allow_machine_change |= s.allow_machine_change
+        gate.absolute |= s.absolute
+    return gate
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+
+def _engine(entry: dict) -> str:
+    return entry.get("runtime", "onnxruntime")
+
+
+def _label(entry: dict) -> str:
+    return f"{_engine(entry)} {entry.get('device', 'cpu')} b{entry['batch']} t{entry['threads']}"
+
+
+def _applies(sel: str, entry: dict) -> bool:
+    if sel == "*":
+        return True
+    eng, _, batch = sel.partition("@")
+    eng = {"ort": "onnxruntime"}.get(eng, eng)
+    return (not eng or eng == _engine(entry)) and (not batch or int(batch) == entry["batch"])
+
+
+def _threshold_for(gate: Gate, key: str, entry: dict) -> Optional[float]:
+    """The most specific matching selector wins (ENGINE@BATCH > ENGINE / @BATCH > *)."""
+    best, rank = None, -1
+    for sel, v in gate.values.get(key, []):
+        if _applies(sel, entry):
+            r = 0 if sel == "*" else (2 if "@" in sel and not sel.startswith("@") else 1)
+            if r >= rank:
+                best, rank = v, r
+    return best
+
+
+def _verdict(key: str, value: Optional[float], thr: float, interval=None) -> tuple[str, str]:
+    """pass/fail; a latency figure fails only when its whole interval is on the wrong side."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "fail", "not in the report"
+    op = THRESHOLDS[key][0]
+    ok = value >= thr if op == ">=" else value <= thr
+    if interval is None:
+        return ("pass" if ok else "fail"), ""
+    lo, hi = interval
+    if op == ">=":
+        if hi < thr:
+            return "fail", "whole 95% interval below the threshold"
+        return "pass", "" if lo >= thr else "inconclusive: the 95% interval straddles the threshold"
+    if lo > thr:
+        return "fail", "whole 95% interval above the threshold"
+    return "pass", "" if hi <= thr else "inconclusive: the 95% interval straddles the threshold"
+
+
+def machine_fingerprint(report: dict) -> dict:
+    """What must match for latencies to be comparable: CPU model, core count, GPU."""
+    m = report.get("machine", {})
+    return {k: m.get(k) for k in ("cpu", "cores", "cuda")}
+
+
+def slowdown(new: dict, old: dict, absolute: bool = False, seed: int = 0) -> tuple[float, Optional[tuple[float, float]]]:
+    """Relative slowdown of latency entry ``new`` vs ``old`` (0.05 = 5% slower) and its bootstrap 95%
+    interval (None without per-round data in both).
+
+    Relative (default): per-round ``pruned/dense`` ratios of each run, statistic
+    ``median(new) / median(old) - 1``, the two samples resampled independently (999 resamples).
+    ``absolute``: pruned ms per round instead of the ratio.
+    """
+    from scipy.stats import bootstrap
+
+    def series(e):
+        r = e.get("rounds_ms")
+        if not r:
+            return None
+        p = np.asarray(r["pruned"], dtype=float)
+        return p if absolute else p / np.asarray(r["dense"], dtype=float)
+
+    a, b = series(new), series(old)
+    if a is None or b is None:
+        pn, po = new["pruned_ms"]["p50"], old["pruned_ms"]["p50"]
+        if not absolute:
+            pn, po = pn / new["dense_ms"]["p50"], po / old["dense_ms"]["p50"]
+        return pn / po - 1, None
+    point = float(np.median(a) / np.median(b) - 1)
+    if len(a) < 3 or len(b) < 3:
+        return point, None
+
+    def stat(x, y, axis=-1):
+        return np.median(x, axis=axis) / np.median(y, axis=axis) - 1
+
+    ci = bootstrap((a, b), stat, n_resamples=999, confidence_level=0.95, method="percentile", paired=False,
+                   vectorized=True, random_state=np.random.default_rng(seed)).confidence_interval
+    return point, (float(ci.low), float(ci.high))
+
+
+def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None) -> list[Check]:
+    """Every check of ``gate`` on ``report`` (a parsed report.json), in :data:`THRESHOLDS` order.
+
+    Raises:
+        VitshrinkError: ``max_slowdown`` without a baseline; a baseline from another machine (CPU,
+            cores or GPU differ) unless ``gate.allow_machine_change``.
+    """
+    checks: list[Check] = []
+    v = gate.values
+
+    def single(key, name, value):
+        for _, thr in v.get(key, []):
+            status, note = _verdict(key, value, thr)
+            if value is None:
+                note = f"{name} is not in the report" + (" (compile with --data)" if "top1" in key else "")
+            checks.append(Check(name, key, value, thr, status, None, note))
+
+    if "max_abs_diff" in v:
+        diffs = [report.get("exactness", {}).get("max_abs_diff"), report.get("export", {}).get("onnx_max_abs_diff")]
+        diffs = [d for d in diffs if d is not None]
+        single("max_abs_diff", "max abs diff (exactness, ONNX)", max(diffs) if diffs else None)
+    acc = report.get("accuracy") or {}
+    if "min_top1_agreement" in v:
+        single("min_top1_agreement", "top-1 agreement", acc.get("top1_agreement"))
+    if "max_top1_drop" in v:
+        drop = 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None
+        single("max_top1_drop", "top-1 drop (points)", drop)
+
+    entries = report.get("latency", [])
+    for key in PER_ENTRY:  # a selector that matches no latency entry is a failure, not a silent pass
+        for sel, thr in v.get(key, []):
+            if not any(_applies(sel, e) for e in entries):
+                checks.append(Check(f"{key.replace('min_', '').replace('max_', '')} {sel}", key, None, thr, "fail", None,
+                                    f"no latency entry matches {sel!r} in the report (engines, --batch, --bench-seconds 0?)"))
+    for key in ("min_speedup", "min_realization"):
+        if key not in v:
+            continue
+        for e in entries:
+            thr = _threshold_for(gate, key, e)
+            if thr is None:
+                continue
+            value = e.get("speedup_paired", e.get("speedup"))
+            ci = (e.get("stability") or {}).get("speedup_ci95")
+            if key == "min_realization":
+                value, ci = value / e["ideal_speedup"], ci and [c / e["ideal_speedup"] for c in ci]
+            status, note = _verdict(key, value, thr, tuple(ci) if ci else None)
+            checks.append(Check(f"{key.replace('min_', '')} {_label(e)}", key, value, thr, status,
+                                tuple(ci) if ci else None, note))
+
+    if "max_slowdown" in v:
+        if baseline is None:
+            raise VitshrinkError("gate threshold 'max_slowdown' needs --baseline OLD_REPORT.json")
+        fa, fb = machine_fingerprint(report), machine_fingerprint(baseline)
+        if fa != fb and not gate.allow_machine_change:
+            diff = ", ".join(f"{k} {fb[k]!r} -> {fa[k]!r}" for k in fa if fa[k] != fb[k])
+            raise VitshrinkError(f"baseline was measured on another machine ({diff}): latencies are not "
+                                 "comparable; pass --allow-machine-change to compare anyway")
+        old = {(_engine(e), e.get("device"), e["batch"], e["threads"]): e for e in baseline.get("latency", [])}
+        for e in entries:
+            thr = _threshold_for(gate, "max_slowdown", e)
+            if thr is None:
+                continue
+            b = old.get((_engine(e), e.get("device"), e["batch"], e["threads"]))
+            name = f"slowdown vs baseline {_label(e)}"
+            if b is None:
+                checks.append(Check(name, "max_slowdown", None, thr, "skip", None, "no entry with this engine, batch and threads in the baseline"))
+                continue
+            value, ci = slowdown(e, b, gate.absolute)
+            status, note = _verdict("max_slowdown", value, thr, ci)
+            if ci is None:
+                note = "no per-round data in one report: point comparison"
+            checks.append(Check(name + (" (absolute ms)" if gate.absolute else ""), "max_slowdown", value, thr, status, ci, note))
+
+    if "max_params" in v:
+        single("max_params", "parameters (pruned)", report.get("params", {}).get("pruned"))
+    if "max_macs" in v:
+        single("max_macs", "MACs per image (pruned)", report.get("macs", {}).get("pruned"))
+    return checks
+
+
+def passed(checks: list[Check]) -> bool:
+    """True when no check failed (skips do not fail a gate)."""
+    return all(c.status != "fail" for c in checks)

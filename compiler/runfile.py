@@ -1,0 +1,239 @@
+"""``vitshrink run vitshrink.toml``: compile and gate many (model, checkpoint, spec or importer) entries,
+locally one after another or fanned out over a Ray cluster, into one summary.
+
+File format (paths relative to the file)::
+
+    [defaults]                  # any entry field; entries override
+    batch = [1, 8]
+    bench_seconds = 5
+    [defaults.gate]             # thresholds as in `vitshrink check` (vitshrink.gate.THRESHOLDS)
+    min_speedup = 1.3
+
+    [[entry]]
+    name = "tiny-heads"         # output subdirectory; unique
+    model = "deit_tiny_patch16_224"
+    checkpoint = "weights/deit_tiny.safetensors"
+    spec = "specs/heads.json"   # or: from = "torch-pruning" (a pruned checkpoint, imported)
+    target = "xeon-8480"        # Ray: run on a node with resource "target:xeon-8480"
+    baseline = "last/tiny-heads/report.json"
+    [entry.gate]
+    max_top1_drop = 0.5
+
+Every entry runs :func:`run_entry` -- the same function locally and as a Ray task -- which compiles into
+a temporary directory and returns the files, so a worker on another machine hands its results back to
+the driver. Exit code of the run: the worst entry, in the order 1 (verification failed) > 2 (bad input)
+> 3 (gate failed) > 0.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import VitshrinkError
+
+ENTRY_FIELDS = {
+    "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
+    "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
+}
+PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "baseline")
+ENGINES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime"}
+SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
+
+
+def read_runfile(path: str | Path) -> list[dict]:
+    """The entries of a run file, defaults applied, paths resolved against the file's folder.
+
+    Raises:
+        VitshrinkError: unreadable / not TOML, no entries, an unknown or missing field, a duplicate
+            name, an engine not built in -- naming the entry and the field.
+    """
+    from .gate import _toml, gate_from_mapping
+
+    p = Path(path)
+    try:
+        doc = _toml().loads(p.read_text())
+    except OSError as e:
+        raise VitshrinkError(f"run file {p}: cannot read ({e.strerror})") from None
+    except _toml().TOMLDecodeError as e:
+        raise VitshrinkError(f"run file {p}: not TOML ({e})") from None
+    unknown = set(doc) - {"defaults", "entry"}
+    if unknown:
+        raise VitshrinkError(f"run file {p}: unknown table '{sorted(unknown)[0]}' (expected [defaults] and [[entry]])")
+    defaults, raw = doc.get("defaults", {}), doc.get("entry", [])
+    if not isinstance(raw, list) or not raw:
+        raise VitshrinkError(f"run file {p}: no [[entry]] tables")
+    entries, names = [], set()
+    for i, e in enumerate(raw):
+        where = f"run file {p}, entry {i + 1}"
+        entry = {**defaults, **e, "gate": {**defaults.get("gate", {}), **e.get("gate", {})}}
+        bad = sorted(set(entry) - ENTRY_FIELDS)
+        if bad:
+            hint = " (pass --trust-pickle to vitshrink run)" if bad[0] == "trust_pickle" else ""
+            raise VitshrinkError(f"{where}: unknown field '{bad[0]}'{hint}")
+        if "model" not in entry:
+            raise VitshrinkError(f"{where}: field 'model' is missing")
+        entry.setdefault("name", entry["model"])
+        where = f"run file {p}, entry '{entry['name']}'"
+        if entry["name"] in names or not str(entry["name"]).replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise VitshrinkError(f"{where}: name must be unique and made of letters, digits, '-', '_', '.'")
+        names.add(entry["name"])
+        if "spec" not in entry and "checkpoint" not in entry:
+            raise VitshrinkError(f"{where}: give 'spec' (masks) or 'checkpoint' (a pruned checkpoint to import)")
+        for k in PATH_FIELDS:
+            if entry.get(k) is not None:
+                entry[k] = str((p.parent / entry[k]).resolve())
+        for eng in entry.get("engines", ["ort"]):
+            if eng not in ENGINES:
+                raise VitshrinkError(f"{where}: engine '{eng}' is not built into this version (available: ort)")
+        gate_from_mapping(entry["gate"], f"{where} [gate]")  # validate now, not after an hour of compiling
+        entries.append(entry)
+    return entries
+
+
+def _options(entry: dict, trust_pickle: bool):
+    from .pipeline import CompileOptions
+
+    kw = {k: entry[k] for k in ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout",
+                                "token_layout", "tolerance", "dense_checkpoint", "import_options") if k in entry}
+    if "from" in entry:
+        kw["source_format"] = entry["from"]
+    return CompileOptions(progress=False, trust_pickle=trust_pickle, **kw)
+
+
+def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
+    """Compile and gate one entry (locally or inside a Ray task). Never raises for the entry's own
+    failures: returns ``{"name", "exit_code", "error", "report", "checks", "files": {name: bytes}, "seconds",
+    "host"}`` -- ``files`` the output directory's files, for the driver to write."""
+    import platform
+
+    from .gate import evaluate, gate_from_mapping, passed
+    from .pipeline import compile_model
+
+    t0 = time.time()
+    out = {"name": entry["name"], "exit_code": 0, "error": None, "report": None, "checks": [], "files": {},
+           "host": platform.node()}
+    tmp = Path(tempfile.mkdtemp(prefix="vitshrink-run-"))
+    try:
+        report = compile_model(entry["model"], entry.get("spec"), tmp / "out", _options(entry, trust_pickle))
+        out["report"] = report
+        gate = gate_from_mapping(entry.get("gate", {}), f"entry '{entry['name']}' [gate]")
+        if gate:
+            baseline = None
+            if entry.get("baseline"):
+                from .cli_gate import read_report
+
+                baseline = read_report(entry["baseline"])
+            checks = evaluate(report, gate, baseline)
+            out["checks"] = [c.__dict__ for c in checks]
+            if not passed(checks):
+                out["exit_code"] = 3
+                out["error"] = "gate failed: " + ", ".join(c.name for c in checks if c.status == "fail")
+        out["files"] = {str(f.relative_to(tmp / "out")): f.read_bytes() for f in sorted((tmp / "out").rglob("*")) if f.is_file()}
+    except VitshrinkError as e:
+        out["exit_code"], out["error"] = e.exit_code, str(e).splitlines()[0]
+    except Exception as e:  # an internal error of one entry must not lose the others
+        out["exit_code"], out["error"] = 1, f"internal error: {type(e).__name__}: {e}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def run_all(entries: list[dict], out_dir: str | Path, trust_pickle: bool = False, ray_address: Optional[str] = None,
+            on_done: Optional[Callable[[dict, int, int], None]] = None, on_start: Optional[Callable[[dict, int, int], None]] = None) -> list[dict]:
+    """Run every entry (locally in order, or as Ray tasks when ``ray_address`` is given: ``"local"``
+    starts a local cluster), write each entry's files to ``out_dir/<name>/`` as results arrive, and
+    return the results in file order (``files`` dropped). ``on_start`` / ``on_done(result, i, n)``
+    report progress.
+
+    On Ray, an entry with ``target = "T"`` asks for the custom resource ``target:T`` (a node started
+    with ``--resources '{"target:T": 1}'``) and as many CPUs as its largest thread count, so that
+    two entries never time on the same cores at once. A local cluster registers every target of the
+    file on this machine.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, results = len(entries), {}
+
+    def keep(res: dict, i: int) -> None:
+        d = out_dir / res["name"]
+        if d.exists():
+            shutil.rmtree(d)
+        for rel, data in res.pop("files").items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_bytes(data)
+        results[res["name"]] = res
+        if on_done:
+            on_done(res, len(results), n)
+
+    if ray_address is None:
+        for i, e in enumerate(entries):
+            if on_start:
+                on_start(e, i + 1, n)
+            keep(run_entry(e, trust_pickle), i)
+    else:
+        _run_on_ray(entries, trust_pickle, ray_address, keep, on_start)
+    return [results[e["name"]] for e in entries]
+
+
+def _run_on_ray(entries, trust_pickle, address, keep, on_start) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise VitshrinkError("--ray needs Ray: pip install 'vitshrink[ray]'") from None
+    targets = sorted({e["target"] for e in entries if e.get("target")})
+    started = False
+    if not ray.is_initialized():
+        if address == "local":
+            import os
+
+            ray.init(num_cpus=os.cpu_count(), resources={f"target:{t}": 1 for t in targets}, include_dashboard=False,
+                     log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        started = True
+    try:
+        task = ray.remote(run_entry)
+        pending = {}
+        for i, e in enumerate(entries):
+            threads = e.get("threads", 2)
+            cpus = max(threads) if isinstance(threads, list) else int(threads)
+            opts: dict[str, Any] = {"num_cpus": cpus, "max_retries": 0}
+            if e.get("target"):
+                opts["resources"] = {f"target:{e['target']}": 0.001}
+            pending[task.options(**opts).remote(e, trust_pickle)] = i
+            if on_start:
+                on_start(e, i + 1, len(entries))
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            keep(ray.get(done[0]), i)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def worst_exit(results: list[dict]) -> int:
+    """The exit code of a run: its worst entry (1 > 2 > 3 > 0)."""
+    return max((r["exit_code"] for r in results), key=lambda c: SEVERITY.get(c, 3), default=0)
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One row per entry: name, model, exit code, MACs ratio, top-1 drop (points), speed-ups, gate counts."""
+    rows = []
+    for r in results:
+        rep = r["report"] or {}
+        acc = rep.get("accuracy") or {}
+        checks = r["checks"]
+        rows.append({
+            "entry": r["name"], "model": rep.get("model", ""), "exit": r["exit_code"],
+            "macs_x": rep["macs"]["dense"] / rep["macs"]["pruned"] if rep.get("macs") else None,
+            "top1_drop": 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None,
+            "speedup": {f"b{e['batch']} t{e['threads']}": e["speedup"] for e in rep.get("latency", [])},
+            "gate": f"{sum(c['status'] == 'pass' for c in checks)}/{len(checks)}" if checks else "—",
+            "host": r["host"], "seconds": r["seconds"], "error": r["error"] or "",
+        })
+    return rows

@@ -1,0 +1,99 @@
+"""`vitshrink run FILE.toml`: three entries (one passes its gate, one fails it, one has a bad spec), run
+locally and on a local Ray cluster -- the same summary, the worst exit code, one JUnit file."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, need
+from vitshrink.cli import main
+
+EXAMPLE = REPO / "compiler" / "examples" / "deit_tiny_example.json"
+
+RUNFILE = f"""
+[defaults]
+batch = [1]
+bench_seconds = 0.5
+[defaults.gate]
+max_abs_diff = 1e-4
+
+[[entry]]
+name = "passes"
+model = "deit_tiny_patch16_224"
+spec = "{EXAMPLE}"
+[entry.gate]
+max_macs = "0.6G"
+
+[[entry]]
+name = "fails-gate"
+model = "deit_tiny_patch16_224"
+spec = "{EXAMPLE}"
+target = "test-cpu"
+[entry.gate]
+max_macs = "0.1G"
+
+[[entry]]
+name = "bad-spec"
+model = "deit_tiny_patch16_224"
+spec = "no-such-spec.json"
+"""
+
+
+def _run(tmp_path: Path, name: str, *extra: str):
+    f = tmp_path / "vitshrink.toml"
+    f.write_text(RUNFILE)
+    out = tmp_path / name
+    res = CliRunner().invoke(main, ["run", str(f), "--out", str(out), *extra])
+    summary = json.loads((out / "summary.json").read_text())
+    return res, out, summary
+
+
+def _essence(summary: dict) -> list:
+    return [(e["entry"], e["exit"], e["gate"], round(e["macs_x"], 3) if e["macs_x"] else None) for e in summary["entries"]]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("run"), "local")
+
+
+def test_run_locally(local_run):
+    res, out, summary = local_run
+    assert res.exit_code == 2, res.output  # worst of 0, 3, 2
+    assert summary["exit_code"] == 2
+    assert _essence(summary) == [("passes", 0, "2/2", 2.234), ("fails-gate", 3, "1/2", 2.234), ("bad-spec", 2, "—", None)]
+    assert (out / "passes" / "report.json").is_file() and (out / "passes" / "model.onnx").is_file()
+    assert not (out / "bad-spec").exists()
+    junit = (out / "junit.xml").read_text()
+    assert junit.count("<testsuite ") == 3 and 'failures="1"' in junit and "no-such-spec.json" in junit
+    assert "[1/3] passes" in res.stderr and "[3/3 done] bad-spec: exit 2" in res.stderr
+    assert "| passes |" in (out / "summary.md").read_text()
+
+
+def test_run_on_a_local_ray_cluster(tmp_path, local_run):
+    need("ray", "ray")
+    res, out, summary = _run(tmp_path, "ray", "--ray")
+    assert res.exit_code == 2, res.output
+    assert _essence(summary) == _essence(local_run[2])  # the same summary as the local run
+    assert json.loads((out / "passes" / "report.json").read_text())["verified"] is True
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("[[entry]]\nmodel = 'deit_tiny_patch16_224'\n", "give 'spec'"),
+    ("[[entry]]\nspec = 'a.json'\n", "field 'model' is missing"),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\ntrust_pickle = true\n", "--trust-pickle"),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\nengines = ['tensorrt-llm']\n", "engine 'tensorrt-llm'"),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\n[entry.gate]\nmin_sped = 2\n", "unknown gate key 'min_sped'"),
+    ("[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'a.json'\n[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'b.json'\n", "unique"),
+    ("[entries]\n", "unknown table 'entries'"),
+    ("model = ", "not TOML"),
+])
+def test_bad_run_files_exit_2_before_running(tmp_path, text, msg):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    res = CliRunner().invoke(main, ["run", str(f), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "o").exists()
