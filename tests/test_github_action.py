@@ -1,0 +1,64 @@
+"""The GitHub Actions workflow example and the composite action: valid against GitHub's schemas
+(check-jsonschema's built-in copies, offline), consistent with each other, and the action's script
+run locally as the runner would run it."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, need
+
+ACTION = REPO / ".github" / "actions" / "vitshrink" / "action.yml"
+SCRIPT = ACTION.parent / "gate.sh"
+WORKFLOW = REPO / "examples" / "github" / "vitshrink.yml"
+
+
+def test_workflow_and_action_pass_the_schema_linter(tmp_path):
+    need("check_jsonschema", "test")
+    cli = Path(sys.executable).parent / "check-jsonschema"
+    for schema, path in (("vendor.github-actions", ACTION), ("vendor.github-workflows", WORKFLOW)):
+        proc = subprocess.run([str(cli), "--builtin-schema", schema, str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    bad = ACTION.read_text().replace("using: composite", "using: compost")
+    (tmp_path / "action.yml").write_text(bad)
+    proc = subprocess.run([str(cli), "--builtin-schema", "vendor.github-actions", str(tmp_path / "action.yml")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0  # the linter does catch a broken action
+
+
+def test_action_script_and_inputs_agree():
+    action = yaml.safe_load(ACTION.read_text())
+    steps = action["runs"]["steps"]
+    gate = next(s for s in steps if s.get("id") == "gate")
+    env = set(gate["env"])
+    used = set(re.findall(r"\$\{?(VITSHRINK_[A-Z_]+)", SCRIPT.read_text()))
+    assert used == env, (used ^ env)
+    for name, value in gate["env"].items():  # every variable is fed from a declared input
+        m = re.fullmatch(r"\$\{\{ inputs\.([\w-]+) \}\}", value)
+        assert m and m.group(1) in action["inputs"], name
+    uses = yaml.safe_load(WORKFLOW.read_text())["jobs"]["gate"]["steps"][-1]
+    assert set(uses["with"]) <= set(action["inputs"])  # the example passes only inputs the action has
+
+
+def test_action_script_runs_locally(tmp_path):
+    """The script as the runner runs it (no install step): compile + gate fails on purpose (exit 3
+    recorded, script exits 0 so the upload step still runs), files and summary in place."""
+    out = tmp_path / "vs-out"
+    env = {**os.environ, "VITSHRINK_INSTALL": "", "VITSHRINK_MODEL": "deit_tiny_patch16_224",
+           "VITSHRINK_SPEC": str(REPO / "compiler" / "examples" / "deit_tiny_example.json"),
+           "VITSHRINK_BENCH_SECONDS": "0", "VITSHRINK_OUT": str(out), "VITSHRINK_ARGS": "--max-macs 0.1G --max-abs-diff 1e-4",
+           "GITHUB_OUTPUT": str(tmp_path / "output"), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    outputs = dict(line.split("=", 1) for line in (tmp_path / "output").read_text().splitlines())
+    assert outputs == {"exit-code": "3", "report": f"{out}/report.json"}
+    for f in ("report.json", "report.md", "model.onnx", "latency.png", "gate.xml", "gate.md"):
+        assert (out / f).is_file(), f
+    summary = (tmp_path / "summary.md").read_text()
+    assert "### vitshrink gate" in summary and "**FAIL**" in summary and "<details><summary>vitshrink report" in summary
