@@ -31,6 +31,15 @@ def _int_list(ctx, param, value: str) -> list[int]:
     return out
 
 
+def _engines(value: str) -> tuple[str, ...]:
+    from vitshrink.runtime.engines import parse_engines
+
+    try:
+        return parse_engines(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def _fail(e: VitshrinkError) -> None:
     click.echo(f"error: {str(e).splitlines()[0]}", err=True)
     sys.exit(e.exit_code)
@@ -90,10 +99,14 @@ Examples:
               help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
+@click.option("--engines", default="ort", show_default=True, callback=lambda c, p, v: _engines(v),
+              help="Engines to verify against torch and time: ort,openvino,native,torch (CPU); torch-cuda, "
+                   "torch-cuda-fp16, torch-cuda-graph, ort-cuda, tensorrt (GPU); or all. Unavailable ones are "
+                   "listed as skipped with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
 def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, import_options, data, batches, threads, bench_seconds, limit, layout, token_layout,
-                tolerance, trt, quiet, **gate_kwargs):
+                tolerance, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
     the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
@@ -109,7 +122,8 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
-                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options)
+                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
+                          engines=engines)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:
@@ -126,8 +140,14 @@ def _summary(report: dict) -> None:
     m = report["macs"]
     click.echo(f"MACs {m['dense'] / 1e9:.3f} G -> {m['pruned'] / 1e9:.3f} G (x{m['dense'] / m['pruned']:.2f}); "
                f"exactness {report['exactness']['max_abs_diff']:.1e}; ONNX {report['export']['onnx_max_abs_diff']:.1e}")
+    for name, e in report.get("engines", {}).items():
+        if e.get("status") == "ok":
+            click.echo(f"engine {name}: {e['runtime']} {e['version']} {e['device']} {e['precision']}, max abs diff vs torch "
+                       f"{max(e['max_abs_diff'], e['dense_max_abs_diff']):.1e}, top-1 agreement {e['top1_agreement']:.3f}")
+        elif e.get("status") == "skipped":
+            click.echo(f"engine {name}: skipped ({e['reason']})")
     for e in report["latency"]:
-        click.echo(f"{e['runtime']} {e['device']} batch {e['batch']} threads {e['threads']}: dense {e['dense_ms']['p50']:.2f} ms, "
+        click.echo(f"{e.get('engine', e['runtime'])} {e['device']} batch {e['batch']} threads {e['threads']}: dense {e['dense_ms']['p50']:.2f} ms, "
                    f"pruned {e['pruned_ms']['p50']:.2f} ms, speed-up x{e['speedup']:.3f} "
                    f"(ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f})")
     if "accuracy" in report:
@@ -220,15 +240,17 @@ Example:
 @click.option("--batch", "batches", default="1,8", callback=_int_list, show_default=True)
 @click.option("--threads", "threads", default="2", callback=_int_list, show_default=True)
 @click.option("--bench-seconds", default=30.0, show_default=True, help="Timing budget per setting.")
+@click.option("--engines", default="ort", show_default=True, callback=lambda c, p, v: _engines(v),
+              help="Engines to time (as compile --engines), e.g. ort,openvino,native or all.")
 @click.option("--json", "json_out", default=None, help="Also write the latency entries to this JSON file.")
-def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, json_out):
+def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, engines, json_out):
     """Latency benchmark: compile MODEL with SPEC into a temporary directory and time dense vs pruned."""
     import json
     import tempfile
 
     from .pipeline import CompileOptions, compile_model
 
-    opts = CompileOptions(checkpoint=checkpoint, batch=batches, threads=threads, bench_seconds=bench_seconds)
+    opts = CompileOptions(checkpoint=checkpoint, batch=batches, threads=threads, bench_seconds=bench_seconds, engines=engines)
     try:
         with tempfile.TemporaryDirectory(prefix="vitshrink-bench-") as d:
             report = compile_model(model, spec, os.path.join(d, "out"), opts)
@@ -238,7 +260,28 @@ def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, json_out
     if json_out:
         with open(json_out, "w") as f:
             json.dump({"model": model, "spec": spec, "machine": report["machine"], "toolchain": report["toolchain"],
-                       "macs": report["macs"], "latency": report["latency"]}, f, indent=1)
+                       "macs": report["macs"], "engines": report["engines"], "latency": report["latency"]}, f, indent=1)
+
+
+@main.command("build-runner", epilog="""\b
+Example:
+  vitshrink build-runner                       # -> ~/.cache/vitshrink/runner/vitshrink-run
+  vitshrink build-runner --build-dir build/native
+""" + EXIT_CODES)
+@click.option("--build-dir", default=None, help="CMake build directory (default $VITSHRINK_RUNNER_DIR or ~/.cache/vitshrink/runner).")
+def build_runner_cmd(build_dir):
+    """Build vitshrink-run, the native C++ runner (OpenVINO C++ API from the openvino wheel), with cmake
+    and the system C++ compiler. `--engines native` finds it there (or builds it on first use)."""
+    from vitshrink.runtime.native_runner import build_runner
+
+    try:
+        path = build_runner(build_dir)
+    except RuntimeError as e:
+        click.echo(f"error: {str(e).splitlines()[0]}", err=True)
+        for line in str(e).splitlines()[1:]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+    click.echo(str(path))
 
 
 _register_import_commands(main, _fail)

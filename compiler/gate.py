@@ -52,7 +52,8 @@ _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 @dataclass
 class Gate:
     """Thresholds: ``values[name]`` is a list of ``(selector, value)``; a selector is ``"*"`` (every
-    latency entry), ``"ENGINE"``, ``"ENGINE@BATCH"`` or ``"@BATCH"`` (``ort`` = ``onnxruntime``)."""
+    latency entry), ``"ENGINE"``, ``"ENGINE@BATCH"`` or ``"@BATCH"`` (ENGINE as in ``--engines``:
+    ``ort`` (= ``onnxruntime``), ``openvino``, ``native``, ``torch``, ...)."""
 
     values: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     allow_machine_change: bool = False
@@ -206,7 +207,8 @@ def load_gate(cli: dict[str, Any], gate_file: Optional[str] = None, pyproject: O
 
 
 def _engine(entry: dict) -> str:
-    return entry.get("runtime", "onnxruntime")
+    """The ``--engines`` name of a latency entry (reports before engines existed: ONNX Runtime)."""
+    return entry.get("engine") or {"onnxruntime": "ort"}.get(entry.get("runtime", "onnxruntime"), entry.get("runtime"))
 
 
 def _label(entry: dict) -> str:
@@ -217,7 +219,7 @@ def _applies(sel: str, entry: dict) -> bool:
     if sel == "*":
         return True
     eng, _, batch = sel.partition("@")
-    eng = {"ort": "onnxruntime"}.get(eng, eng)
+    eng = {"onnxruntime": "ort"}.get(eng, eng)
     return (not eng or eng == _engine(entry)) and (not batch or int(batch) == entry["batch"])
 
 

@@ -62,6 +62,10 @@ class CompileOptions:
         dense_checkpoint: dense weights for formats that hold masks only (NNI).
         trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
         import_options: format options (``--import-option KEY=VALUE``), e.g. ``{"exit": "11"}`` (WDPruning).
+        engines: engines to verify and time (``--engines``): names of
+            :data:`vitshrink.runtime.engines.ENGINES` (``ort``, ``openvino``, ``native``, ``torch``, the CUDA
+            ones), ``"all"``, or a comma-separated string; engines that cannot run here are listed in the
+            report as skipped with the reason. ``tensorrt`` implies ``trt``.
     Raises:
         VitshrinkError: from :func:`compile_model`, for a value out of range (named).
     """
@@ -82,8 +86,17 @@ class CompileOptions:
     dense_checkpoint: Optional[str] = None
     trust_pickle: bool = False
     import_options: Optional[dict] = None
+    engines: Sequence[str] | str = ("ort",)
 
     def __post_init__(self):
+        from vitshrink.runtime.engines import parse_engines
+
+        try:
+            self.engines = parse_engines(self.engines)
+        except ValueError as e:
+            raise VitshrinkError(f"--engines: {e}") from None
+        if "tensorrt" in self.engines:
+            self.trt = True
         self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
         self.threads = (self.threads,) if isinstance(self.threads, int) else tuple(self.threads)
         if self.checkpoint is not None:
@@ -347,7 +360,6 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     ``owned`` and drops large objects as soon as they are no longer needed: peak memory is the dense
     weights once plus what the exporter needs."""
     from vitshrink.passes import apply_spec, group_heads, pad_heads, prefix_token_order
-    from vitshrink.runtime.latency import latency_entry, measure_onnx
     from vitshrink.runtime.ort import OrtRunner
 
     from . import codegen
@@ -355,6 +367,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     from .export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
     from .reference import reference_forward
     from .report import block_table
+    from .stage_engines import save_dense_module, time_engines, verify_engines
 
     rep: dict = {}
     tol = opt.tolerance
@@ -425,6 +438,7 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
         onnx_pruned = export_onnx(pruned, tmp / "model.onnx", shape)
         del pruned
         onnx_dense = export_onnx(dense, work / "dense.onnx", shape)
+        dense_dir = save_dense_module(dense, work) if any(e.startswith("torch") for e in opt.engines) else None
         del dense
         d_pruned = onnx_max_abs_diff(onnx_pruned, x, want_pruned, threads=max(opt.threads))
         d_dense = onnx_max_abs_diff(onnx_dense, x, want_dense, threads=max(opt.threads))
@@ -435,28 +449,19 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     }
     if not rep["export"]["passed"]:
         raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
+    # 5b. every engine against torch (a mismatch fails the compile, naming the engine)
+    artifacts = {"onnx": {"dense": onnx_dense, "pruned": onnx_pruned}, "module": {"dense": dense_dir, "pruned": tmp / "model"}}
+    rep["engines"] = verify_engines(opt.engines, artifacts, x, {"pruned": want_pruned, "dense": want_dense},
+                                    max(opt.threads), tol, log)
     rep["verified"] = True
 
-    # 6. latency (a fresh worker process per thread count: see vitshrink.runtime.latency)
-    ideal = macs_dense / macs_pruned
-    entries = []
-    for threads in opt.threads:
-        with log.stage(f"latency_t{threads}", f"latency onnxruntime cpu, {threads} threads, batch {','.join(map(str, opt.batch))}"):
-            with log.bar(f"{threads} threads", 10 * len(opt.batch)) as bar:
-                done = {}
-
-                def tick(batch, d, planned):
-                    done[batch] = (d, planned)
-                    bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(opt.batch) - len(done)))
-
-                results = measure_onnx({"dense": onnx_dense, "pruned": onnx_pruned}, opt.batch, threads, shape,
-                                       budget_s=opt.bench_seconds, extend_s=2 * opt.bench_seconds, progress=tick)
-        for batch in opt.batch:
-            entries.append(latency_entry(results[batch], ideal, threads=threads))
-    rep["latency"] = entries
-    rep["engines"] = {"onnxruntime": {"file": "model.onnx", "note": "ONNX Runtime optimises the graph at session creation"}}
+    # 6. latency per engine (a fresh worker process per engine and thread count: vitshrink.runtime.latency)
+    rep["latency"] = time_engines(opt.engines, artifacts, opt.batch, opt.threads, shape, opt.bench_seconds,
+                                  macs_dense / macs_pruned, log)
     if opt.trt:
-        rep["engines"]["tensorrt"] = _tensorrt(tmp, onnx_pruned, shape, opt, log)
+        trt = _tensorrt(tmp, onnx_pruned, shape, opt, log)
+        rep["engines"]["tensorrt"] = {"runtime": "tensorrt", "device": "cuda", **trt,
+                                      **({"status": "skipped", "reason": trt["skipped"]} if "skipped" in trt else {"status": "built"})}
 
     # 7. accuracy
     if opt.data:

@@ -24,7 +24,11 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   (per-round latencies, what ``vitshrink check --baseline`` bootstraps)
 - ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
   ``pruned_top5``, ``top1_agreement`` (fractions)
-- ``engines``: the files built per runtime (TensorRT: file or ``skipped`` with the reason)
+- ``engines``: per engine of ``--engines`` (:mod:`vitshrink.runtime.engines`): ``status`` (ok / skipped
+  with ``reason``), ``runtime``, ``version``, ``device``, ``precision`` (and ``precision_reported``: what the
+  engine says it ran at), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff`` / ``top1_agreement`` vs
+  torch on the verification images, ``tolerance``, ``passed``; ``tensorrt`` (``--trt``): file or
+  ``skipped`` with the reason. Latency entries carry ``engine`` and ``precision``.
 """
 from __future__ import annotations
 
@@ -115,32 +119,47 @@ def _plot_widths(report: dict, path: Path) -> None:
 
 
 def _plot_latency(report: dict, path: Path) -> None:
-    """Per-image p50 latency against MACs per image: one line dense -> pruned per (batch, threads),
-    its ideal (latency proportional to MACs) dotted."""
+    """Per-image p50 latency against MACs per image: one line dense -> pruned per (engine, batch,
+    threads) -- one colour per engine, one line style per batch size when there are several engines --
+    its ideal (latency proportional to MACs) dotted. Point labels only when there are few lines (the
+    report's table has every number)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    entries = report["latency"]
+    engines = list(dict.fromkeys(e.get("engine", e["runtime"]) for e in entries))
+    batches = sorted({e["batch"] for e in entries})
+    multi = len(engines) > 1
+    styles = ["-", "--", "-.", (0, (1, 1))]
+    fig, ax = plt.subplots(figsize=(8, 4.5 + (0.12 * len(entries) + 0.4 if len(entries) > 3 else 0)))
     md, mp = report["macs"]["dense"] / 1e9, report["macs"]["pruned"] / 1e9
-    for e in report["latency"]:
+    for i, e in enumerate(entries):
         d, p = e["dense_ms"]["p50"] / e["batch"], e["pruned_ms"]["p50"] / e["batch"]
         noisy = "" if e.get("stability", {}).get("verdict", "stable") == "stable" else ", NOISY"
-        line, = ax.plot([md, mp], [d, p], "o-", label=f"batch {e['batch']}, {e['threads']} threads: x{e['speedup']:.2f}, "
-                                                      f"realization {e['realization']:.2f}{noisy}")
-        ax.plot([md, mp], [d, d * mp / md], ":", color=line.get_color(), alpha=0.6)
-        ax.annotate(f"dense {d:.2f} ms", (md, d), textcoords="offset points", xytext=(8, 0), ha="left", va="center",
-                    fontsize=8, color=line.get_color())
-        ax.annotate(f"pruned {p:.2f} ms", (mp, p), textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
-                    fontsize=8, color=line.get_color())
+        eng = e.get("engine", e["runtime"])
+        color = f"C{engines.index(eng) % 10}" if multi else f"C{i % 10}"
+        ls = styles[batches.index(e["batch"]) % len(styles)] if multi else "-"
+        label = (f"{eng + ', ' if multi else ''}batch {e['batch']}, {e['threads']} threads: x{e['speedup']:.2f}, "
+                 f"realization {e['realization']:.2f}{noisy}")
+        ax.plot([md, mp], [d, p], marker="o", ls=ls, color=color, label=label)
+        ax.plot([md, mp], [d, d * mp / md], ":", color=color, alpha=0.6)
+        if len(entries) <= 3:
+            ax.annotate(f"dense {d:.2f} ms", (md, d), textcoords="offset points", xytext=(8, 0), ha="left", va="center",
+                        fontsize=8, color=color)
+            ax.annotate(f"pruned {p:.2f} ms", (mp, p), textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
+                        fontsize=8, color=color)
     ax.plot([], [], ":", color="grey", label="ideal: latency proportional to MACs")
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel("ms per image (p50 latency / batch)")
-    ax.set_title(f"{report['model']}: latency vs MACs")
+    ax.set_title(f"{report['model']}: latency vs MACs" + (f" on {len(engines)} engines" if multi else ""))
     ax.set_xlim(mp - 0.35 * (md - mp), md + 0.35 * (md - mp))
-    ax.set_ylim(0, 1.3 * max(e["dense_ms"]["p50"] / e["batch"] for e in report["latency"]))
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, 1.3 * max(e["dense_ms"]["p50"] / e["batch"] for e in entries))
+    if len(entries) <= 3:
+        ax.legend(fontsize=8, loc="upper left")
+    else:  # many lines: the legend goes under the axes, not over the lines
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -162,6 +181,29 @@ def _import_lines(imp: dict) -> list[str]:
         lines.append(f"- unstructured zeros stay in {len(un)} kept tensors ({sum(u['semi_structured_2_4'] for u in un)} "
                      f"of them 2:4 semi-structured); no speed-up is claimed for them (import.json lists each)")
     return lines
+
+
+def _engine_lines(engines: dict) -> list[str]:
+    """The per-engine verification table (``--engines``)."""
+    rows = {k: v for k, v in engines.items() if "status" in v}
+    if not rows:
+        return []
+    out = ["## Engines", "", "Each engine ran the exported model on the verification images; logits compared with torch "
+           "(max abs diff, top-1 agreement), tolerance by precision.", "",
+           "| engine | runtime | version | device | precision | threads | max abs diff (pruned / dense) | top-1 agreement | result |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in rows.items():
+        if e["status"] == "skipped":
+            out.append(f"| {name} | {e['runtime']} | | {e['device']} | | | | | skipped: {e['reason']} |")
+            continue
+        if e["status"] == "built":
+            out.append(f"| {name} | {e['runtime']} | | {e['device']} | fp16 | | | | built: {e['file']} (not compared) |")
+            continue
+        prec = e["precision"] + (f" (reports {e['precision_reported']})" if e.get("precision_reported") else "")
+        out.append(f"| {name} | {e['runtime']} | {e['version']} | {e['device']} | {prec} | {e['threads']} | "
+                   f"{e['max_abs_diff']:.2e} / {e['dense_max_abs_diff']:.2e} (<= {e['tolerance']:g}) | "
+                   f"{e['top1_agreement']:.3f} | {'pass' if e['passed'] else 'FAIL'} |")
+    return out + [""]
 
 
 def markdown(report: dict) -> str:
@@ -210,8 +252,8 @@ def markdown(report: dict) -> str:
         "",
         "Dense and pruned (same codegen, same runtime) timed interleaved in one run; milliseconds per batch.",
         "",
-        "| runtime | device | batch | threads | rounds | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up (95% CI) | ideal (MACs) | realization | stable? |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | runtime | device | batch | threads | rounds | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up (95% CI) | ideal (MACs) | realization | stable? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     noisy = []
     for e in report["latency"]:
@@ -219,14 +261,14 @@ def markdown(report: dict) -> str:
         lo, hi = st.get("speedup_ci95", (float("nan"), float("nan")))
         mark = "yes" if st.get("verdict") == "stable" else "**NO** ⚠"
         if st.get("verdict") == "noisy":
-            noisy.append(f"- batch {e['batch']}, {e['threads']} threads: " + "; ".join(st["reasons"]))
+            noisy.append(f"- {e.get('engine', e['runtime'])} batch {e['batch']}, {e['threads']} threads: " + "; ".join(st["reasons"]))
         lines.append(
-            f"| {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']} | {e['dense_ms']['p50']:.2f} | "
+            f"| {e.get('engine', e['runtime'])} | {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']} | {e['dense_ms']['p50']:.2f} | "
             f"{e['pruned_ms']['p50']:.2f} | {e['dense_ms']['p90']:.2f} | {e['pruned_ms']['p90']:.2f} | "
             f"{e['speedup']:.3f} ({lo:.3f}-{hi:.3f}) | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** | {mark} |")
     if noisy:
         lines += ["", "**Not trustworthy** (time longer with `--bench-seconds`, on an idle machine):", "", *noisy]
-    lines += ["", "![latency vs MACs](latency.png)", ""]
+    lines += ["", "![latency vs MACs](latency.png)", "", *_engine_lines(report.get("engines", {}))]
     if "accuracy" in report:
         a = report["accuracy"]
         lines += [

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .gate import _label
+
 
 def _flatten(report: dict) -> dict[tuple[str, str], Any]:
     """(section, field) -> value for the fields a reviewer compares."""
@@ -36,7 +38,7 @@ def _flatten(report: dict) -> dict[tuple[str, str], Any]:
         if isinstance(v, (int, float)):
             out[("accuracy", k)] = v
     for e in report.get("latency", []):
-        tag = f"{e.get('runtime', 'onnxruntime')} {e.get('device', 'cpu')} b{e['batch']} t{e['threads']}"
+        tag = _label(e)
         out[("latency", f"{tag} dense p50 ms")] = e["dense_ms"]["p50"]
         out[("latency", f"{tag} pruned p50 ms")] = e["pruned_ms"]["p50"]
         out[("latency", f"{tag} speed-up")] = e.get("speedup_paired", e.get("speedup"))

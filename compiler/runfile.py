@@ -39,7 +39,6 @@ ENTRY_FIELDS = {
     "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
 }
 PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "baseline")
-ENGINES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime"}
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
 
 
@@ -85,9 +84,12 @@ def read_runfile(path: str | Path) -> list[dict]:
         for k in PATH_FIELDS:
             if entry.get(k) is not None:
                 entry[k] = str((p.parent / entry[k]).resolve())
-        for eng in entry.get("engines", ["ort"]):
-            if eng not in ENGINES:
-                raise VitshrinkError(f"{where}: engine '{eng}' is not built into this version (available: ort)")
+        from vitshrink.runtime.engines import parse_engines
+
+        try:
+            entry["engines"] = list(parse_engines(entry.get("engines", ["ort"])))
+        except ValueError as e:
+            raise VitshrinkError(f"{where}: field 'engines': {e}") from None
         gate_from_mapping(entry["gate"], f"{where} [gate]")  # validate now, not after an hour of compiling
         entries.append(entry)
     return entries
@@ -97,7 +99,7 @@ def _options(entry: dict, trust_pickle: bool):
     from .pipeline import CompileOptions
 
     kw = {k: entry[k] for k in ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout",
-                                "token_layout", "tolerance", "dense_checkpoint", "import_options") if k in entry}
+                                "token_layout", "tolerance", "dense_checkpoint", "import_options", "engines") if k in entry}
     if "from" in entry:
         kw["source_format"] = entry["from"]
     return CompileOptions(progress=False, trust_pickle=trust_pickle, **kw)

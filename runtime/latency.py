@@ -177,14 +177,17 @@ def measure_onnx(
     max_rounds: int = 5000,
     progress: Optional[Callable[[int, int, int], None]] = None,
     extend_s: float = 0.0,
+    engine: str = "ort",
 ) -> dict[int, LatencyResult]:
-    """Time ONNX files interleaved with ONNX Runtime (CPU) in a fresh worker process.
+    """Time ONNX files (or module directories, for the torch engines) interleaved in a fresh worker
+    process, with ONNX Runtime on the CPU or another ``engine`` of :mod:`vitshrink.runtime.engines`.
 
     The worker is ``python -m vitshrink.runtime.latency_worker``, a plain subprocess fed on stdin: it
     never imports the caller's ``__main__``, so this works the same from a script, a script piped to
     ``python -``, a notebook or a REPL. It creates one global intra-op pool of ``threads`` threads,
     spinning allowed, shared by a session per file, then runs :func:`measure_interleaved` for each
-    batch size.
+    batch size. Other engines make their runners in the same worker (OpenVINO: its own pool of
+    ``threads`` per compiled model; torch: ``torch.set_num_threads``).
 
     Args:
         paths: runner name -> ONNX file (input [B, *input_shape] -> logits).
@@ -198,7 +201,7 @@ def measure_onnx(
     """
     job = {"paths": {n: str(Path(p).resolve()) for n, p in paths.items()}, "batches": [int(b) for b in batches],
            "threads": int(threads), "input_shape": list(input_shape), "budget_s": float(budget_s),
-           "min_rounds": int(min_rounds), "max_rounds": int(max_rounds), "extend_s": float(extend_s)}
+           "min_rounds": int(min_rounds), "max_rounds": int(max_rounds), "extend_s": float(extend_s), "engine": engine}
     results: dict[int, LatencyResult] = {}
     error, pool = None, ""
     with tempfile.TemporaryFile(mode="w+") as err:

@@ -4,8 +4,9 @@ Started by :func:`vitshrink.runtime.latency.measure_onnx` as a plain subprocess 
 ``multiprocessing``, whose spawn method re-imports the caller's ``__main__``: a user's script would
 run a second time in the child, and a script read from stdin cannot be re-imported at all).
 
-Protocol: one JSON object on stdin ``{"paths": {name: onnx file}, "batches": [int], "threads": int,
-"input_shape": [C, H, W], "budget_s": float, "min_rounds": int, "max_rounds": int, "extend_s": float}``; one JSON line
+Protocol: one JSON object on stdin ``{"paths": {name: onnx file or module dir}, "batches": [int], "threads": int,
+"input_shape": [C, H, W], "budget_s": float, "min_rounds": int, "max_rounds": int, "extend_s": float,
+"engine": name in vitshrink.runtime.engines.ENGINES (default "ort")}``; one JSON line
 per event on stdout: ``["pool", str]``, ``["progress", batch, done, planned]``,
 ``["result", batch, {name: [ms, ...]}]``, ``["error", str]``, and finally ``["done"]``.
 """
@@ -22,14 +23,19 @@ def _send(*msg) -> None:
 
 def run(job: dict) -> None:
     """Time the job's ONNX files (see the module docstring); every event goes to stdout."""
+    from .engines import make_runner
     from .latency import measure_interleaved, stability
-    from .ort import OrtRunner, use_global_thread_pool
+    from .ort import use_global_thread_pool
 
-    threads = int(job["threads"])
-    shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
-    _send("pool", "global, spinning" if shared else "per-session, no spinning")
-    runners = {n: OrtRunner(p, threads=threads, allow_spinning=shared, global_pool=shared)
-               for n, p in job["paths"].items()}
+    threads, engine = int(job["threads"]), job.get("engine", "ort")
+    if engine in ("ort", "ort-cuda"):
+        shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
+        _send("pool", "global, spinning" if shared else "per-session, no spinning")
+    else:
+        shared = False
+        _send("pool", {"openvino": f"OpenVINO CPU streams, {threads} threads per model (f32)",
+                       "torch": f"torch intra-op pool, {threads} threads"}.get(engine, engine))
+    runners = {n: make_runner(engine, p, threads, shared_pool=shared) for n, p in job["paths"].items()}
     names = list(runners)
     until = (lambda res: stability(res, names[0], names[1])["verdict"] == "stable") if len(names) >= 2 else None
     for batch in job["batches"]:

@@ -139,7 +139,7 @@ def test_cli_exit_codes_table_junit_and_summary(tmp_path, monkeypatch):
     rep = write(tmp_path, crafted())
     ok = CliRunner().invoke(main, ["check", rep, "--min-speedup", "1.5", "--max-top1-drop", "2", "--junit", "ok.xml"])
     assert ok.exit_code == 0, ok.output
-    assert "gate PASSED" in ok.stdout and "speedup onnxruntime cpu b1 t2" in ok.stdout
+    assert "gate PASSED" in ok.stdout and "speedup ort cpu b1 t2" in ok.stdout
     bad = CliRunner().invoke(main, ["check", rep, "--min-speedup", "2.5", "--max-params", "3M", "--junit", "bad.xml",
                                     "--markdown", "gate.md"])
     assert bad.exit_code == 3 and "gate failed: 1 of 2 checks" in bad.stderr
@@ -197,6 +197,6 @@ def test_diff_lists_what_changed(tmp_path):
     assert changes[("toolchain", "onnxruntime")]["new"] == "1.33.0"
     assert changes[("structure", "block 0 heads")]["old"] == 2 and changes[("structure", "block 0 heads")]["new"] == 1
     assert changes[("accuracy", "pruned_top1")]["change"] == "-5.1%"
-    assert float(changes[("latency", "onnxruntime cpu b1 t2 pruned p50 ms")]["change"].rstrip("%")) > 10
+    assert float(changes[("latency", "ort cpu b1 t2 pruned p50 ms")]["change"].rstrip("%")) > 10
     assert ("params", "pruned") not in changes and ("inputs", "spec sha256") not in changes
     assert "onnxruntime" in res.stdout and "fields changed" in res.stdout

@@ -85,7 +85,7 @@ def test_run_on_a_local_ray_cluster(tmp_path, local_run):
     ("[[entry]]\nmodel = 'deit_tiny_patch16_224'\n", "give 'spec'"),
     ("[[entry]]\nspec = 'a.json'\n", "field 'model' is missing"),
     ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\ntrust_pickle = true\n", "--trust-pickle"),
-    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\nengines = ['tensorrt-llm']\n", "engine 'tensorrt-llm'"),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\nengines = ['tensorrt-llm']\n", "unknown engine 'tensorrt-llm'"),
     ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\n[entry.gate]\nmin_sped = 2\n", "unknown gate key 'min_sped'"),
     ("[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'a.json'\n[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'b.json'\n", "unique"),
     ("[entries]\n", "unknown table 'entries'"),

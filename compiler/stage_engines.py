@@ -1,0 +1,104 @@
+"""Compile stages per engine (``--engines``): verify each engine against torch, then time dense vs
+pruned on each, one engine after another (never two engines' thread pools alive at once).
+See :mod:`vitshrink.runtime.engines` for the engines themselves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import VerificationError
+
+
+def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want: dict, threads: int,
+                   tolerance: float, log) -> dict:
+    """For every engine in ``names``: run the pruned and the dense artifact on the verification images
+    ``x`` [B, C, H, W] and compare with torch's logits ``want`` ({"pruned", "dense"}: [B, classes]).
+
+    ``artifacts``: {"onnx": {"dense", "pruned"}, "module": {"dense", "pruned"}} paths. Returns
+    ``report["engines"]``: per engine its ``runtime``, ``version``, ``device``, ``precision`` (what it
+    really ran at, where the engine reports it), ``threads``, ``max_abs_diff`` (pruned),
+    ``dense_max_abs_diff``, ``top1_agreement`` (pruned engine vs pruned torch), ``tolerance`` and
+    ``passed``; or ``status: skipped`` with the ``reason``.
+
+    Raises:
+        VerificationError: an engine differs from torch by more than its precision's tolerance
+            (fp32: ``tolerance``; fp16: :data:`vitshrink.runtime.engines.TOLERANCE`), naming it.
+    """
+    from vitshrink.runtime.engines import ENGINES, TOLERANCE, make_runner, status, version
+
+    out = {}
+    for name in names:
+        spec = ENGINES[name]
+        reason = status(name)
+        if name == "tensorrt":
+            reason = reason or "built by --trt (polygraphy); not compared here"
+        if reason:
+            out[name] = {"status": "skipped", "reason": reason, "runtime": spec.runtime, "device": spec.device}
+            from rich.markup import escape
+
+            log.info(escape(f"engine {name}: skipped ({reason})"))
+            continue
+        tol = TOLERANCE.get(spec.precision, tolerance)
+        with log.stage(f"engine_{name}", f"verify engine {name} ({spec.what}) against torch"):
+            row = {"status": "ok", "runtime": spec.runtime, "version": version(name), "device": spec.device,
+                   "precision": spec.precision, "threads": threads, "tolerance": tol,
+                   "file": "model.onnx" if spec.artifact == "onnx" else "model/"}
+            got = {}
+            for which in ("pruned", "dense"):
+                runner = make_runner(name, artifacts[spec.artifact][which], threads)
+                got[which] = np.asarray(runner.run(x.numpy()), dtype=np.float32)
+                if getattr(runner, "precision", None):
+                    row["precision_reported"] = str(runner.precision)
+                del runner
+            w = {k: want[k].numpy() for k in ("pruned", "dense")}
+            row["max_abs_diff"] = float(np.abs(got["pruned"] - w["pruned"]).max())
+            row["dense_max_abs_diff"] = float(np.abs(got["dense"] - w["dense"]).max())
+            row["top1_agreement"] = float((got["pruned"].argmax(1) == w["pruned"].argmax(1)).mean())
+            row["passed"] = max(row["max_abs_diff"], row["dense_max_abs_diff"]) <= tol
+        out[name] = row
+        if not row["passed"]:
+            raise VerificationError(f"engine {name} failed verification: it differs from torch by "
+                                    f"{max(row['max_abs_diff'], row['dense_max_abs_diff']):.3g} > {tol:g} ({spec.precision})")
+    return out
+
+
+def time_engines(names: Sequence[str], artifacts: dict, batches: Sequence[int], threads_list: Sequence[int], shape,
+                 bench_seconds: float, ideal: float, log) -> list[dict]:
+    """Latency entries (``report["latency"]``) of every runnable engine, dense vs pruned interleaved,
+    per thread count and batch size (:func:`vitshrink.runtime.latency.latency_entry`, plus ``engine``
+    and ``precision``). Engines are timed one after another, each in its own worker process."""
+    from vitshrink.runtime.engines import ENGINES, measure, status
+    from vitshrink.runtime.latency import latency_entry
+
+    entries = []
+    for name in names:
+        spec = ENGINES[name]
+        if name == "tensorrt" or status(name):
+            continue
+        paths = {"dense": artifacts[spec.artifact]["dense"], "pruned": artifacts[spec.artifact]["pruned"]}
+        for threads in threads_list:
+            label = f"latency {name} {spec.device}, {threads} threads, batch {','.join(map(str, batches))}"
+            with log.stage(f"latency_{name}_t{threads}", label), log.bar(f"{name} {threads} threads", 10 * len(batches)) as bar:
+                done = {}
+
+                def tick(batch, d, planned):
+                    done[batch] = (d, planned)
+                    bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(batches) - len(done)))
+
+                results = measure(name, paths, batches, threads, shape, budget_s=bench_seconds,
+                                  extend_s=2 * bench_seconds, progress=tick)
+            for b in batches:
+                provider = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(name)
+                e = latency_entry(results[b], ideal, threads=threads, runtime=spec.runtime, device=spec.device, provider=provider)
+                entries.append({"engine": name, "precision": spec.precision, **e})
+    return entries
+
+
+def save_dense_module(dense, work: Path) -> Path:
+    """The dense baseline module saved for the torch engines (they load module directories)."""
+    from . import codegen
+
+    return codegen.save(dense, work / "dense_model")

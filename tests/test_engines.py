@@ -1,0 +1,152 @@
+"""Engines: OpenVINO and the native C++ runner (built here from a clean tree with cmake and g++) agree with
+torch within 1e-4 in fp32; the runner refuses bad input with one line; `compile --engines all` writes
+per-engine exactness and latency (GPU engines skipped with their reason), and an engine that computes
+something else fails the compile with exit 1 naming it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import DEIT_TINY_CKPT, REPO, images, need, require_shared, small_vit
+from vitshrink.cli import main
+from vitshrink.runtime.engines import ENGINES, parse_engines, status
+
+EXAMPLE = str(REPO / "compiler" / "examples" / "deit_tiny_example.json")
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    """A pruned small ViT exported to ONNX, with torch's logits on 3 images."""
+    from vitshrink.codegen import build_module
+    from vitshrink.export import export_onnx
+    from vitshrink.frontends.timm import from_timm
+    from vitshrink.passes import apply_spec, pad_heads
+    from vitshrink.spec import Spec, resolve_spec
+
+    ir = from_timm(small_vit(seed=3), "small")
+    masks = {"blocks.0.heads": torch.tensor([True, False, True, True]), "blocks.1.mlp": torch.arange(96) % 3 != 0}
+    module = build_module(pad_heads(apply_spec(ir, resolve_spec(Spec(masks), ir))))
+    path = export_onnx(module, tmp_path_factory.mktemp("onnx") / "small.onnx", (3, 32, 32))
+    x = images(3, seed=4)
+    with torch.no_grad():
+        return path, x.numpy(), module(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def runner_binary(tmp_path_factory):
+    """vitshrink-run built from the checkout into an empty build directory (cmake + g++), then used by
+    every native test and compile in this module."""
+    need("openvino", "engines")
+    from vitshrink.runtime.native_runner import build_runner
+
+    path = build_runner(tmp_path_factory.mktemp("native-build"))
+    assert path.is_file() and os.access(path, os.X_OK)
+    old = os.environ.get("VITSHRINK_RUNNER")
+    os.environ["VITSHRINK_RUNNER"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VITSHRINK_RUNNER")
+    else:
+        os.environ["VITSHRINK_RUNNER"] = old
+
+
+def test_engine_names():
+    assert parse_engines("all") == tuple(ENGINES)
+    assert parse_engines("onnxruntime, native") == ("ort", "native")
+    with pytest.raises(ValueError, match="unknown engine 'tensor-rt'"):
+        parse_engines("ort,tensor-rt")
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", EXAMPLE, "--out", "x", "--engines", "gpu"])
+    assert res.exit_code == 2 and "unknown engine 'gpu'" in res.stderr
+    if not torch.cuda.is_available():
+        assert status("torch-cuda") == "no CUDA device is visible on this machine"
+
+
+def test_openvino_matches_torch(small_onnx):
+    need("openvino", "engines")
+    from vitshrink.runtime.openvino_runner import OpenVinoRunner
+
+    path, x, want = small_onnx
+    r = OpenVinoRunner(path, threads=2)
+    assert r.precision == "f32"  # forced: the CPU plugin would pick bf16 on AVX512-BF16 CPUs
+    for batch in (1, 3):
+        assert float(np.abs(r.run(x[:batch]) - want[:batch]).max()) <= TOL
+
+
+def test_native_runner_matches_torch_and_times(small_onnx, runner_binary):
+    from vitshrink.runtime.native_runner import run_native
+
+    path, x, want = small_onnx
+    info, logits = run_native(runner_binary, [path, path], batch=3, threads=2, runs=5, images=x)
+    assert float(np.abs(logits - want).max()) <= TOL
+    assert info["precision"] == "f32" and info["batch"] == 3 and len(info["models"]) == 2
+    assert all(len(m["ms"]) == 5 and m["p50"] > 0 and m["output_shape"] == [3, 10] for m in info["models"])
+    assert abs(info["models"][0]["checksum"] - float(want.sum(dtype=np.float64))) < 1e-3
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "wrong_input", "bad_flag"])
+def test_native_runner_bad_input(tmp_path, small_onnx, runner_binary, case):
+    path = small_onnx[0]
+    args = {"missing": ["--model", str(tmp_path / "nope.onnx")],
+            "corrupt": ["--model", str(tmp_path / "bad.onnx")],
+            "wrong_input": ["--model", str(path), "--input", str(tmp_path / "x.f32")],
+            "bad_flag": ["--model", str(path), "--runs", "many"]}[case]
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage, not a protobuf")
+    np.zeros(10, dtype=np.float32).tofile(tmp_path / "x.f32")
+    proc = subprocess.run([str(runner_binary), *args], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert {"missing": "no such file", "corrupt": "not a readable ONNX model", "wrong_input": "40 bytes",
+            "bad_flag": "--runs"}[case] in lines[0]
+
+
+def test_compile_engines_all(tmp_path, runner_binary):
+    """The built-in default with every engine: per-engine verification and latency in report.json/.md."""
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", EXAMPLE, "--out", str(out),
+                                    "--bench-seconds", "0.5", "--engines", "all", "--quiet"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    ran = {n for n, e in r["engines"].items() if e["status"] == "ok"}
+    assert {"ort", "openvino", "native", "torch"} <= ran
+    for n in ran:
+        e = r["engines"][n]
+        assert e["max_abs_diff"] <= TOL and e["dense_max_abs_diff"] <= TOL and e["top1_agreement"] == 1.0, (n, e)
+    skipped = {n: e["reason"] for n, e in r["engines"].items() if e["status"] == "skipped"}
+    if not torch.cuda.is_available():
+        assert {"torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "ort-cuda", "tensorrt"} <= set(skipped)
+        assert all(reason for reason in skipped.values())
+    assert sorted(e["engine"] for e in r["latency"]) == sorted(ran)
+    assert all(e["dense_ms"]["p50"] > 0 and e["pruned_ms"]["p50"] > 0 for e in r["latency"])
+    md = (out / "report.md").read_text()
+    assert "## Engines" in md and "| native | vitshrink-run |" in md and "skipped: no CUDA" in md or torch.cuda.is_available()
+    assert "engine openvino:" in res.stdout and "native cpu batch 1" in res.stdout
+
+
+def test_real_deit_tiny_on_openvino_and_native(tmp_path, runner_binary):
+    require_shared()
+    from vitshrink import compile_model
+
+    r = compile_model("deit_tiny_patch16_224", EXAMPLE, tmp_path / "o", checkpoint=str(DEIT_TINY_CKPT),
+                      engines="openvino,native", bench_seconds=0, progress=False)
+    for n in ("openvino", "native"):
+        assert r["engines"][n]["status"] == "ok" and r["engines"][n]["max_abs_diff"] <= TOL, r["engines"][n]
+
+
+def test_an_engine_that_computes_something_else_fails_the_compile(tmp_path, monkeypatch):
+    need("openvino", "engines")
+    from vitshrink.runtime.openvino_runner import OpenVinoRunner
+
+    real = OpenVinoRunner.run
+    monkeypatch.setattr(OpenVinoRunner, "run", lambda self, x: real(self, x) + np.float32(1e-3))
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", EXAMPLE, "--out", str(tmp_path / "o"),
+                                    "--bench-seconds", "0", "--engines", "ort,openvino", "--quiet"])
+    assert res.exit_code == 1 and "engine openvino failed verification" in res.stderr
+    assert not (tmp_path / "o").exists()
