@@ -89,6 +89,21 @@ def _toml():
     return tomllib
 
 
+def read_toml(path: str | Path, what: str) -> dict:
+    """A parsed TOML file.
+
+    Raises:
+        VitshrinkError: ``"{what} {path}: cannot read (...)"`` or ``"...: not TOML (...)"``.
+    """
+    tomllib, p = _toml(), Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except OSError as e:
+        raise VitshrinkError(f"{what} {p}: cannot read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise VitshrinkError(f"{what} {p}: not TOML ({e})") from None
+
+
 def parse_number(key: str, value: Any) -> float:
     """A threshold value: a number, ``"5%"`` (= 0.05), or a count with a K/M/G suffix (``"2.5M"``).
 
@@ -165,18 +180,11 @@ def read_gate_file(path: str | Path) -> Gate:
     Raises:
         VitshrinkError: the file is missing or not TOML (named), or holds a bad key.
     """
-    tomllib = _toml()
-    p = Path(path)
-    try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise VitshrinkError(f"gate file {p}: cannot read ({e.strerror})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise VitshrinkError(f"gate file {p}: not TOML ({e})") from None
+    doc = read_toml(path, "gate file")
     table = doc.get("tool", {}).get("vitshrink", {}).get("gate")
     if table is None:
         table = doc.get("gate", doc)
-    return gate_from_mapping(table, str(p))
+    return gate_from_mapping(table, str(path))
 
 
 def load_gate(cli: dict[str, Any], gate_file: Optional[str] = None, pyproject: Optional[str | Path] = "pyproject.toml") -> Gate:
@@ -186,11 +194,7 @@ def load_gate(cli: dict[str, Any], gate_file: Optional[str] = None, pyproject: O
     gate = Gate()
     sources: list[Gate] = []
     if pyproject is not None and Path(pyproject).is_file():
-        tomllib = _toml()
-        try:
-            table = tomllib.loads(Path(pyproject).read_text()).get("tool", {}).get("vitshrink", {}).get("gate")
-        except tomllib.TOMLDecodeError as e:
-            raise VitshrinkError(f"{pyproject}: not TOML ({e})") from None
+        table = read_toml(pyproject, "pyproject").get("tool", {}).get("vitshrink", {}).get("gate")
         if table:
             sources.append(gate_from_mapping(table, f"{pyproject} [tool.vitshrink.gate]"))
     if gate_file:

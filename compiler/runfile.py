@@ -49,15 +49,10 @@ def read_runfile(path: str | Path) -> list[dict]:
         VitshrinkError: unreadable / not TOML, no entries, an unknown or missing field, a duplicate
             name, an engine not built in -- naming the entry and the field.
     """
-    from .gate import _toml, gate_from_mapping
+    from .gate import gate_from_mapping, read_toml
 
     p = Path(path)
-    try:
-        doc = _toml().loads(p.read_text())
-    except OSError as e:
-        raise VitshrinkError(f"run file {p}: cannot read ({e.strerror})") from None
-    except _toml().TOMLDecodeError as e:
-        raise VitshrinkError(f"run file {p}: not TOML ({e})") from None
+    doc = read_toml(p, "run file")
     unknown = set(doc) - {"defaults", "entry"}
     if unknown:
         raise VitshrinkError(f"run file {p}: unknown table '{sorted(unknown)[0]}' (expected [defaults] and [[entry]])")
