@@ -131,7 +131,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     _summary(report)
     if gating:
         try:
-            run_gate(report, gate, baseline, outputs, f"vitshrink gate: {out}", quiet=False)
+            run_gate(report, gate, baseline, outputs, f"vitshrink gate: {out}", quiet=False, report_dir=out)
         except VitshrinkError as e:
             _fail(e)
 

@@ -54,7 +54,10 @@ def gate_options(f: Callable) -> Callable:
         click.option("--max-params", default=None, help="Max parameters of the pruned model, e.g. 3M."),
         click.option("--max-macs", default=None, help="Max MACs per image of the pruned model, e.g. 0.6G."),
         click.option("--allow-machine-change", is_flag=True, help="Compare with a baseline from another machine."),
-        click.option("--absolute", is_flag=True, help="--max-slowdown on pruned ms, not relative to dense in the same run."),
+        click.option("--absolute", is_flag=True, help="--max-slowdown from the two runs' pruned ms, not relative to dense."),
+        click.option("--retime-seconds", type=float, default=10.0, show_default=True,
+                     help="--max-slowdown: time the baseline's and the new model.onnx again, interleaved, this long "
+                          "(0: compare the two reports' own rounds instead)."),
         click.option("--junit", default=None, help="Write the checks as JUnit XML to this file."),
         click.option("--markdown", default=None, help="Write the checks as Markdown to this file."),
     ]
@@ -65,7 +68,7 @@ def gate_options(f: Callable) -> Callable:
 
 THRESHOLD_FLAGS = ("max_abs_diff", "min_top1_agreement", "max_top1_drop", "min_speedup", "min_realization",
                    "max_slowdown", "max_params", "max_macs", "allow_machine_change", "absolute")
-OUTPUT_FLAGS = ("gate_file", "baseline", "junit", "markdown")
+OUTPUT_FLAGS = ("gate_file", "baseline", "junit", "markdown", "retime_seconds")
 
 
 def split_gate_kwargs(kwargs: dict) -> tuple[dict, dict]:
@@ -96,8 +99,19 @@ def prepare_gate(thresholds: dict, outputs: dict, pyproject: Optional[str] = "py
     return gate, baseline
 
 
-def run_gate(report: dict, gate, baseline: Optional[dict], outputs: dict, title: str, quiet: bool = False) -> list:
-    """Evaluate ``report``, print the table, write JUnit / Markdown / the GitHub step summary.
+def _dir(path) -> Optional[Path]:
+    """The output directory of a report given as a directory or as its report.json."""
+    if path is None:
+        return None
+    p = Path(path)
+    return p if p.is_dir() else p.parent
+
+
+def run_gate(report: dict, gate, baseline: Optional[dict], outputs: dict, title: str, quiet: bool = False,
+             report_dir=None) -> list:
+    """Evaluate ``report``, print the table, write JUnit / Markdown / the GitHub step summary. With a
+    baseline directory holding its model.onnx (and ``report_dir`` holding the new one), the slowdown is
+    measured by re-timing both interleaved (:mod:`vitshrink.gate_retime`).
 
     Raises:
         VitshrinkError: no threshold at all, or a baseline from another machine (exit 2);
@@ -108,7 +122,15 @@ def run_gate(report: dict, gate, baseline: Optional[dict], outputs: dict, title:
 
     if not gate:
         raise VitshrinkError("no gate thresholds: give flags (--min-speedup ...), --gate FILE or [tool.vitshrink.gate] in pyproject.toml")
-    checks = evaluate(report, gate, baseline)
+    from .gate_retime import retimer
+
+    def say(msg):
+        if not quiet:
+            click.echo(msg, err=True)
+
+    retime = retimer(_dir(report_dir), _dir(outputs.get("baseline")), outputs.get("retime_seconds") or 0, say) \
+        if gate.values.get("max_slowdown") else None
+    checks = evaluate(report, gate, baseline, retime=retime)
     if not quiet:
         print_table(checks, title)
     md = markdown(checks, title)
@@ -143,7 +165,7 @@ Examples:
         try:
             doc = read_report(report)
             gate, baseline = prepare_gate(thresholds, outputs)
-            run_gate(doc, gate, baseline, outputs, f"vitshrink gate: {report}", quiet)
+            run_gate(doc, gate, baseline, outputs, f"vitshrink gate: {report}", quiet, report_dir=report)
         except VitshrinkError as e:
             fail(e)
 

@@ -297,8 +297,13 @@ def slowdown(new: dict, old: dict, absolute: bool = False, seed: int = 0) -> tup
     return point, (float(ci.low), float(ci.high))
 
 
-def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None) -> list[Check]:
+def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=None) -> list[Check]:
     """Every check of ``gate`` on ``report`` (a parsed report.json), in :data:`THRESHOLDS` order.
+
+    ``retime(new_entry, old_entry)``: optional, measures the slowdown of the new pruned model against
+    the baseline's by timing both now, interleaved, in one process (:func:`vitshrink.gate_retime.retimer`):
+    returns ``(slowdown, (lo, hi), note)`` or None where it cannot (then the two reports' own rounds
+    are compared, :func:`slowdown`).
 
     Raises:
         VitshrinkError: ``max_slowdown`` without a baseline; a baseline from another machine (CPU,
@@ -364,11 +369,15 @@ def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None) -> list[
             if b is None:
                 checks.append(Check(name, "max_slowdown", None, thr, "skip", None, "no entry with this engine, batch and threads in the baseline"))
                 continue
-            value, ci = slowdown(e, b, gate.absolute)
+            timed = retime(e, b) if retime is not None else None
+            if timed is not None:
+                value, ci, how = timed
+            else:
+                value, ci = slowdown(e, b, gate.absolute)
+                how = ("no per-round data in one report: point comparison" if ci is None else
+                       "the two runs' rounds compared (" + ("pruned ms" if gate.absolute else "pruned/dense per round") + ")")
             status, note = _verdict("max_slowdown", value, thr, ci)
-            if ci is None:
-                note = "no per-round data in one report: point comparison"
-            checks.append(Check(name + (" (absolute ms)" if gate.absolute else ""), "max_slowdown", value, thr, status, ci, note))
+            checks.append(Check(name, "max_slowdown", value, thr, status, ci, "; ".join(x for x in (note, how) if x)))
 
     if "max_params" in v:
         single("max_params", "parameters (pruned)", report.get("params", {}).get("pruned"))

@@ -123,7 +123,11 @@ def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
                 from .cli_gate import read_report
 
                 baseline = read_report(entry["baseline"])
-            checks = evaluate(report, gate, baseline)
+            from .cli_gate import _dir
+            from .gate_retime import retimer
+
+            retime = retimer(tmp / "out", _dir(entry.get("baseline")))
+            checks = evaluate(report, gate, baseline, retime=retime)
             out["checks"] = [c.__dict__ for c in checks]
             if not passed(checks):
                 out["exit_code"] = 3

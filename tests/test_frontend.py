@@ -22,8 +22,10 @@ def test_import_fidelity(name):
     with torch.no_grad():
         want, got = model(x), build_module(ir)(x)
     assert float((want - got).abs().max()) <= 1e-4
-    assert ir.num_params() == sum(p.numel() for p in model.parameters())
+    gammas = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".gamma"))  # LayerScale, folded
+    assert ir.num_params() == sum(p.numel() for p in model.parameters()) - gammas
     assert ir.num_prefix == (2 if "distilled" in name else 1)
+    assert (gammas > 0) == name.startswith("deit3")
 
 
 def test_ir_represents_irregular_heads(small_model):
@@ -40,12 +42,52 @@ def test_ir_represents_irregular_heads(small_model):
     assert p.blocks[1].attn.num_heads == 2 and p.blocks[2].attn.num_heads == 4
 
 
+WIDENED = [dict(init_values=0.5), dict(reg_tokens=2), dict(no_embed_class=True),
+           dict(init_values=0.5, reg_tokens=4, no_embed_class=True)]
+
+
+@pytest.mark.parametrize("kwargs", WIDENED, ids=["-".join(k) for k in WIDENED])
+def test_layerscale_register_tokens_no_embed_class_import_exactly(kwargs):
+    """LayerScale folded into proj/fc2, register tokens as prefix tokens, no_embed_class position
+    embeddings: the codegen of the IR computes timm's logits."""
+    model = small_vit(seed=5, **kwargs)
+    ir = from_timm(model)
+    x = images(3)
+    with torch.no_grad():
+        assert float((model(x) - build_module(ir)(x)).abs().max()) <= 1e-4
+    assert ir.num_prefix == 1 + kwargs.get("reg_tokens", 0)
+    assert [t.name for t in ir.prefix][1:] == [f"reg{j}" for j in range(kwargs.get("reg_tokens", 0))]
+
+
+@pytest.mark.parametrize("kwargs", WIDENED[-1:], ids=["all"])
+def test_widened_models_prune_exactly(kwargs):
+    """Every structural kind and static tokens on a model with LayerScale, 4 register tokens and
+    no_embed_class: exact against the masked reference, per token after every block; register tokens
+    are prefix tokens, never pruned."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_exactness import check_exact, exit_tensors
+    from test_tokens import check, static_specs
+
+    ir = from_timm(small_vit(seed=6, **kwargs))
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(data=st.data())
+    def run(data):
+        spec = data.draw(static_specs(ir))
+        rs, pruned = check(ir, spec, exit_tensors(ir, len(ir.blocks)))
+        assert all(b.tokens is None or set(range(ir.num_prefix)) <= set(b.tokens) for b in pruned.blocks)
+
+    run()
+    from vitshrink.maskgen import l1_spec
+
+    check_exact(ir, l1_spec(ir, heads=0.5, mlp=0.5, embed=0.75))
+
+
 UNSUPPORTED = [
     (dict(global_pool="avg"), "global_pool"),
-    (dict(reg_tokens=2), "reg_tokens"),
-    (dict(init_values=1e-5), "init_values"),
     (dict(qk_norm=True), "qk_norm"),
-    (dict(no_embed_class=True), "no_embed_class"),
     (dict(pre_norm=True), "pre_norm"),
     (dict(dynamic_img_size=True), "dynamic_img_size"),
     (dict(act_layer="gelu_tanh"), "act_layer"),

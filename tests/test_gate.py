@@ -200,3 +200,24 @@ def test_diff_lists_what_changed(tmp_path):
     assert float(changes[("latency", "ort cpu b1 t2 pruned p50 ms")]["change"].rstrip("%")) > 10
     assert ("params", "pruned") not in changes and ("inputs", "spec sha256") not in changes
     assert "onnxruntime" in res.stdout and "fields changed" in res.stdout
+
+
+def test_slowdown_measured_by_retiming_both_models(tmp_path):
+    """With both output directories at hand, --max-slowdown times the baseline's and the new
+    model.onnx again, interleaved in one worker: the same model passes, a model doing 2x the work fails."""
+    from conftest import small_vit
+    from vitshrink.codegen import build_module
+    from vitshrink.export import export_onnx
+    from vitshrink.frontends.timm import from_timm
+    from vitshrink.gate_retime import retimer
+
+    for name, depth in (("old", 4), ("same", 4), ("deeper", 8)):
+        (tmp_path / name).mkdir()
+        export_onnx(build_module(from_timm(small_vit(depth=depth, img_size=64))), tmp_path / name / "model.onnx", (3, 64, 64))
+    gate = gate_from_mapping({"max_slowdown": "5%"}, "t")
+    base = crafted(seed=1)
+    (same,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "same", tmp_path / "old", seconds=1))
+    assert same.status == "pass" and abs(same.value) < 0.05 and "re-timed" in same.note
+    (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=1))
+    assert deeper.status == "fail" and deeper.value > 0.5 and deeper.interval[0] > 0.05
+    assert retimer(tmp_path / "same", tmp_path / "nowhere", seconds=1) is None  # a bare report: rounds compared

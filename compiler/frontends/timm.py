@@ -26,6 +26,8 @@ TESTED_MODELS = (
     "deit_tiny_distilled_patch16_224",
     "deit_small_distilled_patch16_224",
     "deit_base_distilled_patch16_224",
+    "deit3_small_patch16_224",
+    "deit3_base_patch16_224",
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
     "vit_base_patch16_224",
@@ -129,7 +131,7 @@ def _check_supported(model: nn.Module) -> None:
     timm = _timm()
     from timm.layers import Mlp, PatchEmbed
     from timm.layers.attention import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
+    from timm.models.vision_transformer import Block, LayerScale, VisionTransformer
 
     if not isinstance(model, VisionTransformer):
         raise ModelError(
@@ -140,10 +142,8 @@ def _check_supported(model: nn.Module) -> None:
         _refuse("global_pool", model.global_pool, "only 'token' (class-token) pooling is supported")
     if not getattr(model, "has_class_token", True) or model.cls_token is None:
         _refuse("class_token", False)
-    if getattr(model, "num_reg_tokens", 0):
-        _refuse("reg_tokens", model.num_reg_tokens)
-    if getattr(model, "no_embed_class", False):
-        _refuse("no_embed_class", True)
+    if getattr(model, "num_reg_tokens", 0) and type(model) is not VisionTransformer:
+        _refuse("reg_tokens", model.num_reg_tokens, f"register tokens in {type(model).__name__}")
     if getattr(model, "dynamic_img_size", False):
         _refuse("dynamic_img_size", True)
     if model.pos_embed is None:
@@ -169,8 +169,9 @@ def _check_supported(model: nn.Module) -> None:
         where = f"blocks.{i}"
         if type(blk) is not Block:
             _refuse("block_fn", type(blk).__name__)
-        if not (_is_identity(blk.ls1) and _is_identity(blk.ls2)):
-            _refuse("init_values", "LayerScale", f"{where} has LayerScale")
+        for ls in (blk.ls1, blk.ls2):  # LayerScale (DeiT-III) is folded into proj / fc2 (from_timm)
+            if not (_is_identity(ls) or type(ls) is LayerScale):
+                _refuse("init_values", type(ls).__name__, f"{where}: only timm's LayerScale is folded")
         if not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
             _refuse("norm_layer", type(blk.norm1).__name__)
         a = blk.attn
@@ -202,8 +203,24 @@ def _clone(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if p is None else p.detach().clone()
 
 
+def _gamma(ls) -> Optional[torch.Tensor]:
+    """LayerScale's per-channel gamma [D], or None (Identity)."""
+    return None if _is_identity(ls) else ls.gamma.detach()
+
+
+def _scaled(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor]):
+    """(gamma * W, gamma * b): LayerScale after a Linear folded into it, ``gamma*(Wy+b) = (gamma W)y + gamma b``."""
+    if gamma is None:
+        return weight.detach().clone(), _clone(bias)
+    return (weight.detach() * gamma[:, None]).clone(), None if bias is None else (bias.detach() * gamma).clone()
+
+
 def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     """Translate a timm ViT/DeiT into the IR (a copy of its weights; the model is not changed).
+
+    LayerScale (DeiT-III, ``init_values``) is folded exactly into attn.proj and mlp.fc2 (rows scaled by
+    gamma); register tokens (``reg_tokens``) become prefix tokens after the class token, never pruned;
+    ``no_embed_class`` position embeddings become zero rows for the prefix tokens.
 
     Raises:
         ModelError: the model uses an option the IR cannot represent (the option is named).
@@ -225,18 +242,21 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
             qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
             v_ids=tuple(tuple(range(hd)) for _ in range(H)),
             q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-            proj_weight=a.proj.weight.detach().clone(), proj_bias=_clone(a.proj.bias),
+            **dict(zip(("proj_weight", "proj_bias"), _scaled(a.proj.weight, a.proj.bias, _gamma(blk.ls1)))),
             scale=float(a.scale),
         )
         m = blk.mlp
         mlp = MlpIR(
             hidden_ids=tuple(range(m.fc1.out_features)),
             fc1_weight=m.fc1.weight.detach().clone(), fc1_bias=_clone(m.fc1.bias),
-            fc2_weight=m.fc2.weight.detach().clone(), fc2_bias=_clone(m.fc2.bias),
+            **dict(zip(("fc2_weight", "fc2_bias"), _scaled(m.fc2.weight, m.fc2.bias, _gamma(blk.ls2)))),
         )
         blocks.append(BlockIR(i, _ln(blk.norm1), attn, _ln(blk.norm2), mlp))
 
     prefix = [PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone())]
+    reg = getattr(model, "reg_token", None)
+    if reg is not None:  # timm's order: class token, register tokens, patches
+        prefix += [PrefixTokenIR(f"reg{j}", t.clone()) for j, t in enumerate(reg.detach().reshape(-1, D))]
     heads = [ClassifierIR("head", 0, model.head.weight.detach().clone(), _clone(model.head.bias))]
     if isinstance(model, VisionTransformerDistilled):
         prefix.append(PrefixTokenIR("dist", model.dist_token.detach().reshape(D).clone()))
@@ -251,7 +271,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         patch_weight=pe.proj.weight.detach().clone(),
         patch_bias=_clone(pe.proj.bias),
         prefix=tuple(prefix),
-        pos_embed=model.pos_embed.detach().reshape(-1, D).clone(),
+        pos_embed=_pos_embed(model, len(prefix), D),
         blocks=tuple(blocks),
         norm=_ln(model.norm),
         heads=tuple(heads),
@@ -260,6 +280,15 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     if ir.pos_embed.shape[0] != ir.num_tokens:
         _refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
     return ir
+
+
+def _pos_embed(model: nn.Module, num_prefix: int, D: int) -> torch.Tensor:
+    """[N, D] added after the prefix tokens are prepended; ``no_embed_class`` (DeiT-III): zero rows
+    for the prefix tokens (timm adds its position embeddings to the patches only)."""
+    pos = model.pos_embed.detach().reshape(-1, D)
+    if getattr(model, "no_embed_class", False):
+        pos = torch.cat([torch.zeros(num_prefix, D, dtype=pos.dtype), pos])
+    return pos.clone()
 
 
 def eval_transform(model: nn.Module):
