@@ -146,7 +146,7 @@ def plot(result: dict, path: Path) -> None:
     rows = [("same engine", x) for x in result["same"]] + [(n, x) for n, xs in result["slower"].items() for x in xs]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.22 * len(rows) + 1.8), sharey=True)
     colors = {"pass": "tab:green", "fail": "tab:red", "skip": "grey"}
-    titles = {"rounds": "from the two reports' rounds", "retimed": "baseline and new ONNX re-timed interleaved"}
+    titles = {"rounds": "two reports' rounds", "retimed": "both ONNX re-timed, interleaved"}
     for ax, how in zip(axes, ("rounds", "retimed")):
         for y, (_, x) in enumerate(rows):
             gx = x[how]

@@ -150,3 +150,15 @@ def test_an_engine_that_computes_something_else_fails_the_compile(tmp_path, monk
                                     "--bench-seconds", "0", "--engines", "ort,openvino", "--quiet"])
     assert res.exit_code == 1 and "engine openvino failed verification" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_top_level_cmake_configures_as_the_readme_says(tmp_path):
+    """`cmake -S . -B build -DOpenVINO_DIR=...` on the repository's CMakeLists.txt (configure only: the
+    build of the same target is done by the runner_binary fixture)."""
+    need("openvino", "engines")
+    from vitshrink.runtime.native_runner import openvino_cmake_dir
+
+    proc = subprocess.run(["cmake", "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DOpenVINO_DIR={openvino_cmake_dir()}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "vitshrink-run" in (tmp_path / "build" / "runtime" / "native" / "Makefile").read_text()
