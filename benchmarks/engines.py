@@ -100,7 +100,7 @@ def plot(out: dict, path: Path) -> None:
                 xs.append(i + (k - (len(engine_names) - 1) / 2) * w)
                 ys.append(r["realization"])
                 lo, hi = (v / r["ideal"] for v in r["ci95"])
-                errs.append((r["realization"] - lo, hi - r["realization"]))
+                errs.append((max(0.0, r["realization"] - lo), max(0.0, hi - r["realization"])))  # p50 speed-up vs paired CI
             ax.bar(xs, ys, w, label=eng, yerr=list(zip(*errs)) if errs else None, capsize=2)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(case_names)), case_names, fontsize=8)
