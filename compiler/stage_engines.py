@@ -27,6 +27,8 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
         VerificationError: an engine differs from torch by more than its precision's tolerance
             (fp32: ``tolerance``; fp16: :data:`vitshrink.runtime.engines.TOLERANCE`), naming it.
     """
+    from rich.markup import escape
+
     from vitshrink.runtime.engines import ENGINES, TOLERANCE, make_runner, status, version
 
     out = {}
@@ -37,8 +39,6 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
             reason = reason or "built by --trt (polygraphy); not compared here"
         if reason:
             out[name] = {"status": "skipped", "reason": reason, "runtime": spec.runtime, "device": spec.device}
-            from rich.markup import escape
-
             log.info(escape(f"engine {name}: skipped ({reason})"))
             continue
         tol = TOLERANCE.get(spec.precision, tolerance)
