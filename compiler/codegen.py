@@ -83,15 +83,24 @@ class Attention(nn.Module):
         col = probs[:, :, P:, P:].mean(2)  # mean attention each token receives from the patches
         return (w * cls_row).sum(1) + (c * col).sum(1)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, scores: list):
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor] = None):
         # [B, h, Nq, dq] x [B, h, N, dq] x [B, h, N, dv] -> [B, h, Nq, dv]
-        probs = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if bias is not None and bias.dim() == 3:  # [h, N, N]: the same for every window
+            logits = logits + bias
+        elif bias is not None:  # [nW, h, N, N]: per window (Swin's shifted windows), images of nW windows
+            nw, h, n, _ = bias.shape
+            logits = (logits.reshape(-1, nw, h, n, n) + bias).reshape(-1, h, n, n)
+        probs = logits.softmax(dim=-1)
         if self.score is not None:
             scores.append(self._score(probs))
         return probs @ v
 
-    def forward(self, x: Tensor, tokens: int, xq: Optional[Tensor] = None, q_tokens: Optional[int] = None):
-        """x: [B*N, D] (N = ``tokens``); xq: [B*Nq, D] query inputs when ``split`` (default x).
+    def forward(self, x: Tensor, tokens: int, xq: Optional[Tensor] = None, q_tokens: Optional[int] = None,
+                bias: Optional[Tensor] = None):
+        """x: [B*N, D] (N = ``tokens``); xq: [B*Nq, D] query inputs when ``split`` (default x); bias: a
+        constant added to the attention logits, [heads, N, N] or [nW, heads, N, N] (Swin: relative
+        position bias plus shifted-window mask, the B*N rows being images of nW windows of N tokens).
         Returns [B*Nq, D], and the token score [B, N - P] when ``score`` is set."""
         nq = tokens if q_tokens is None else q_tokens
         scores: list = []
@@ -105,15 +114,16 @@ class Attention(nn.Module):
         if self.uniform and not self.split:
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
-            o = self._attend(q, k, v, scores).transpose(1, 2).reshape(-1, h * d)
+            o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, h * d)
         else:
-            outs = []
+            outs, h0 = [], 0
             for h, dq, dv in self.groups:
                 q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
                 k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
                 v = yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
-                outs.append(self._attend(q, k, v, scores).transpose(1, 2).reshape(-1, h * dv))
-                qo, ko, vo = qo + h * dq, ko + h * dq, vo + h * dv
+                hb = None if bias is None else bias[..., h0:h0 + h, :, :]
+                outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, h * dv))
+                qo, ko, vo, h0 = qo + h * dq, ko + h * dq, vo + h * dv, h0 + h
             o = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         out = self.proj(o)
         if self.score is None:
@@ -595,7 +605,13 @@ def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedV
         share: the module's parameters *are* the IR's tensors where their layout allows (no copy;
             training the module then changes the IR). Default: independent copies.
         trace: forward also returns the token ids kept by each dynamic selection.
+    Returns:
+        :class:`PrunedViT`, or :class:`vitshrink.codegen_swin.PrunedSwin` for a Swin IR.
     """
+    if getattr(ir, "family", "vit") == "swin":
+        from .codegen_swin import build_swin_module
+
+        return build_swin_module(ir, share=share)
     with torch.device("meta"):  # no throw-away random init: the weights come from the IR (constant
         model = PrunedViT(architecture(ir), trace=trace)  # buffers are made on the CPU explicitly)
     sd = state_dict(ir)
@@ -608,15 +624,16 @@ def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedV
 # --------------------------------------------------------------------------------------- disk
 
 
-def save(model: PrunedViT, directory: str | Path) -> Path:
-    """Write ``model`` as ``arch.json`` + ``model.safetensors`` into ``directory`` (created)."""
+def save(model: nn.Module, directory: str | Path) -> Path:
+    """Write ``model`` (:class:`PrunedViT` or :class:`~vitshrink.codegen_swin.PrunedSwin`) as ``arch.json`` +
+    ``model.safetensors`` into ``directory`` (created)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "arch.json").write_text(json.dumps(model.arch, indent=1) + "\n")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"),
-              metadata={"format": ARCH_FORMAT})
+              metadata={"format": model.arch["format"]})
     return directory
 
 
@@ -637,7 +654,9 @@ def load(directory: str | Path, arch: Optional[dict] = None) -> PrunedViT:
         if not (directory / f).is_file():
             raise VitshrinkError(f"'{directory / f}': no such file (not a vitshrink pruned checkpoint)")
     arch = arch or json.loads((directory / "arch.json").read_text())
-    model = PrunedViT(arch)
+    from .codegen_swin import PrunedSwin, is_swin_arch
+
+    model = PrunedSwin(arch) if is_swin_arch(arch) else PrunedViT(arch)
     try:
         model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     except RuntimeError as e:

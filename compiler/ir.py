@@ -43,6 +43,9 @@ class AttentionIR:
 
     ``scale`` is the softmax scale of the *original* model (original head_dim ** -0.5): pruning q/k
     channels removes terms of the dot product, it does not renormalise it.
+
+    ``rel_bias``: a per-head constant added to the attention logits, [num_heads, A, A] over the A tokens
+    of a window (Swin's relative position bias after the table lookup), or None.
     """
 
     head_ids: tuple[int, ...]
@@ -57,6 +60,7 @@ class AttentionIR:
     proj_weight: Tensor
     proj_bias: Optional[Tensor]
     scale: float
+    rel_bias: Optional[Tensor] = None
 
     @property
     def num_heads(self) -> int:

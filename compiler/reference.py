@@ -132,7 +132,8 @@ def reference_forward(
     trace: bool = False,
     residuals: Optional[list] = None,
 ):
-    """Logits [B, num_classes] of the dense model ``dense`` under the masks of ``spec``.
+    """Logits [B, num_classes] of the dense model ``dense`` under the masks of ``spec``
+    (a Swin IR goes to :func:`vitshrink.reference_swin.swin_reference_forward`).
 
     Args:
         dense: the unpruned IR (as imported; original coordinates).
@@ -146,6 +147,11 @@ def reference_forward(
             a token is live while it is still in the sequence (kept by every static and dynamic
             selection so far).
     """
+    if getattr(dense, "family", "vit") == "swin":  # no tokens to trace: windows keep every token
+        from .reference_swin import swin_reference_forward
+
+        logits = swin_reference_forward(dense, spec, images)
+        return (logits, []) if trace else logits
     tensors = tensors or {}
     D, P, N = dense.embed_dim, dense.num_prefix, dense.num_tokens
     e = spec.embed.float() if spec.embed is not None else torch.ones(D)

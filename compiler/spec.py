@@ -161,6 +161,7 @@ class ResolvedSpec:
     tokens: dict[int, Tensor] = field(default_factory=dict)
     token_mode: str = "drop"
     dynamic: dict[int, DynamicRule] = field(default_factory=dict)
+    stage_embed: dict[int, Tensor] = field(default_factory=dict)  # Swin: stage -> [C_s] bool
 
     def last_block(self, num_blocks: int) -> int:
         """Source index of the last block that runs (the exit block, or the last one)."""
@@ -300,7 +301,11 @@ def _short(v: Any) -> str:
 
 
 def mask_shapes(ir: ViTIR) -> dict[str, tuple]:
-    """Canonical mask name -> full shape, for the model ``ir`` (a dense import)."""
+    """Canonical mask name -> full shape, for the model ``ir`` (a dense import; ViT or Swin)."""
+    if getattr(ir, "family", "vit") == "swin":
+        from .spec_swin import swin_mask_shapes
+
+        return swin_mask_shapes(ir)
     shapes: dict[str, tuple] = {"embed": (ir.embed_dim,)}
     for b in ir.blocks:
         i, H = b.source_index, b.attn.num_heads
@@ -348,7 +353,8 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
 
     Args:
         spec: the spec as read.
-        ir: the dense (unpruned) import of the model the spec was written for.
+        ir: the dense (unpruned) import of the model the spec was written for (a ViT, or a Swin:
+            names of :mod:`vitshrink.spec_swin`).
         tensors: checkpoint tensors the settings may reference (exit classifiers).
     Raises:
         SpecError: unknown key, wrong shape or type, index out of range, every head of a kept block
@@ -357,9 +363,14 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
             more tokens than are present or whose predictor weights are missing. The key is named.
     """
     tensors = tensors or {}
+    out = ResolvedSpec()
+    if getattr(ir, "family", "vit") == "swin":  # names of the Swin table (vitshrink.spec_swin)
+        from .spec_swin import resolve_swin_spec
+
+        resolve_swin_spec(spec, ir, out, _from_index_form)
+        return out
     shapes = mask_shapes(ir)
     L = len(ir.blocks)
-    out = ResolvedSpec()
     removed = set()
     for key in sorted(spec.settings):
         if key not in _KNOWN_SETTINGS:

@@ -4,6 +4,7 @@
   embedding channels, blocks, early exit). Each exact.
 - :mod:`.tokens`: IR -> IR, static and dynamic token pruning, and the prefix token layout.
 - :mod:`.layout`: IR -> IR, exact re-layouts that make irregular widths run fast (group, pad).
+- :mod:`.swin`: Swin's per-stage residual channels (the block passes above apply to Swin unchanged).
 - :mod:`.onnx_cleanup`: ONNX -> ONNX cleanup before an engine is built.
 
 :func:`apply_spec` runs the structural passes a validated spec asks for.
@@ -44,6 +45,10 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
     Returns:
         The pruned IR (structure physically removed, token rules attached; not yet re-laid-out).
     """
+    if getattr(ir, "family", "vit") == "swin":
+        from .swin import apply_swin_spec
+
+        return apply_swin_spec(ir, spec)
     tensors = tensors or {}
     ir = prune_head_channels(ir, spec.qk, spec.v)
     ir = prune_heads(ir, spec.heads)

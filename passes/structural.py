@@ -39,8 +39,9 @@ def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int],
     (attention is invariant to a joint permutation of heads and proj input columns)."""
     qk_off, v_off = _offsets(attn.qk_dims), _offsets(attn.v_dims)
     qk_rows, v_rows = [], []
-    head_ids, qk_ids, v_ids = [], [], []
+    head_ids, qk_ids, v_ids, head_pos = [], [], [], []
     for h, qk_pos, v_pos in plan:
+        head_pos.append(h)
         qk_rows += [qk_off[h] + j for j in qk_pos]
         v_rows += [v_off[h] + j for j in v_pos]
         head_ids.append(attn.head_ids[h])
@@ -53,6 +54,7 @@ def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int],
         k_weight=rows(attn.k_weight, qk_rows), k_bias=rows(attn.k_bias, qk_rows),
         v_weight=rows(attn.v_weight, v_rows), v_bias=rows(attn.v_bias, v_rows),
         proj_weight=cols(attn.proj_weight, v_rows),
+        rel_bias=rows(attn.rel_bias, head_pos),  # the head's column of Swin's bias table goes with it
     )
 
 
@@ -137,32 +139,35 @@ def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
     q/k/v and fc1, the outputs of proj and fc2, and the classifier inputs. ``embed``: [D] bool.
     """
     keep = _keep(ir.embed_ids, embed)
-
-    def block(b: BlockIR) -> BlockIR:
-        a, m = b.attn, b.mlp
-        attn = replace(
-            a, q_weight=cols(a.q_weight, keep), k_weight=cols(a.k_weight, keep), v_weight=cols(a.v_weight, keep),
-            proj_weight=rows(a.proj_weight, keep), proj_bias=rows(a.proj_bias, keep),
-        )
-        mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep))
-        select = b.select
-        if select is not None and select.predictor is not None:  # a token scorer reads the residual stream
-            pr = select.predictor
-            (w0, b0), *rest = pr.layers
-            pr = replace(pr, norm=None if pr.norm is None else _ln(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
-            select = replace(select, predictor=pr)
-        return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp, select=select)
-
     return replace(
         ir,
         embed_ids=tuple(ir.embed_ids[p] for p in keep),
         patch_weight=rows(ir.patch_weight, keep), patch_bias=rows(ir.patch_bias, keep),
         prefix=tuple(replace(t, value=rows(t.value, keep)) for t in ir.prefix),
         pos_embed=cols(ir.pos_embed, keep),
-        blocks=tuple(block(b) for b in ir.blocks),
+        blocks=tuple(embed_block(b, keep) for b in ir.blocks),
         norm=_ln(ir.norm, keep),
         heads=tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
     )
+
+
+def embed_block(b: BlockIR, keep: list[int]) -> BlockIR:
+    """A block reading and writing only the residual channels at positions ``keep``: its LayerNorms,
+    q/k/v and fc1 inputs, proj and fc2 outputs (and a token predictor's input). Shared by the ViT
+    embedding pass and Swin's per-stage one."""
+    a, m = b.attn, b.mlp
+    attn = replace(
+        a, q_weight=cols(a.q_weight, keep), k_weight=cols(a.k_weight, keep), v_weight=cols(a.v_weight, keep),
+        proj_weight=rows(a.proj_weight, keep), proj_bias=rows(a.proj_bias, keep),
+    )
+    mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep))
+    select = b.select
+    if select is not None and select.predictor is not None:  # a token scorer reads the residual stream
+        pr = select.predictor
+        (w0, b0), *rest = pr.layers
+        pr = replace(pr, norm=None if pr.norm is None else _ln(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
+        select = replace(select, predictor=pr)
+    return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp, select=select)
 
 
 def remove_blocks(ir: ViTIR, removed: Iterable[int]) -> ViTIR:
