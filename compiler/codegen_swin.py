@@ -113,7 +113,11 @@ class SwinBlock(nn.Module):
         f = x.reshape(-1, shape[-1])
         bias = None
         if self.rel_bias is not None:
-            bias = self.rel_bias if self.mask is None else self.rel_bias.unsqueeze(0) + self.mask.unsqueeze(1)
+            if self.mask is None:
+                bias = self.rel_bias
+            else:  # [nW, H, A, A]; reshape, not unsqueeze: the exporter folds it without warnings
+                H, A = self.rel_bias.shape[0], self.area
+                bias = self.rel_bias.reshape(1, H, A, A) + self.mask.reshape(-1, 1, A, A)
         f = f + self.attn(self.norm1(f), self.area, bias=bias)
         f = f + self.mlp(self.norm2(f))
         return f.reshape(shape)

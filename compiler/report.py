@@ -42,7 +42,15 @@ def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
     """Per-block widths and token counts, dense vs pruned, keyed by source block."""
     from .codegen import token_counts
 
-    tokens = {b.source_index: t for b, t in zip(pruned.blocks, token_counts(pruned))}
+    swin = getattr(dense, "family", "vit") == "swin"
+    if swin:  # every token of the stage's grid is updated; each attends to the A tokens of its window
+        def grid(i):
+            st = dense.stage_of(i)
+            return {"keys": st.window_area, "queries": st.resolution[0] * st.resolution[1],
+                    "mlp": st.resolution[0] * st.resolution[1]}
+        tokens = {b.source_index: grid(b.source_index) for b in pruned.blocks}
+    else:
+        tokens = {b.source_index: t for b, t in zip(pruned.blocks, token_counts(pruned))}
     rows = []
     for b in dense.blocks:
         p = pruned.block(b.source_index)
@@ -56,11 +64,17 @@ def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
             "qk": [sum(b.attn.qk_dims), sum(p.attn.qk_dims) if p else 0],
             "v": [sum(b.attn.v_dims), sum(p.attn.v_dims) if p else 0],
             "mlp": [b.mlp.hidden, p.mlp.hidden if p else 0],
-            "tokens": {k: [dense.num_tokens, t[k] if t else 0] for k in ("keys", "queries", "mlp")},
+            "tokens": {k: [grid(b.source_index)[k] if swin else dense.num_tokens, t[k] if t else 0]
+                       for k in ("keys", "queries", "mlp")},
+            **({"name": dense.block_key(b.source_index)} if swin else {}),
             "token_rule": None if p is None or p.select is None else {
                 "keep": p.select.keep, "score": p.select.score, "where": p.select.where, "fuse": p.select.fuse},
         })
-    return {"embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after,
+    extra = {}
+    if swin:
+        extra["stages"] = [{"stage": d.index, "embed_dim": [d.dim, p.dim], "resolution": list(d.resolution),
+                            "window": list(d.window)} for d, p in zip(dense.stages, pruned.stages)]
+    return {**extra, "embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after,
             "token_mode": pruned.token_mode if any(b.tokens is not None for b in pruned.blocks) else None,
             "token_layout": "prefix" if pruned.token_order is not None else "gather", "blocks": rows}
 
@@ -227,7 +241,10 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
         f"| MACs per image | {_fmt_macs(m['dense'])} | {_fmt_macs(m['pruned'])} | {m['pruned'] / m['dense']:.3f} |",
         f"| parameters | {p['dense'] / 1e6:.3f} M | {p['pruned'] / 1e6:.3f} M | {p['pruned'] / p['dense']:.3f} |",
-        f"| embed_dim | {report['structure']['embed_dim'][0]} | {report['structure']['embed_dim'][1]} | |",
+        *([f"| embed_dim | {report['structure']['embed_dim'][0]} | {report['structure']['embed_dim'][1]} | |"]
+          if "stages" not in report["structure"] else
+          [f"| stage {st['stage']} channels ({st['resolution'][0]}x{st['resolution'][1]} tokens) | {st['embed_dim'][0]} | "
+           f"{st['embed_dim'][1]} | |" for st in report["structure"]["stages"]]),
         "",
     ]
     if m["executed"] != m["pruned"]:
@@ -293,7 +310,7 @@ def markdown(report: dict) -> str:
     for r in report["structure"]["blocks"]:
         t, rule = r["tokens"], r.get("token_rule")
         rule_s = "" if not rule else f"{rule['score']} keep {rule['keep']} at {rule['where']}" + (" + fuse" if rule["fuse"] else "")
-        lines.append(f"| {r['block']} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
+        lines.append(f"| {r.get('name', r['block'])} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
                      f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} | "
                      f"{t['keys'][1]} / {t['queries'][1]} / {t['mlp'][1]} (dense {t['keys'][0]}) | {rule_s} |")
     if report["structure"].get("token_mode"):

@@ -17,9 +17,15 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
         The cleaned model (a new ModelProto; opset and IR version kept).
     """
     import onnx_graphsurgeon as gs
+    from onnx_graphsurgeon.logger import G_LOGGER
 
     graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup(remove_unused_graph_inputs=False).toposort()
+    severity = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR  # folding large constants (Swin's bias + mask) is intended
+    try:
+        graph.fold_constants().cleanup(remove_unused_graph_inputs=False).toposort()
+    finally:
+        G_LOGGER.severity = severity
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     del out.opset_import[:]

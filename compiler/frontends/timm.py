@@ -310,7 +310,8 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         configure: called on the timm model before translation (an importer's
             :meth:`~vitshrink.importers.ImportResult.configure`: e.g. the source's LayerNorm eps).
     Returns:
-        (timm model in eval mode, dense IR, extra checkpoint tensors not in the model).
+        (timm model in eval mode, dense IR -- a :class:`ViTIR`, or a :class:`~vitshrink.ir_swin.SwinIR`
+        for a timm SwinTransformer --, extra checkpoint tensors not in the model).
     Raises:
         ModelError, CheckpointError.
     """
@@ -327,4 +328,6 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         extras = load_checkpoint(model, checkpoint)
     if configure is not None:
         configure(model)
-    return model, from_timm(model, name), extras
+    from .timm_swin import from_timm_swin, is_swin
+
+    return model, (from_timm_swin(model, name) if is_swin(model) else from_timm(model, name)), extras
