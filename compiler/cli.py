@@ -194,6 +194,8 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, ca
             warnings.simplefilter("always")
             timm_model, ir, _ = import_model(model, checkpoint)
         spec = l1_spec(ir, heads=heads, mlp=mlp, embed=embed) if (heads or mlp or embed) else Spec(meta={"producer": "vitshrink masks"})
+        if tokens and getattr(ir, "family", "vit") == "swin":
+            raise VitshrinkError(f"--tokens: token schedules do not apply to {model} (Swin's windows need every token)")
         if tokens:
             images = _calibration_images(calib, calib_n, eval_transform(timm_model), ir.num_classes) if calib else None
             token_masks, settings = token_spec(ir, tokens, mode=token_mode, fuse=fuse, calib=images)

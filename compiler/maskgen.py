@@ -7,7 +7,9 @@ without another tool. Not a pruning method to publish; a baseline that writes sp
   fc1 weight row (the S2ViTE neuron criterion, Chen et al. NeurIPS 2021);
 - embedding channels (global): keep the ``round(R * D)`` channels with the largest L1 norm over all
   weights that write or read the channel (patch embedding row, q/k/v and fc1 columns, proj and fc2
-  rows, classifier columns).
+  rows, classifier columns); on Swin per stage (``layers.{s}.embed``, :func:`stage_embed_scores`).
+
+Swin specs use its names (``layers.{s}.blocks.{j}.heads|mlp``), the same criteria per block.
 
 Ties go to the lower index. At least one unit is always kept.
 
@@ -66,6 +68,23 @@ def embed_scores(ir: ViTIR) -> Tensor:
     return s
 
 
+def stage_embed_scores(ir, stage: int) -> Tensor:
+    """Swin: [C_s] L1 norm of every weight that writes or reads each channel of stage s -- the producer
+    (patch embedding rows, or the merging's reduction rows), the stage's blocks, and the consumer (the
+    next merging's reduction columns at the four copies, or the classifier columns)."""
+    st = ir.stages[stage]
+    s = ir.patch_weight.abs().flatten(1).sum(1) if st.merge is None else st.merge.reduction_weight.abs().sum(1)
+    for b in ir.stage_blocks(stage):
+        a, m = b.attn, b.mlp
+        s = s + a.q_weight.abs().sum(0) + a.k_weight.abs().sum(0) + a.v_weight.abs().sum(0)
+        s = s + a.proj_weight.abs().sum(1) + m.fc1_weight.abs().sum(0) + m.fc2_weight.abs().sum(1)
+    if stage + 1 < len(ir.stages):
+        s = s + ir.stages[stage + 1].merge.reduction_weight.abs().sum(0).reshape(4, -1).sum(0)
+    else:
+        s = s + ir.head.weight.abs().sum(0)
+    return s
+
+
 def l1_spec(ir: ViTIR, heads: Optional[float] = None, mlp: Optional[float] = None,
             embed: Optional[float] = None) -> Spec:
     """A spec keeping the largest-L1 heads, MLP neurons and embedding channels at the given keep ratios.
@@ -79,13 +98,18 @@ def l1_spec(ir: ViTIR, heads: Optional[float] = None, mlp: Optional[float] = Non
     for name, r in (("heads", heads), ("mlp", mlp), ("embed", embed)):
         _check_ratio(name, r)
     masks: dict[str, Tensor] = {}
+    swin = getattr(ir, "family", "vit") == "swin"
     for j, b in enumerate(ir.blocks):
         i = b.source_index
+        key = ir.block_key(i) if swin else f"blocks.{i}"
         if heads is not None:
-            masks[f"blocks.{i}.heads"] = _topk_mask(head_scores(ir, j), heads)
+            masks[f"{key}.heads"] = _topk_mask(head_scores(ir, j), heads)
         if mlp is not None:
-            masks[f"blocks.{i}.mlp"] = _topk_mask(b.mlp.fc1_weight.abs().sum(1), mlp)
-    if embed is not None:
+            masks[f"{key}.mlp"] = _topk_mask(b.mlp.fc1_weight.abs().sum(1), mlp)
+    if embed is not None and swin:
+        for st in ir.stages:
+            masks[f"layers.{st.index}.embed"] = _topk_mask(stage_embed_scores(ir, st.index), embed)
+    elif embed is not None:
         masks["embed"] = _topk_mask(embed_scores(ir), embed)
     meta = {"producer": "vitshrink masks", "criterion": "l1", "model": ir.name,
             "keep_ratio": {"heads": heads, "mlp": mlp, "embed": embed}}
