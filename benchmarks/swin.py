@@ -37,6 +37,7 @@ def optimized_ops(path: Path, threads: int) -> dict[str, int]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.log_severity_level = 3  # the "optimized model is hardware specific" warning: known, it is only counted
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
@@ -65,6 +66,9 @@ def main() -> int:
     from vitshrink.runtime.latency import latency_entry, measure_onnx
     from vitshrink.spec import resolve_spec
 
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # timm's export leaves Unsqueeze nodes ORT warns about
     batches = [int(b) for b in a.batch.split(",")]
     timm_model = create_model(MODEL)
     ir = from_timm_swin(timm_model, MODEL)
@@ -90,7 +94,7 @@ def main() -> int:
                   file=sys.stderr)
         res = measure_onnx({"dense": paths["dense"], "pruned": paths["pruned"], "timm": paths["timm"]}, batches,
                            a.threads, shape, budget_s=a.seconds, extend_s=a.seconds,
-                           progress=lambda b, done, planned: print(f"\rbatch {b}: round {done}", end="", file=sys.stderr))
+                           progress=lambda b, done, planned: done % 10 or print(f"batch {b}: round {done}", file=sys.stderr))
         print(file=sys.stderr)
     rows = []
     for b in batches:

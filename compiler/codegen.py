@@ -395,22 +395,29 @@ class PrunedViT(nn.Module):
         p = arch["patch_size"]
         P = len(arch["prefix"])
         self.patch_embed = nn.Conv2d(arch["in_chans"], D, kernel_size=p, stride=p, bias=arch["patch_bias"])
-        self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D))
+        self.num_prefix = P
+        self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D)) if P else None
         self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
         order = arch.get("token_order")
         if order is not None:
             self.register_buffer("token_order", torch.tensor(order, dtype=torch.long, device="cpu"), persistent=False)
         self.blocks = nn.ModuleList(Block(D, b, P) for b in arch["blocks"])
-        self.norm = nn.LayerNorm(D, eps=arch["norm_eps"])
+        self.norm = nn.LayerNorm(D, eps=arch["norm_eps"]) if arch["norm_eps"] is not None else None
+        self.pool = arch.get("pool", "token")
+        fc_eps = arch.get("fc_norm_eps")
+        self.fc_norm = nn.LayerNorm(D, eps=fc_eps) if fc_eps is not None else None
         C = arch["num_classes"]
         self.heads = nn.ModuleList(nn.Linear(D, C, bias=h["bias"]) for h in arch["heads"])
         self.head_tokens = [h["token"] for h in arch["heads"]]
         self.num_read = max(self.head_tokens) + 1
 
     def forward_features(self, x: Tensor):
-        """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D], traced ids)."""
+        """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D] -- or, with average
+        pooling, the pooled features [B, 1, D] --, traced ids)."""
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        if self.prefix_tokens is not None:
+            x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
         ids = None
         if self.trace:
             ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
@@ -430,7 +437,14 @@ class PrunedViT(nn.Module):
             N = blk.n_out
             if self.trace:
                 self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
-        return self.norm(x.reshape(-1, N, D)[:, :self.num_read]), traced
+        x = x.reshape(-1, N, D)
+        if self.pool == "avg":  # timm global_pool='avg': patch tokens, after the final norm, then fc_norm
+            x = x if self.norm is None else self.norm(x)
+            x = x[:, self.num_prefix:].mean(1, keepdim=True)
+            return (x if self.fc_norm is None else self.fc_norm(x)), traced
+        x = x[:, :self.num_read]
+        x = x if self.norm is None else self.norm(x)
+        return (x if self.fc_norm is None else self.fc_norm(x)), traced  # timm: fc_norm after the pooling
 
     def forward(self, x: Tensor):
         x, traced = self.forward_features(x)
@@ -539,7 +553,9 @@ def architecture(ir: ViTIR) -> dict:
         "token_mode": ir.token_mode,
         "token_order": order,
         "blocks": blocks,
-        "norm_eps": ir.norm.eps,
+        "norm_eps": None if ir.norm is None else ir.norm.eps,
+        "pool": ir.pool,
+        "fc_norm_eps": None if ir.fc_norm is None else ir.fc_norm.eps,
         "heads": [{"name": h.name, "token": h.token, "bias": h.bias is not None} for h in ir.heads],
         "exit_after": ir.exit_after,
     }
@@ -552,7 +568,8 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     sd: dict[str, Tensor] = {"patch_embed.weight": ir.patch_weight}
     if ir.patch_bias is not None:
         sd["patch_embed.bias"] = ir.patch_bias
-    sd["prefix_tokens"] = torch.stack([t.value for t in ir.prefix]).reshape(1, -1, D)
+    if ir.prefix:
+        sd["prefix_tokens"] = torch.stack([t.value for t in ir.prefix]).reshape(1, -1, D)
     sd["pos_embed"] = ir.pos_embed.reshape(1, -1, D)
     for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
         p, a, m = f"blocks.{j}.", b.attn, b.mlp
@@ -590,7 +607,10 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
                 sd[p + f"predictor.layers.{k}.weight"] = w
                 if bias is not None:
                     sd[p + f"predictor.layers.{k}.bias"] = bias
-    sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
+    if ir.norm is not None:
+        sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
+    if ir.fc_norm is not None:
+        sd["fc_norm.weight"], sd["fc_norm.bias"] = ir.fc_norm.weight, ir.fc_norm.bias
     for k, h in enumerate(ir.heads):
         sd[f"heads.{k}.weight"] = h.weight
         if h.bias is not None:

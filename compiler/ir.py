@@ -163,6 +163,10 @@ class ViTIR:
 
     ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
     as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
+    ``pool``: ``"token"`` -- each head reads its prefix token after the final ``norm`` -- or ``"avg"``
+    (timm ``global_pool='avg'``): the mean of the patch tokens after ``norm`` (None: timm's Identity),
+    then ``fc_norm`` (None: Identity), then the one head (its ``token`` is -1). Prefix tokens may be
+    absent (``class_token=False``).
     ``exit_after``: source index of the last block when an early exit was applied, else None.
     ``token_mode``: how static block ``tokens`` apply (``drop`` or ``query``).
     ``token_order``: set by the layout pass :func:`vitshrink.passes.prefix_token_order`: the original
@@ -180,12 +184,14 @@ class ViTIR:
     prefix: tuple[PrefixTokenIR, ...]
     pos_embed: Tensor
     blocks: tuple[BlockIR, ...]
-    norm: LayerNormIR
+    norm: Optional[LayerNormIR]
     heads: tuple[ClassifierIR, ...]
     exit_after: Optional[int] = None
     token_mode: str = "drop"
     token_order: Optional[tuple[int, ...]] = None
     meta: dict = field(default_factory=dict)
+    pool: str = "token"
+    fc_norm: Optional[LayerNormIR] = None
 
     @property
     def embed_dim(self) -> int:

@@ -250,9 +250,13 @@ def token_spec(ir: ViTIR, schedule: str, mode: Optional[str] = None, fuse: bool 
         for uniform, ``query`` for slim unless ``mode`` says otherwise); dynamic kinds give
         ``dynamic_tokens`` rules with the keep ratio.
     Raises:
-        VitshrinkError: bad schedule; ``slim`` without calibration images.
+        VitshrinkError: bad schedule; ``slim`` without calibration images; a model with average
+            pooling (its pooled token set would change) or without a class token (the scores read it).
     """
     kind, ratio, blocks = parse_token_schedule(schedule)
+    if getattr(ir, "pool", "token") == "avg" or not ir.prefix or ir.prefix[0].name != "cls":
+        raise VitshrinkError(f"--tokens: token schedules need a class-token model; {ir.name} pools the patch "
+                             "tokens on average (global_pool='avg')")
     if kind in ("evit", "lfe"):
         _counts(ir, ratio, blocks)  # range check
         score = "cls_attention" if kind == "evit" else "cls_attention_lfe"

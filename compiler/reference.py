@@ -161,7 +161,7 @@ def reference_forward(
     B = images.shape[0]
 
     x0 = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size).flatten(2).transpose(1, 2)
-    prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1)
+    prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1) if P else x0[:, :0]
     x = torch.zeros(B, T, D)
     x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
     alive = torch.zeros(B, T, dtype=torch.bool)
@@ -239,10 +239,20 @@ def reference_forward(
     norm, heads_w = dense.norm, {c.name: (c.weight, c.bias) for c in dense.heads}
     if spec.exit is not None:
         if spec.exit.norm is not None:
-            norm = LayerNormIR(tensors[f"{spec.exit.norm}.weight"], tensors[f"{spec.exit.norm}.bias"], dense.norm.eps)
+            norm = LayerNormIR(tensors[f"{spec.exit.norm}.weight"], tensors[f"{spec.exit.norm}.bias"],
+                               dense.norm.eps if dense.norm is not None else 1e-6)
         for name, prefix in (("head", spec.exit.head), ("head_dist", spec.exit.head_dist)):
             if prefix is not None:
                 heads_w[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
-    x = _ln(x, norm, e)
-    logits = sum(_linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
+    if norm is not None:
+        x = _ln(x, norm, e)
+    if dense.pool == "avg":  # every patch token is alive: specs with token pruning are refused here
+        pooled = x[:, P:N].mean(1)
+        if dense.fc_norm is not None:
+            pooled = _ln(pooled, dense.fc_norm, e)
+        logits = _linear(pooled, *heads_w["head"])
+    else:
+        if dense.fc_norm is not None:  # per token; timm applies it to the token it pooled
+            x = _ln(x, dense.fc_norm, e)
+        logits = sum(_linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
     return (logits, traced) if trace else logits

@@ -404,6 +404,13 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
         else:
             getattr(out, kind)[i] = m
     out.removed_blocks = frozenset(removed)
+    if ir.pool == "avg":  # the pooled set would change with the tokens; an exit needs a class token
+        why = "does not apply to an average-pooled model (global_pool='avg' pools every patch token)"
+        if out.tokens:
+            raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
+        for key in ("dynamic_tokens", "exit"):
+            if key in spec.settings:
+                raise SpecError(key, why)
     for i, h in out.heads.items():
         if i not in removed and not h.any():
             raise SpecError(f"blocks.{i}.heads", "prunes every head of a kept block (remove the block with blocks.{i}.keep: false)".replace("{i}", str(i)))

@@ -57,7 +57,7 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
         e = spec.exit
         norm = None
         if e.norm is not None:
-            norm = LayerNormIR(tensors[f"{e.norm}.weight"], tensors[f"{e.norm}.bias"], ir.norm.eps)
+            norm = LayerNormIR(tensors[f"{e.norm}.weight"], tensors[f"{e.norm}.bias"], ir.norm.eps if ir.norm is not None else 1e-6)
         heads = {}
         for name, prefix in (("head", e.head), ("head_dist", e.head_dist)):
             if prefix is not None:

@@ -146,7 +146,8 @@ def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
         prefix=tuple(replace(t, value=rows(t.value, keep)) for t in ir.prefix),
         pos_embed=cols(ir.pos_embed, keep),
         blocks=tuple(embed_block(b, keep) for b in ir.blocks),
-        norm=_ln(ir.norm, keep),
+        norm=None if ir.norm is None else _ln(ir.norm, keep),
+        fc_norm=None if ir.fc_norm is None else _ln(ir.fc_norm, keep),
         heads=tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
     )
 

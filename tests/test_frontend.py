@@ -86,14 +86,77 @@ def test_widened_models_prune_exactly(kwargs):
     check_exact(ir, l1_spec(ir, heads=0.5, mlp=0.5, embed=0.75))
 
 
+POOLED = [dict(global_pool="avg"), dict(global_pool="avg", class_token=False),
+          dict(global_pool="avg", class_token=False, reg_tokens=4, no_embed_class=True, fc_norm=True, init_values=0.5),
+          dict(fc_norm=True)]
+
+
+@pytest.mark.parametrize("kwargs", POOLED, ids=["avg", "avg-no-cls", "avg-reg4-fc_norm-ls", "token-fc_norm"])
+def test_average_pooling_and_fc_norm_prune_exactly(kwargs):
+    """global_pool='avg' (class token or none, fc_norm after the pooling or a final norm before it),
+    and fc_norm on a class-token model: timm's logits on import, then random structural specs and
+    an L1 spec with every kind exact against the masked reference."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from test_exactness import check_exact, specs
+    from vitshrink.maskgen import l1_spec
+
+    model = small_vit(seed=7, **kwargs)
+    ir = from_timm(model)
+    x = images(3)
+    with torch.no_grad():
+        assert float((model(x) - build_module(ir)(x)).abs().max()) <= 1e-4
+    assert ir.pool == kwargs.get("global_pool", "token")
+    assert (ir.fc_norm is not None) == (kwargs.get("fc_norm", False) or ir.pool == "avg") and ir.heads[0].token == (-1 if ir.pool == "avg" else 0)
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(data=st.data())
+    def run(data):
+        check_exact(ir, data.draw(specs(ir, with_exit=False)))
+
+    run()
+    check_exact(ir, l1_spec(ir, heads=0.5, mlp=0.5, embed=0.75))
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_gap_224", "vit_base_patch16_reg4_gap_256"])
+def test_timm_average_pooled_models_import_exactly(name):
+    """Two timm average-pooled ViTs at full size: one with a final norm and no class token, one with
+    4 register tokens, no_embed_class and fc_norm."""
+    model = create_model(name)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ir = from_timm(model, name)
+    size = model.patch_embed.img_size[0]
+    x = images(2, size)
+    with torch.no_grad():
+        assert float((model(x) - build_module(ir)(x)).abs().max()) <= 1e-4
+    assert ir.pool == "avg" and ir.num_prefix == (4 if "reg4" in name else 0)
+
+
+def test_token_pruning_and_exit_are_refused_on_average_pooling():
+    from vitshrink.errors import SpecError
+    from vitshrink.spec import Spec, resolve_spec
+
+    ir = from_timm(small_vit(seed=7, global_pool="avg"))
+    keep = torch.ones(ir.num_tokens, dtype=torch.bool)
+    keep[3] = False
+    for spec, key in ((Spec({"blocks.2.tokens": keep}), "blocks.2.tokens"),
+                      (Spec({}, {"dynamic_tokens": {"1": {"keep": 0.5}}}), "dynamic_tokens"),
+                      (Spec({}, {"exit": {"block": 1}}), "exit")):
+        with pytest.raises(SpecError, match="average-pooled") as e:
+            resolve_spec(spec, ir)
+        assert e.value.key == key
+
+
 UNSUPPORTED = [
-    (dict(global_pool="avg"), "global_pool"),
+    (dict(global_pool="max"), "global_pool"),
+    (dict(global_pool="avg", pool_include_prefix=True), "pool_include_prefix"),
     (dict(qk_norm=True), "qk_norm"),
     (dict(pre_norm=True), "pre_norm"),
     (dict(dynamic_img_size=True), "dynamic_img_size"),
     (dict(act_layer="gelu_tanh"), "act_layer"),
-    (dict(class_token=False, global_pool="avg"), "global_pool"),
-    (dict(fc_norm=True), "fc_norm"),
 ]
 
 

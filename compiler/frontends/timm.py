@@ -138,10 +138,12 @@ def _check_supported(model: nn.Module) -> None:
             f"unsupported model class {type(model).__name__}: the timm frontend handles VisionTransformer "
             f"(DeiT/ViT) models only (timm {timm.__version__})"
         )
-    if model.global_pool != "token":
-        _refuse("global_pool", model.global_pool, "only 'token' (class-token) pooling is supported")
-    if not getattr(model, "has_class_token", True) or model.cls_token is None:
-        _refuse("class_token", False)
+    if model.global_pool not in ("token", "avg"):
+        _refuse("global_pool", model.global_pool, "'token' (class token) and 'avg' pooling are supported")
+    if model.global_pool == "avg" and getattr(model, "pool_include_prefix", False):
+        _refuse("pool_include_prefix", True, "average pooling over the patch tokens only is supported")
+    if model.global_pool == "token" and (not getattr(model, "has_class_token", True) or model.cls_token is None):
+        _refuse("class_token", False, "'token' pooling reads the class token")
     if getattr(model, "num_reg_tokens", 0) and type(model) is not VisionTransformer:
         _refuse("reg_tokens", model.num_reg_tokens, f"register tokens in {type(model).__name__}")
     if getattr(model, "dynamic_img_size", False):
@@ -150,15 +152,15 @@ def _check_supported(model: nn.Module) -> None:
         _refuse("pos_embed", "none")
     if not _is_identity(model.norm_pre):
         _refuse("pre_norm", True)
-    if not _is_identity(getattr(model, "fc_norm", None)):
-        _refuse("fc_norm", True)
+    if not (_is_identity(getattr(model, "fc_norm", None)) or isinstance(model.fc_norm, nn.LayerNorm)):
+        _refuse("fc_norm", type(model.fc_norm).__name__)
     if getattr(model, "attn_pool", None) is not None:
         _refuse("global_pool", model.global_pool)
     if not _is_identity(model.patch_drop):
         _refuse("patch_drop_rate", model.patch_drop.prob)
     if not isinstance(model.head, nn.Linear):
         _refuse("num_classes", 0, "a classifier head is required")
-    if not isinstance(model.norm, nn.LayerNorm):
+    if not (isinstance(model.norm, nn.LayerNorm) or _is_identity(model.norm)):
         _refuse("final_norm", type(model.norm).__name__)
     pe = model.patch_embed
     if type(pe) is not PatchEmbed or not _is_identity(pe.norm) or not pe.flatten or pe.dynamic_img_pad:
@@ -220,7 +222,8 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
 
     LayerScale (DeiT-III, ``init_values``) is folded exactly into attn.proj and mlp.fc2 (rows scaled by
     gamma); register tokens (``reg_tokens``) become prefix tokens after the class token, never pruned;
-    ``no_embed_class`` position embeddings become zero rows for the prefix tokens.
+    ``no_embed_class`` position embeddings become zero rows for the prefix tokens; ``global_pool='avg'``
+    (with or without a class token, with ``fc_norm`` or a final norm) pools the patch tokens.
 
     Raises:
         ModelError: the model uses an option the IR cannot represent (the option is named).
@@ -253,11 +256,12 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         )
         blocks.append(BlockIR(i, _ln(blk.norm1), attn, _ln(blk.norm2), mlp))
 
-    prefix = [PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone())]
+    prefix = [] if model.cls_token is None else [PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone())]
     reg = getattr(model, "reg_token", None)
     if reg is not None:  # timm's order: class token, register tokens, patches
         prefix += [PrefixTokenIR(f"reg{j}", t.clone()) for j, t in enumerate(reg.detach().reshape(-1, D))]
-    heads = [ClassifierIR("head", 0, model.head.weight.detach().clone(), _clone(model.head.bias))]
+    avg = model.global_pool == "avg"
+    heads = [ClassifierIR("head", -1 if avg else 0, model.head.weight.detach().clone(), _clone(model.head.bias))]
     if isinstance(model, VisionTransformerDistilled):
         prefix.append(PrefixTokenIR("dist", model.dist_token.detach().reshape(D).clone()))
         heads.append(ClassifierIR("head_dist", 1, model.head_dist.weight.detach().clone(), _clone(model.head_dist.bias)))
@@ -273,9 +277,11 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         prefix=tuple(prefix),
         pos_embed=_pos_embed(model, len(prefix), D),
         blocks=tuple(blocks),
-        norm=_ln(model.norm),
+        norm=None if _is_identity(model.norm) else _ln(model.norm),
         heads=tuple(heads),
         meta={"frontend": "timm"},
+        pool=model.global_pool,
+        fc_norm=None if _is_identity(getattr(model, "fc_norm", None)) else _ln(model.fc_norm),
     )
     if ir.pos_embed.shape[0] != ir.num_tokens:
         _refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
