@@ -313,3 +313,81 @@ def test_compile_swin_tiny_end_to_end(tmp_path):
     assert 0.4 < r["macs"]["ratio"] < 0.55
     assert r["structure"]["blocks"][2]["name"] == "layers.1.blocks.0" and r["structure"]["blocks"][2]["heads"] == [6, 3]
     assert "stage 1 channels (28x28 tokens) | 192 | 64" in (tmp_path / "out" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------------------------- importers
+
+
+def _swin_prune(model, seed=0):
+    """torch.nn.utils.prune on a Swin as a user applies it: fc1 rows, q/k/v rows of qkv (L2), fc2
+    unstructured, and every v row + proj column of one whole head."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(seed)
+    blocks = [b for st in model.layers for b in st.blocks]
+    for i, b in enumerate(blocks):
+        prune.ln_structured(b.mlp.fc1, "weight", amount=0.3 + 0.1 * (i % 3), n=1, dim=0)
+        prune.ln_structured(b.attn.qkv, "weight", amount=0.25, n=2, dim=0)
+        prune.l1_unstructured(b.mlp.fc2, "weight", amount=0.3)
+    attn = blocks[3].attn  # layers.1.blocks.1: head 1 gone whole (its v rows and proj columns)
+    hd = attn.qkv.out_features // (3 * attn.num_heads)
+    mask = torch.ones_like(attn.proj.weight)
+    mask[:, hd:2 * hd] = 0
+    prune.custom_from_mask(attn.proj, "weight", mask)
+    return model
+
+
+def _small_swin_model(seed):
+    from timm.models.swin_transformer import SwinTransformer
+
+    return randomise(SwinTransformer(**SMALL_SWIN), seed=seed)
+
+
+@pytest.mark.parametrize("removed", [False, True], ids=["active (orig+mask)", "after prune.remove"])
+def test_torch_nn_utils_prune_on_swin(tmp_path, removed):
+    """Issue 9 item 4: a torch.nn.utils.prune Swin checkpoint imports with Swin names, compiles, and
+    computes what the source computes (and what the masked reference says)."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    from vitshrink.frontends.timm import load_state
+    from vitshrink.importers import import_checkpoint
+    from vitshrink.importers.verify import source_model
+
+    model = _swin_prune(_small_swin_model(5))
+    if removed:
+        for m in model.modules():
+            if prune.is_pruned(m) and hasattr(m, "weight_orig"):
+                prune.remove(m, "weight")
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    x = swin_images(3, seed=2)
+    with torch.no_grad():
+        want = model(x)
+    dense = _small_swin_model(11)
+    result = import_checkpoint(tmp_path / "sd.pth", dense)
+    assert result.format == ("zeroed" if removed else "torch-prune")
+    assert all(k.startswith("layers.") for k in result.spec.masks)
+    assert not bool(result.spec.masks["layers.1.blocks.1.heads"][1])
+    assert result.notes["removed"]["mlp_neurons"] > 0 and result.notes["removed"]["folded_biases"] > 0
+    assert result.notes["widths"][3]["name"] == "layers.1.blocks.1"
+    m = copy.deepcopy(dense)
+    load_state(m, result.state_dict)
+    ir = from_timm_swin(m)
+    rs = resolve_spec(result.spec, ir)
+    pruned = build_module(apply_spec(ir, rs))
+    with torch.no_grad():
+        assert float((pruned(x) - want).abs().max()) <= TOL
+        assert float((source_model(result, dense)(x) - want).abs().max()) <= TOL
+    assert float((reference_forward(ir, rs, x) - want).abs().max()) <= TOL
+    assert pruned.stages[1].blocks[1].attn.num_heads == 1
+
+
+def test_vit_only_formats_are_refused_for_swin(tmp_path):
+    from vitshrink.errors import VitshrinkError
+    from vitshrink.importers import import_checkpoint
+
+    model = _small_swin_model(5)
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*torch-prune, nni, zeroed"):
+        import_checkpoint(tmp_path / "sd.pth", model, fmt="torch-pruning")

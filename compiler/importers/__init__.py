@@ -22,6 +22,9 @@ format              what it reads
                     ``prune.remove``, S2ViTE, applied gates)
 ==================  ==========================================================================
 
+For timm Swin models the dense-shaped formats apply (``torch-prune``, ``nni``, ``zeroed``), with the
+Swin names (``layers.{s}.blocks.{j}.*``); the others read ViT/DeiT layouts only and say so.
+
 Adding a format: a module with ``probe(obj, ctx) -> reason | None`` and ``convert(obj, ctx) ->
 ImportResult``, registered in :data:`FORMATS`.
 """
@@ -99,9 +102,22 @@ class ImportContext:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return read_any_state_dict(self.dense_checkpoint, self.trust)
 
+    @property
+    def swin(self) -> bool:
+        return type(self.model).__name__ == "SwinTransformer"
+
+    def prefixes(self) -> list[str]:
+        """Per block, its state-dict prefix -- which is also its spec name: ``blocks.{i}.`` (ViT) or
+        ``layers.{s}.blocks.{j}.`` (Swin)."""
+        if self.swin:
+            return [f"layers.{s}.blocks.{j}." for s, st in enumerate(self.model.layers) for j in range(len(st.blocks))]
+        return [f"blocks.{i}." for i in range(len(self.model.blocks))]
+
     def dims(self) -> list[tuple[int, int, int]]:
-        """Per block of the dense model: (num_heads, head_dim, MLP hidden)."""
-        return [(b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) for b in self.model.blocks]
+        """Per block of the dense model (in :meth:`prefixes` order): (num_heads, head_dim, MLP hidden)."""
+        blocks = [b for st in self.model.layers for b in st.blocks] if self.swin else list(self.model.blocks)
+        return [(b.attn.num_heads, b.attn.qkv.out_features // (3 * b.attn.num_heads), b.mlp.fc1.out_features)
+                for b in blocks]
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,7 @@ class Format:
     probe: Callable[[Any, ImportContext], Optional[str]]
     convert: Callable[[Any, ImportContext], ImportResult]
     fallback: bool = False  # chosen only when no specific format matches (``zeroed``)
+    swin: bool = False  # also reads timm Swin checkpoints (the dense-shaped formats)
 
 
 def _formats() -> list[Format]:
@@ -216,6 +233,12 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
                         dict(options or {}))
     formats = _formats()
     names = ", ".join(f.name for f in formats)
+    if ctx.swin:  # tools that save Swin checkpoints in the dense layout; the others are ViT-only readers
+        swin_names = ", ".join(f.name for f in formats if f.swin)
+        if fmt is not None and fmt in names.split(", ") and fmt not in swin_names.split(", "):
+            raise VitshrinkError(f"--from '{fmt}': this format is read for ViT/DeiT models only; for {model_name} "
+                                 f"(Swin) the formats are {swin_names}")
+        formats, names = [f for f in formats if f.swin], swin_names
     if fmt is not None:
         chosen = [f for f in formats if f.name == fmt]
         if not chosen:
@@ -243,20 +266,20 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
 def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:
     """Per block of the imported model: kept heads, q/k and v channels (summed over heads), MLP hidden."""
     rows = []
-    for i, (H, hd, hidden) in enumerate(ctx.dims()):
+    for i, (prefix, (H, hd, hidden)) in enumerate(zip(ctx.prefixes(), ctx.dims())):
         m = result.spec.masks
-        heads = m.get(f"blocks.{i}.heads")
+        heads = m.get(f"{prefix}heads")
         kept = heads if heads is not None else None
         n_heads = int(kept.sum()) if kept is not None else H
 
         def chan(key):
-            t = m.get(f"blocks.{i}.{key}")
+            t = m.get(f"{prefix}{key}")
             if t is None:
                 return n_heads * hd
             return int(t[kept].sum()) if kept is not None else int(t.sum())
 
-        mlp = m.get(f"blocks.{i}.mlp")
-        rows.append({"block": i, "heads": [H, n_heads], "qk": [H * hd, chan("qk")], "v": [H * hd, chan("v")],
+        mlp = m.get(f"{prefix}mlp")
+        rows.append({"block": i, "name": prefix.rstrip("."), "heads": [H, n_heads], "qk": [H * hd, chan("qk")], "v": [H * hd, chan("v")],
                      "mlp": [hidden, int(mlp.sum()) if mlp is not None else hidden]})
     return rows
 

@@ -38,8 +38,8 @@ def from_zeroed(masked: dict[str, Tensor], ctx: ImportContext, notes: Optional[d
     own = ctx.model.state_dict()
     extras = {k: v.float() for k, v in masked.items() if k not in own and v.is_floating_point()}
     masked = {k: masked[k].float() if masked[k].is_floating_point() else masked[k] for k in own}
-    D = ctx.model.embed_dim
-    folded, masks, found = analyse(masked, ctx.dims(), D)
+    D = ctx.model.embed_dim if isinstance(ctx.model.embed_dim, int) else ctx.model.embed_dim[0]
+    folded, masks, found = analyse(masked, ctx.dims(), D, ctx.prefixes())
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path)})
     return ImportResult("", "", {**folded, **extras}, spec, reference_state_dict={**masked, **extras},
                         reference_note="the checkpoint's masked weights run by timm (what the source computes)",
@@ -136,9 +136,10 @@ def _convert_zeroed(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMATS = [
-    Format("torch-prune", "torch.nn.utils.prune state dict (*_orig + *_mask)", _probe_torch_prune, _convert_torch_prune),
-    Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint", _probe_nni, _convert_nni),
+    Format("torch-prune", "torch.nn.utils.prune state dict (*_orig + *_mask)", _probe_torch_prune, _convert_torch_prune,
+           swin=True),
+    Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint", _probe_nni, _convert_nni, swin=True),
     Format("zeroed", "dense-shaped timm state dict with zeroed structure (prune.remove, S2ViTE, applied gates)",
-           _probe_zeroed, _convert_zeroed, fallback=True),
+           _probe_zeroed, _convert_zeroed, fallback=True, swin=True),
 ]
 

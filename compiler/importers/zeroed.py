@@ -19,7 +19,7 @@ columns. A unit is removed only when removing it is exact:
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +43,17 @@ def _sparsity(name: str, w: Tensor) -> dict:
     return {"tensor": name, "shape": list(w.shape), "zeros_left": round(zeros, 4), "semi_structured_2_4": is_2_4(w)}
 
 
-def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_dim: int) -> tuple[dict, dict, dict]:
-    """Find the exactly removable structure in a dense-shaped timm ViT state dict.
+def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_dim: int,
+            prefixes: Optional[list[str]] = None) -> tuple[dict, dict, dict]:
+    """Find the exactly removable structure in a dense-shaped timm ViT (or Swin) state dict.
 
     Args:
         sd: timm keys at the dense model's shapes, masks already applied (zeros).
         dims: per block (num_heads H, head_dim, MLP hidden).
-        embed_dim: D.
+        embed_dim: D (Swin: the first stage's width; only the zero-channel note reads it).
+        prefixes: per block, its key prefix and spec name (default ``blocks.{i}.``; Swin
+            ``layers.{s}.blocks.{j}.``). A Swin head's relative-bias column needs no check: a head whose
+            v channels are all gone outputs nothing, whatever its logits.
     Returns:
         (state dict with constant outputs of removed units folded into the next bias -- the dense-layout
         weights to compile; canonical masks ``name -> bool tensor``; notes: ``removed`` counts,
@@ -61,7 +65,7 @@ def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_di
     not_removed: list[str] = []
     unstructured: list[dict] = []
     for i, (H, hd, hidden) in enumerate(dims):
-        p = f"blocks.{i}."
+        p = prefixes[i] if prefixes else f"blocks.{i}."
         W = out[p + "attn.qkv.weight"].view(3, H, hd, -1)
         b = out.get(p + "attn.qkv.bias")
         b = b.view(3, H, hd) if b is not None else None
@@ -81,7 +85,7 @@ def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_di
         for h in range(H):
             if heads[h] and qk_gone[h].all():
                 qk_gone[h, 0] = False
-                not_removed.append(f"blocks.{i} head {h}: no live q/k channel but live v (uniform attention); one zero q/k channel kept")
+                not_removed.append(f"{p[:-1]} head {h}: no live q/k channel but live v (uniform attention); one zero q/k channel kept")
         if not heads.all():
             masks[p + "heads"] = heads
         if (qk_gone[heads]).any():
