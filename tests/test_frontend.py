@@ -214,3 +214,21 @@ def test_real_checkpoint_loads():
     require_shared()
     model, ir, extras = import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)
     assert extras == {} and ir.num_params() == 5_717_416
+
+
+def test_compile_average_pooled_register_token_vit(tmp_path):
+    """Issue 9: a timm ViT with global_pool='avg', 4 register tokens, fc_norm and no_embed_class
+    (vit_little_patch16_reg4_gap_256) compiles exactly end to end: heads, MLP and embed pruned, ONNX
+    checked in ONNX Runtime."""
+    import vitshrink
+    from vitshrink.maskgen import l1_spec
+    from vitshrink.spec import save_spec
+
+    name = "vit_little_patch16_reg4_gap_256"
+    ir = from_timm(create_model(name), name)
+    save_spec(l1_spec(ir, heads=0.5, mlp=0.5, embed=0.75), tmp_path / "spec.json")
+    r = vitshrink.compile_model(name, tmp_path / "spec.json", tmp_path / "out", batch=1, bench_seconds=0,
+                                progress=False, verify_images=2)
+    assert r["verified"] and r["exactness"]["max_abs_diff"] <= 1e-4 and r["export"]["passed"]
+    assert r["import"]["max_abs_diff"] <= 1e-4
+    assert r["structure"]["embed_dim"] == [ir.embed_dim, round(0.75 * ir.embed_dim)]
