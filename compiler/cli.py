@@ -93,8 +93,9 @@ Examples:
 @click.option("--bench-seconds", default=10.0, show_default=True,
               help="Timing budget in seconds per batch/threads setting; extended up to 3x while the speed-up is not yet stable.")
 @click.option("--limit", "limit", type=int, default=None, help="Evaluate only the first N images of --data.")
-@click.option("--layout", type=click.Choice(["pad", "group"]), default="pad", show_default=True,
-              help="Irregular head widths: pad to one width per block, or group equal widths.")
+@click.option("--layout", type=click.Choice(["auto", "pad", "group"]), default="auto", show_default=True,
+              help="Irregular head widths: time both forms on the first engine (auto), pad to one width per "
+                   "block, or group equal widths.")
 @click.option("--token-layout", type=click.Choice(["prefix", "gather"]), default="prefix", show_default=True,
               help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")

@@ -51,7 +51,9 @@ class CompileOptions:
         bench_seconds: timing budget in seconds per (batch, threads) setting; rounds go on past it (up
             to 3x) while the figure is not yet stable (:func:`vitshrink.runtime.latency.stability`).
         limit: evaluate only the first ``limit`` images of ``data``.
-        layout: ``"pad"`` irregular heads to one width per block, or ``"group"`` equal widths.
+        layout: ``"auto"`` (time both on the first requested engine when heads are irregular:
+            :mod:`vitshrink.stage_layout`), ``"pad"`` irregular heads to one width per block, or
+            ``"group"`` heads of equal width batched together.
         token_layout: static tokens as ``"prefix"`` slices (one permutation) or ``"gather"``/scatter.
         tolerance: max abs diff on logits (fp32) for import fidelity, exactness and export.
         verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
@@ -76,7 +78,7 @@ class CompileOptions:
     threads: Sequence[int] | int = (2,)
     bench_seconds: float = 10.0
     limit: Optional[int] = None
-    layout: str = "pad"
+    layout: str = "auto"
     token_layout: str = "prefix"
     tolerance: float = DEFAULT_TOLERANCE
     verify_images: int = 4
@@ -248,8 +250,8 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
     if out is None:
         raise VitshrinkError("no output directory: give out=... / --out")
     spec_path = spec
-    if opt.layout not in ("pad", "group"):
-        raise VitshrinkError(f"--layout {opt.layout!r}: expected 'pad' or 'group'")
+    if opt.layout not in ("auto", "pad", "group"):
+        raise VitshrinkError(f"--layout {opt.layout!r}: expected 'auto', 'pad' or 'group'")
     if opt.token_layout not in ("prefix", "gather"):
         raise VitshrinkError(f"--token-layout {opt.token_layout!r}: expected 'prefix' or 'gather'")
     if any(b < 1 for b in opt.batch) or any(t < 1 for t in opt.threads):
@@ -368,21 +370,24 @@ def _compile_into(tmp, work, owned, resolved, tensors, x, transform, shape, opt,
     from .reference import reference_forward
     from .report import block_table
     from .stage_engines import save_dense_module, time_engines, verify_engines
+    from .stage_layout import choose_layout
 
     rep: dict = {}
     tol = opt.tolerance
     dense_ir = owned.pop("dense_ir")
 
     # 3. passes + codegen
-    with log.stage("passes", "structural and token passes + codegen"):
+    with log.stage("passes", "structural and token passes"):
         pruned_ir = apply_spec(dense_ir, resolved, tensors)
-        laid_out = pad_heads(pruned_ir) if opt.layout == "pad" else group_heads(pruned_ir)
+    layout, rep["layout"] = choose_layout(pruned_ir, opt, shape, work, log)
+    with log.stage("codegen", f"layout ({layout}) + codegen"):
+        laid_out = pad_heads(pruned_ir) if layout == "pad" else group_heads(pruned_ir)
         if opt.token_layout == "prefix":
             laid_out = prefix_token_order(laid_out)
         pruned = codegen.build_module(laid_out)
-    padded = any(b.attn.qk_dims != c.attn.qk_dims or b.attn.v_dims != c.attn.v_dims
-                 for b, c in zip(pruned_ir.blocks, laid_out.blocks))
-    rep["layout"] = {"policy": opt.layout, "padded": padded}
+    padded = any(sum(b.attn.qk_dims) != sum(c.attn.qk_dims) or sum(b.attn.v_dims) != sum(c.attn.v_dims)
+                 for b, c in zip(pruned_ir.blocks, laid_out.blocks))  # grouping only reorders heads
+    rep["layout"]["padded"] = padded
 
     # 4. exactness + reload
     with log.stage("exactness", "exactness vs masked dense reference"), torch.no_grad():

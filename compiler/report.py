@@ -247,9 +247,16 @@ def markdown(report: dict) -> str:
            f"{st['embed_dim'][1]} | |" for st in report["structure"]["stages"]]),
         "",
     ]
+    lay = report["layout"]
     if m["executed"] != m["pruned"]:
         lines += [f"The exported graph computes {_fmt_macs(m['executed'])} MACs: irregular head widths were padded "
-                  f"with zeros to one width per block (layout `{report['layout']['policy']}`, exact).", ""]
+                  f"with zeros to one width per block (layout `{lay.get('chosen', lay['policy'])}`, exact).", ""]
+    if "measured" in lay:
+        t = lay["measured"]
+        per = ", ".join(f"batch {b}: pad {v['pad_ms']:.2f} ms, group {v['group_ms']:.2f} ms" for b, v in t["batches"].items())
+        lines += [f"Head layout `{lay['chosen']}`, chosen by timing both on {t['engine']} ({t['threads']} threads; {per}).", ""]
+    elif lay.get("policy") == "auto" and "not timed" in lay.get("reason", ""):
+        lines += [f"Head layout `{lay['chosen']}`: {lay['reason']}.", ""]
     if report["structure"]["exit_after"] is not None:
         lines += [f"Early exit after block {report['structure']['exit_after']}.", ""]
     lines += [

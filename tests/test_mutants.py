@@ -220,7 +220,8 @@ def test_compile_and_cli_catch(tmp_path, monkeypatch, real_tiny_spec, mutant):
     monkeypatch.setattr(passes, "apply_spec", apply_spy)
     monkeypatch.setattr(passes, "pad_heads", pad_then_mutate)
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--spec",
-                                    str(real_tiny_spec), "--out", str(tmp_path / "o"), "--bench-seconds", "0", "--quiet"])
+                                    str(real_tiny_spec), "--out", str(tmp_path / "o"), "--bench-seconds", "0", "--layout", "pad",
+                                    "--quiet"])
     assert res.exit_code == 1, (mutant, res.stderr)
     assert "exactness failed" in res.stderr.splitlines()[-1]
     assert not (tmp_path / "o").exists()

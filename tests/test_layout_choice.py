@@ -1,0 +1,67 @@
+"""`--layout auto` (issue 7 item 5): the head layout is chosen by timing both forms on the target engine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitshrink.passes import apply_spec
+from vitshrink.pipeline import CompileOptions, _Log
+from vitshrink.runtime.latency import LatencyResult
+from vitshrink.spec import Spec, resolve_spec
+from vitshrink.stage_layout import UNTIMED_DEFAULT, choose_layout, irregular
+
+SHAPE = (3, 32, 32)
+
+
+def _irregular(ir):
+    qk = torch.ones(4, 12, dtype=torch.bool)
+    qk[0, 5:] = False
+    qk[3, 9:] = False
+    return apply_spec(ir, resolve_spec(Spec({"blocks.1.qk": qk, "blocks.2.mlp": list(range(10))}), ir))
+
+
+def test_regular_heads_need_no_choice(small_model, tmp_path):
+    _, ir = small_model
+    pruned = apply_spec(ir, resolve_spec(Spec({"blocks.1.heads": [0, 2]}), ir))
+    assert not irregular(pruned)
+    layout, info = choose_layout(pruned, CompileOptions(bench_seconds=5), SHAPE, tmp_path, _Log(False))
+    assert layout == "pad" and "measured" not in info and "same graph" in info["reason"]
+
+
+def test_explicit_layout_and_untimed_default(small_model, tmp_path):
+    _, ir = small_model
+    pruned = _irregular(ir)
+    assert irregular(pruned)
+    assert choose_layout(pruned, CompileOptions(layout="pad"), SHAPE, tmp_path, _Log(False))[0] == "pad"
+    layout, info = choose_layout(pruned, CompileOptions(bench_seconds=0), SHAPE, tmp_path, _Log(False))
+    assert layout == UNTIMED_DEFAULT and "not timed (--bench-seconds 0)" in info["reason"]
+
+
+@pytest.mark.parametrize("faster", ["pad", "group"])
+def test_the_faster_measured_form_is_chosen(small_model, tmp_path, monkeypatch, faster):
+    """The decision follows the measurement (a stand-in timer makes one form 20% faster at batch 1 and
+    5% slower at batch 8: the geometric mean decides), and both exports are what was timed."""
+    import vitshrink.runtime.engines as engines
+
+    _, ir = small_model
+    seen = {}
+
+    def fake_measure(name, arts, batches, threads, shape, budget):
+        seen.update(name=name, arts={k: str(v) for k, v in arts.items()}, batches=batches)
+        fast, slow = ("pad", "group") if faster == "pad" else ("group", "pad")
+        return {1: LatencyResult(1, {fast: [8.0] * 5, slow: [10.0] * 5}),
+                8: LatencyResult(8, {fast: [63.0] * 5, slow: [60.0] * 5})}
+
+    monkeypatch.setattr(engines, "measure", fake_measure)
+    opt = CompileOptions(bench_seconds=5, batch=(1, 8), engines="native,openvino")  # ENGINES order: openvino first
+    layout, info = choose_layout(_irregular(ir), opt, SHAPE, tmp_path, _Log(False))
+    assert layout == faster and info["measured"]["engine"] == "openvino" == seen["name"]
+    assert seen["batches"] == [1, 8] and all(p.endswith(".onnx") for p in seen["arts"].values())
+    assert info["measured"]["batches"][1][f"{faster}_ms"] == 8.0
+
+
+def test_real_timing_on_onnx_runtime(small_model, tmp_path):
+    _, ir = small_model
+    layout, info = choose_layout(_irregular(ir), CompileOptions(bench_seconds=0.3, batch=(2,)), SHAPE, tmp_path, _Log(False))
+    m = info["measured"]["batches"][2]
+    assert layout == ("pad" if m["pad_ms"] <= m["group_ms"] else "group") and m["pad_ms"] > 0 and m["group_ms"] > 0
