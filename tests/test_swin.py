@@ -391,3 +391,59 @@ def test_vit_only_formats_are_refused_for_swin(tmp_path):
     torch.save(model.state_dict(), tmp_path / "sd.pth")
     with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*torch-prune, nni, zeroed"):
         import_checkpoint(tmp_path / "sd.pth", model, fmt="torch-pruning")
+
+
+def _hf_swin(seed=0):
+    from transformers import SwinConfig, SwinForImageClassification
+
+    cfg = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 2, 4], window_size=4,
+                     num_labels=10, layer_norm_eps=1e-5)
+    return randomise(SwinForImageClassification(cfg), seed)
+
+
+@pytest.mark.parametrize("layout", ["on disk (save_pretrained)", "in-memory v5 names"])
+def test_hf_swin_directory_imports_exactly(tmp_path, layout):
+    """A transformers SwinForImageClassification directory imports into timm's layout (patch merging
+    moved from the end of stage s to the start of s + 1): timm with the imported weights computes the
+    transformers model's logits, and a spec then prunes it exactly."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import need
+    from vitshrink.frontends.timm import load_state
+    from vitshrink.importers import import_checkpoint
+
+    need("transformers")
+    hf = _hf_swin(3)
+    hf.save_pretrained(tmp_path / "hf")
+    if layout != "on disk (save_pretrained)":  # transformers 5 writes the v4 names; its modules use v5 names
+        save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "hf" / "model.safetensors"))
+    assert any(".attention.self.query." in k for k in load_file(str(tmp_path / "hf" / "model.safetensors"))) \
+        == (layout == "on disk (save_pretrained)")
+    dense = _small_swin_model(11)
+    result = import_checkpoint(tmp_path / "hf", dense)
+    assert result.format == "hf" and not result.spec.masks
+    assert result.notes["key_layout"] == ("v4" if layout == "on disk (save_pretrained)" else "v5")
+    import copy
+
+    m = copy.deepcopy(dense)
+    load_state(m, result.state_dict)
+    x = swin_images(3, seed=4)
+    with torch.no_grad():
+        want = hf(pixel_values=x).logits
+        assert float((m(x) - want).abs().max()) <= TOL
+    ir = from_timm_swin(m)
+    spec = Spec({"layers.1.blocks.0.heads": [1], "layers.2.embed": list(range(0, 64, 3)), "layers.0.blocks.1.mlp": [0, 7]})
+    check_swin_exact(ir, spec, x)
+
+
+def test_hf_swin_pruned_heads_are_refused(tmp_path):
+    from conftest import need
+    from vitshrink.errors import ModelError
+    from vitshrink.importers import import_checkpoint
+
+    need("transformers")
+    hf = _hf_swin(3)
+    hf.config.pruned_heads = {"1": [0]}
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ModelError, match="pruned_heads"):
+        import_checkpoint(tmp_path / "hf", _small_swin_model(11))

@@ -1,5 +1,5 @@
 """Hugging Face transformers ``ViTForImageClassification`` / ``DeiTForImageClassificationWithTeacher``
-directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) -> the timm layout.
+(and ``SwinForImageClassification``: :mod:`.hf_swin`) directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) -> the timm layout.
 
 Both key layouts are read: transformers v4 (``{vit,deit}.encoder.layer.{i}.attention.attention.query``,
 ``.attention.output.dense``, ``.intermediate.dense``, ``.output.dense``) and v5
@@ -60,7 +60,11 @@ def read_hf_dir(path: Path) -> Optional[dict]:
 
 
 def timm_name(config: dict) -> Optional[str]:
-    """The timm model with the architecture of an HF ViT/DeiT config (the common sizes), or None."""
+    """The timm model with the architecture of an HF ViT/DeiT/Swin config (the common sizes), or None."""
+    if config.get("model_type") == "swin":
+        from .hf_swin import timm_swin_name
+
+        return timm_swin_name(config)
     size = {192: "tiny", 384: "small", 768: "base", 1024: "large"}.get(config.get("hidden_size"))
     p, img = config.get("patch_size", 16), config.get("image_size", 224)
     if size is None:
@@ -75,7 +79,7 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     if not (isinstance(obj, dict) and "hf_config" in obj):
         return None
     cfg = obj["hf_config"]
-    if cfg.get("model_type") not in ("vit", "deit"):
+    if cfg.get("model_type") not in ("vit", "deit", "swin") or (cfg.get("model_type") == "swin") != ctx.swin:
         return None
     pruned = {k: v for k, v in (cfg.get("pruned_heads") or {}).items() if v}
     return (f"Hugging Face {cfg.get('model_type')} directory ({', '.join(cfg.get('architectures') or ['?'])}), "
@@ -83,6 +87,10 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
 
 
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
+    if ctx.swin:
+        from .hf_swin import convert_swin
+
+        return convert_swin(obj, ctx)
     cfg, state = obj["hf_config"], obj["state"]
     prefix = cfg["model_type"]
     if cfg.get("hidden_act", "gelu") != "gelu":
@@ -155,5 +163,5 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                                "removed": {"heads": sum(len(v) for v in pruned.values())}, "not_removed": [], "unstructured": []})
 
 
-FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT directory (config.json + weights), config.pruned_heads",
-                _probe, _convert)
+FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT/Swin directory (config.json + weights), config.pruned_heads",
+                _probe, _convert, swin=True)
