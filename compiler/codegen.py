@@ -561,6 +561,40 @@ def architecture(ir: ViTIR) -> dict:
     }
 
 
+def block_state_dict(b, p: str, split: bool = False) -> dict[str, Tensor]:
+    """The weights of one block (:class:`Block` or the Swin block) under the key prefix ``p``: norms,
+    ``attn.qkv`` (or ``attn.q`` + ``attn.kv`` when ``split``, Patch Slimming's query-only blocks),
+    ``attn.proj``, the MLP -- or the output bias of a sub-layer with nothing else left (:class:`Constant`)."""
+    a, m, sd = b.attn, b.mlp, {}
+    sd[p + "norm1.weight"], sd[p + "norm1.bias"] = b.norm1.weight, b.norm1.bias
+    sd[p + "norm2.weight"], sd[p + "norm2.bias"] = b.norm2.weight, b.norm2.bias
+    if a.num_heads:
+        if split:
+            sd[p + "attn.q.weight"] = a.q_weight
+            sd[p + "attn.kv.weight"] = torch.cat([a.k_weight, a.v_weight])
+            if a.q_bias is not None:
+                sd[p + "attn.q.bias"] = a.q_bias
+                sd[p + "attn.kv.bias"] = torch.cat([a.k_bias, a.v_bias])
+        else:
+            sd[p + "attn.qkv.weight"] = torch.cat([a.q_weight, a.k_weight, a.v_weight])
+            if a.q_bias is not None:
+                sd[p + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
+        sd[p + "attn.proj.weight"] = a.proj_weight
+        if a.proj_bias is not None:
+            sd[p + "attn.proj.bias"] = a.proj_bias
+    elif a.proj_bias is not None:
+        sd[p + "attn.bias"] = a.proj_bias
+    if m.hidden:
+        sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc2.weight"] = m.fc1_weight, m.fc2_weight
+        if m.fc1_bias is not None:
+            sd[p + "mlp.fc1.bias"] = m.fc1_bias
+        if m.fc2_bias is not None:
+            sd[p + "mlp.fc2.bias"] = m.fc2_bias
+    elif m.fc2_bias is not None:
+        sd[p + "mlp.bias"] = m.fc2_bias
+    return sd
+
+
 def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     """The :class:`PrunedViT` state dict holding the weights of ``ir``."""
     D = ir.embed_dim
@@ -572,33 +606,8 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
         sd["prefix_tokens"] = torch.stack([t.value for t in ir.prefix]).reshape(1, -1, D)
     sd["pos_embed"] = ir.pos_embed.reshape(1, -1, D)
     for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
-        p, a, m = f"blocks.{j}.", b.attn, b.mlp
-        sd[p + "norm1.weight"], sd[p + "norm1.bias"] = b.norm1.weight, b.norm1.bias
-        sd[p + "norm2.weight"], sd[p + "norm2.bias"] = b.norm2.weight, b.norm2.bias
-        if a.num_heads:
-            if plan["query"]:
-                sd[p + "attn.q.weight"] = a.q_weight
-                sd[p + "attn.kv.weight"] = torch.cat([a.k_weight, a.v_weight])
-                if a.q_bias is not None:
-                    sd[p + "attn.q.bias"] = a.q_bias
-                    sd[p + "attn.kv.bias"] = torch.cat([a.k_bias, a.v_bias])
-            else:
-                sd[p + "attn.qkv.weight"] = torch.cat([a.q_weight, a.k_weight, a.v_weight])
-                if a.q_bias is not None:
-                    sd[p + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
-            sd[p + "attn.proj.weight"] = a.proj_weight
-            if a.proj_bias is not None:
-                sd[p + "attn.proj.bias"] = a.proj_bias
-        elif a.proj_bias is not None:
-            sd[p + "attn.bias"] = a.proj_bias
-        if m.hidden:
-            sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc2.weight"] = m.fc1_weight, m.fc2_weight
-            if m.fc1_bias is not None:
-                sd[p + "mlp.fc1.bias"] = m.fc1_bias
-            if m.fc2_bias is not None:
-                sd[p + "mlp.fc2.bias"] = m.fc2_bias
-        elif m.fc2_bias is not None:
-            sd[p + "mlp.bias"] = m.fc2_bias
+        p = f"blocks.{j}."
+        sd.update(block_state_dict(b, p, split=bool(plan["query"])))
         if plan["select"] is not None and b.select.predictor is not None:
             pr = b.select.predictor
             if pr.norm is not None:

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .codegen import Attention, Constant, Mlp
+from .codegen import Attention, Constant, Mlp, block_state_dict
 from .errors import VitshrinkError
 from .ir_swin import SwinIR
 
@@ -236,27 +236,9 @@ def swin_state_dict(ir: SwinIR) -> dict[str, Tensor]:
             if s.merge.reduction_bias is not None:
                 sd[p + "merge.reduction.bias"] = s.merge.reduction_bias
         for j, b in enumerate(ir.stage_blocks(si)):
-            q, a, m = f"{p}blocks.{j}.", b.attn, b.mlp
-            sd[q + "norm1.weight"], sd[q + "norm1.bias"] = b.norm1.weight, b.norm1.bias
-            sd[q + "norm2.weight"], sd[q + "norm2.bias"] = b.norm2.weight, b.norm2.bias
-            if a.num_heads:
-                sd[q + "attn.qkv.weight"] = torch.cat([a.q_weight, a.k_weight, a.v_weight])
-                if a.q_bias is not None:
-                    sd[q + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
-                sd[q + "attn.proj.weight"] = a.proj_weight
-                if a.proj_bias is not None:
-                    sd[q + "attn.proj.bias"] = a.proj_bias
-                sd[q + "rel_bias"] = a.rel_bias
-            elif a.proj_bias is not None:
-                sd[q + "attn.bias"] = a.proj_bias
-            if m.hidden:
-                sd[q + "mlp.fc1.weight"], sd[q + "mlp.fc2.weight"] = m.fc1_weight, m.fc2_weight
-                if m.fc1_bias is not None:
-                    sd[q + "mlp.fc1.bias"] = m.fc1_bias
-                if m.fc2_bias is not None:
-                    sd[q + "mlp.fc2.bias"] = m.fc2_bias
-            elif m.fc2_bias is not None:
-                sd[q + "mlp.bias"] = m.fc2_bias
+            sd.update(block_state_dict(b, f"{p}blocks.{j}."))
+            if b.attn.num_heads:
+                sd[f"{p}blocks.{j}.rel_bias"] = b.attn.rel_bias
     sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
     sd["head.weight"] = ir.head.weight
     if ir.head.bias is not None:

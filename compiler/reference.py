@@ -80,6 +80,24 @@ def _predictor_scores(rule: DynamicRule, xs: Tensor, tensors: Mapping[str, Tenso
     return h[:, 0]
 
 
+def masked_heads(h: Tensor, a, i: int, heads: Tensor, spec):
+    """Per kept head of block ``i`` (attention ``a``, input ``h`` [..., D]): ``(head, q, k, v, v mask,
+    v slice)`` with the spec's q/k and v channel masks applied as zeros -- the papers' definition."""
+    off_qk = off_v = 0
+    for hh in range(a.num_heads):
+        dq, dv = a.qk_dims[hh], a.v_dims[hh]
+        sq, sv = slice(off_qk, off_qk + dq), slice(off_v, off_v + dv)
+        off_qk, off_v = off_qk + dq, off_v + dv
+        if not heads[hh]:
+            continue
+        mqk = spec.qk[i][hh].float() if i in spec.qk else torch.ones(dq)
+        mv = spec.v[i][hh].float() if i in spec.v else torch.ones(dv)
+        q = _linear(h, a.q_weight[sq], None if a.q_bias is None else a.q_bias[sq]) * mqk
+        k = _linear(h, a.k_weight[sq], None if a.k_bias is None else a.k_bias[sq]) * mqk
+        v = _linear(h, a.v_weight[sv], None if a.v_bias is None else a.v_bias[sv]) * mv
+        yield hh, q, k, v, mv, sv
+
+
 def _attention_scores(rule: DynamicRule, probs: list[Tensor], alive: Tensor, P: int) -> Tensor:
     """Token scores [B, T] from the attention probabilities of the live heads (each [B, T, T])."""
     B, T = alive.shape
@@ -193,19 +211,7 @@ def reference_forward(
         out = torch.zeros_like(x)
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
         probs_live = []
-        off_qk = off_v = 0
-        for hh in range(a.num_heads):
-            dq, dv = a.qk_dims[hh], a.v_dims[hh]
-            sq, sv = slice(off_qk, off_qk + dq), slice(off_v, off_v + dv)
-            off_qk += dq
-            off_v += dv
-            if not heads[hh]:
-                continue
-            mqk = spec.qk[i][hh].float() if i in spec.qk else torch.ones(dq)
-            mv = spec.v[i][hh].float() if i in spec.v else torch.ones(dv)
-            q = _linear(h, a.q_weight[sq], None if a.q_bias is None else a.q_bias[sq]) * mqk
-            k = _linear(h, a.k_weight[sq], None if a.k_bias is None else a.k_bias[sq]) * mqk
-            v = _linear(h, a.v_weight[sv], None if a.v_bias is None else a.v_bias[sv]) * mv
+        for hh, q, k, v, mv, sv in masked_heads(h, a, i, heads, spec):
             logits = (q @ k.transpose(-2, -1)) * a.scale
             probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
             out = out + (probs @ v) @ a.proj_weight[:, sv].t()

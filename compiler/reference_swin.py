@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ir_swin import SwinIR
-from .reference import _linear, _masked_layer_norm
+from .reference import _linear, _masked_layer_norm, masked_heads
 
 
 def global_window_bias(H: int, W: int, window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -87,18 +87,7 @@ def _block(x: Tensor, blk, shift, stage, e: Tensor, spec) -> Tensor:
     h = _masked_layer_norm(x, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps, e)
     heads = spec.heads.get(g, torch.ones(a.num_heads, dtype=torch.bool))
     out = torch.zeros_like(x)
-    oq = ov = 0
-    for hh in range(a.num_heads):
-        dq, dv = a.qk_dims[hh], a.v_dims[hh]
-        sq, sv = slice(oq, oq + dq), slice(ov, ov + dv)
-        oq, ov = oq + dq, ov + dv
-        if not heads[hh]:
-            continue
-        mqk = spec.qk[g][hh].float() if g in spec.qk else torch.ones(dq)
-        mv = spec.v[g][hh].float() if g in spec.v else torch.ones(dv)
-        q = _linear(h, a.q_weight[sq], None if a.q_bias is None else a.q_bias[sq]) * mqk
-        k = _linear(h, a.k_weight[sq], None if a.k_bias is None else a.k_bias[sq]) * mqk
-        v = _linear(h, a.v_weight[sv], None if a.v_bias is None else a.v_bias[sv]) * mv
+    for hh, q, k, v, _, sv in masked_heads(h, a, g, heads, spec):
         bias = a.rel_bias[hh][pos[:, None], pos[None, :]] + penalty
         bias = bias.masked_fill(~same, -math.inf)
         for b in range(x.shape[0]):  # one image at a time: [L, L] logits

@@ -389,7 +389,7 @@ def test_vit_only_formats_are_refused_for_swin(tmp_path):
 
     model = _small_swin_model(5)
     torch.save(model.state_dict(), tmp_path / "sd.pth")
-    with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*torch-prune, nni, zeroed"):
+    with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*hf, torch-prune, nni, zeroed"):
         import_checkpoint(tmp_path / "sd.pth", model, fmt="torch-pruning")
 
 

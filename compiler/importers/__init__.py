@@ -23,7 +23,8 @@ format              what it reads
 ==================  ==========================================================================
 
 For timm Swin models the dense-shaped formats apply (``torch-prune``, ``nni``, ``zeroed``), with the
-Swin names (``layers.{s}.blocks.{j}.*``); the others read ViT/DeiT layouts only and say so.
+Swin names (``layers.{s}.blocks.{j}.*``), and ``hf`` reads ``SwinForImageClassification`` directories
+(:mod:`.hf_swin`); the others read ViT/DeiT layouts only and say so.
 
 Adding a format: a module with ``probe(obj, ctx) -> reason | None`` and ``convert(obj, ctx) ->
 ImportResult``, registered in :data:`FORMATS`.
