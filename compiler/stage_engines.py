@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .errors import VerificationError
@@ -15,7 +14,8 @@ from .errors import VerificationError
 def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want: dict, threads: int,
                    tolerance: float, log) -> dict:
     """For every engine in ``names``: run the pruned and the dense artifact on the verification images
-    ``x`` [B, C, H, W] and compare with torch's logits ``want`` ({"pruned", "dense"}: [B, classes]).
+    ``x`` [B, C, H, W] and compare with torch's logits ``want`` ({"pruned", "dense"}: [B, classes])
+    through polygraphy's Comparator (:func:`vitshrink.runtime.compare.compare_with_torch`).
 
     ``artifacts``: {"onnx": {"dense", "pruned"}, "module": {"dense", "pruned"}} paths. Returns
     ``report["engines"]``: per engine its ``runtime``, ``version``, ``device``, ``precision`` (what it
@@ -29,6 +29,7 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
     """
     from rich.markup import escape
 
+    from vitshrink.runtime.compare import compare_with_torch
     from vitshrink.runtime.engines import ENGINES, TOLERANCE, make_runner, status, version
 
     out = {}
@@ -46,18 +47,23 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
             row = {"status": "ok", "runtime": spec.runtime, "version": version(name), "device": spec.device,
                    "precision": spec.precision, "threads": threads, "tolerance": tol,
                    "file": "model.onnx" if spec.artifact == "onnx" else "model/"}
-            got = {}
+            cmp = {}
             for which in ("pruned", "dense"):
-                runner = make_runner(name, artifacts[spec.artifact][which], threads)
-                got[which] = np.asarray(runner.run(x.numpy()), dtype=np.float32)
-                if getattr(runner, "precision", None):
-                    row["precision_reported"] = str(runner.precision)
-                del runner
-            w = {k: want[k].numpy() for k in ("pruned", "dense")}
-            row["max_abs_diff"] = float(np.abs(got["pruned"] - w["pruned"]).max())
-            row["dense_max_abs_diff"] = float(np.abs(got["dense"] - w["dense"]).max())
-            row["top1_agreement"] = float((got["pruned"].argmax(1) == w["pruned"].argmax(1)).mean())
-            row["passed"] = max(row["max_abs_diff"], row["dense_max_abs_diff"]) <= tol
+                made = []
+
+                def make(path=artifacts[spec.artifact][which]):
+                    made.append(make_runner(name, path, threads))
+                    return made[-1]
+
+                cmp[which] = compare_with_torch(make, x.numpy(), want[which].numpy(), tol, f"{name} {which}")
+                if made and getattr(made[0], "precision", None):
+                    row["precision_reported"] = str(made[0].precision)
+                del made
+            row["max_abs_diff"] = cmp["pruned"]["max_abs_diff"]
+            row["dense_max_abs_diff"] = cmp["dense"]["max_abs_diff"]
+            row["top1_agreement"] = cmp["pruned"]["top1_agreement"]
+            row["passed"] = cmp["pruned"]["passed"] and cmp["dense"]["passed"]
+            row["compared_by"] = "polygraphy Comparator, CompareFunc.simple(atol=tolerance, rtol=0)"
         out[name] = row
         if not row["passed"]:
             raise VerificationError(f"engine {name} failed verification: it differs from torch by "

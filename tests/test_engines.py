@@ -162,3 +162,34 @@ def test_top_level_cmake_configures_as_the_readme_says(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "vitshrink-run" in (tmp_path / "build" / "runtime" / "native" / "Makefile").read_text()
+
+
+def test_polygraphy_comparator_decides_engine_verification():
+    """Engines are compared with torch by polygraphy's Comparator (our runners in its BaseRunner shape):
+    its verdict and max abs diff match a direct numpy check, at the tolerance and just past it."""
+    import numpy as np
+
+    from vitshrink.runtime.base import Runner
+    from vitshrink.runtime.compare import compare_with_torch
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((3, 3, 8, 8), dtype=np.float32)
+    want = rng.standard_normal((3, 10), dtype=np.float32)
+
+    class Fixed(Runner):
+        def __init__(self, out):
+            self.out = out
+
+        def run(self, x):
+            assert x.shape == images.shape
+            return self.out
+
+    for delta, passes in ((0.5e-4, True), (2e-4, False)):
+        got = want.copy()
+        got[1, 3] += delta
+        r = compare_with_torch(lambda: Fixed(got), images, want, 1e-4, "fixed")
+        assert r["passed"] is passes and abs(r["max_abs_diff"] - float(np.abs(got - want).max())) < 1e-9
+        assert r["top1_agreement"] == 1.0 and np.array_equal(r["logits"], got)
+    swapped = want.copy()
+    swapped[0] = -swapped[0]
+    assert compare_with_torch(lambda: Fixed(swapped), images, want, 1e-4, "fixed")["top1_agreement"] < 1.0

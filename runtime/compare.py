@@ -1,0 +1,104 @@
+"""Engine outputs against torch, compared by polygraphy's ``Comparator`` (issue 7 item 1).
+
+polygraphy has no backend for OpenVINO, the native runner or the generated torch module, so each
+vitshrink :class:`~vitshrink.runtime.base.Runner` is wrapped in polygraphy's ``BaseRunner`` shape
+(:class:`AsPolygraphyRunner`: feed ``{"images": [B, C, H, W]}`` -> ``{"logits": [B, classes]}``), and
+torch's logits, computed once by the compile, are replayed by :class:`TorchLogits`. ``Comparator.run``
+then runs them on the verification images and ``Comparator.compare_accuracy`` with
+``CompareFunc.simple(atol=tolerance, rtol=0)`` decides: every logit within ``tolerance`` of torch's.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+
+INPUT, OUTPUT = "images", "logits"
+
+
+def _base():
+    from polygraphy.backend.base import BaseRunner
+
+    return BaseRunner
+
+
+def make_adapters():
+    """The two polygraphy runner classes (built lazily: polygraphy is imported only when used)."""
+    from polygraphy.common import TensorMetadata
+
+    BaseRunner = _base()
+
+    class AsPolygraphyRunner(BaseRunner):
+        """A vitshrink runner (made by ``make`` on activation, released on deactivation) as a polygraphy runner."""
+
+        def __init__(self, make: Callable, name: str, input_shape):
+            super().__init__(name=name)
+            self._make, self._shape, self.runner = make, tuple(input_shape), None
+
+        def activate_impl(self):
+            self.runner = self._make()
+
+        def get_input_metadata_impl(self):
+            return TensorMetadata().add(INPUT, np.float32, (-1, *self._shape))
+
+        def infer_impl(self, feed_dict):
+            t0 = time.perf_counter()
+            out = np.asarray(self.runner.run(feed_dict[INPUT]), dtype=np.float32)
+            self.inference_time = time.perf_counter() - t0  # what polygraphy's last_inference_time() reports
+            return OrderedDict([(OUTPUT, out)])
+
+        def deactivate_impl(self):
+            self.runner = None
+
+    class TorchLogits(BaseRunner):
+        """torch's logits for the one verification batch, replayed (the compile computed them already)."""
+
+        def __init__(self, logits: np.ndarray, input_shape, name: str = "torch"):
+            super().__init__(name=name)
+            self._logits, self._shape = np.asarray(logits, dtype=np.float32), tuple(input_shape)
+
+        def activate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            return TensorMetadata().add(INPUT, np.float32, (-1, *self._shape))
+
+        def infer_impl(self, feed_dict):
+            self.inference_time = 0.0
+            return OrderedDict([(OUTPUT, self._logits)])
+
+        def deactivate_impl(self):
+            pass
+
+    return AsPolygraphyRunner, TorchLogits
+
+
+def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndarray, tolerance: float,
+                       name: str) -> dict:
+    """Run an engine (``make()`` -> a :class:`~vitshrink.runtime.base.Runner`) on ``images``
+    [B, C, H, W] float32 through polygraphy's Comparator and compare with ``torch_logits`` [B, classes].
+
+    Returns:
+        ``{"max_abs_diff", "mean_abs_diff", "passed", "top1_agreement", "logits"}`` (the engine's logits
+        as a numpy array; ``passed``: polygraphy's verdict at ``atol=tolerance, rtol=0``).
+    """
+    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    AsPolygraphyRunner, TorchLogits = make_adapters()
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL  # the compile prints its own lines (and fails by name)
+    try:
+        ref, eng = TorchLogits(torch_logits, images.shape[1:]), AsPolygraphyRunner(make, name, images.shape[1:])
+        results = Comparator.run([ref, eng], data_loader=[{INPUT: images}])
+        accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tolerance, rtol=0.0))
+    finally:
+        G_LOGGER.module_severity = severity
+    (result,) = list(accuracy)  # one comparison function -> one AccuracyResult: {(ref, engine): [iterations]}
+    ((_, iterations),) = result.items()
+    out = iterations[0][OUTPUT]
+    got = np.asarray(results[1][1][0][OUTPUT])
+    return {"max_abs_diff": float(out.max_absdiff), "mean_abs_diff": float(out.mean_absdiff), "passed": bool(out),
+            "top1_agreement": float((got.argmax(1) == np.asarray(torch_logits).argmax(1)).mean()), "logits": got}
