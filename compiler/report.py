@@ -117,16 +117,27 @@ def _plot_widths(report: dict, path: Path) -> None:
                 ax.axvspan(r["block"] - 0.5, r["block"] + 0.5, color=_STATUS_COLOR[r["status"]], alpha=0.12, lw=0)
                 ax.text(r["block"], top * 0.5, r["status"], rotation=90, ha="center", va="center", fontsize=7,
                         color=_STATUS_COLOR[r["status"]])
-        ax.set_xlabel("block")
-        ax.set_xticks(idx)
+        if "stages" in report["structure"]:  # Swin: blocks named stage.block, stage boundaries dotted
+            ax.set_xlabel("block (stage.block)")
+            ax.set_xticks(idx, [r["name"].replace("layers.", "").replace("blocks.", "") for r in rows], fontsize=7)
+            for a, b in zip(rows, rows[1:]):
+                if a["name"].split(".")[1] != b["name"].split(".")[1]:
+                    ax.axvline((a["block"] + b["block"]) / 2, color="#8c959f", lw=0.8, ls=":")
+        else:
+            ax.set_xlabel("block")
+            ax.set_xticks(idx)
     handles = [Patch(color="#d0d7de", label="dense width"), Patch(color="#1f6feb", label="kept width"),
                plt.Line2D([], [], color="#cf222e", lw=2, label="tokens updated (queries)"),
                plt.Line2D([], [], color="#1a7f37", lw=2, linestyle="--", label="tokens through the MLP")]
     handles += [Patch(color=c, alpha=0.25, label=f"block {s}") for s, c in _STATUS_COLOR.items()
                 if any(r["status"] == s for r in rows)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.suptitle(f"{report['model']}: kept width per block (embed_dim {report['structure']['embed_dim'][0]} -> "
-                 f"{report['structure']['embed_dim'][1]})")
+    st = report["structure"]
+    if "stages" in st:
+        dims = " -> ".join("/".join(str(x["embed_dim"][k]) for x in st["stages"]) for k in (0, 1))
+        fig.suptitle(f"{report['model']}: kept width per block (stage channels {dims})")
+    else:
+        fig.suptitle(f"{report['model']}: kept width per block (embed_dim {st['embed_dim'][0]} -> {st['embed_dim'][1]})")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
