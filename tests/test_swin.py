@@ -168,8 +168,8 @@ def test_import_fidelity_full_size(name):
 
 
 def test_export_and_reload(small_swin, tmp_path):
-    """A pruned Swin exports to one ONNX file with a dynamic batch, matches torch in ONNX Runtime,
-    and reloads from disk without timm."""
+    """A pruned Swin exports to one ONNX file with a dynamic batch, matches torch in ONNX Runtime and
+    in OpenVINO, and reloads from disk without timm."""
     from vitshrink.export import export_onnx, onnx_max_abs_diff
 
     _, ir = small_swin
@@ -186,6 +186,16 @@ def test_export_and_reload(small_swin, tmp_path):
     x = swin_images(2)
     with torch.no_grad():
         assert float((load(tmp_path / "model")(x) - module(x)).abs().max()) == 0.0
+    from conftest import need
+
+    need("openvino", "engines")
+    from vitshrink.runtime.openvino_runner import OpenVinoRunner
+
+    runner = OpenVinoRunner(path, threads=2)  # the Gather re-layouts and the per-window bias, in OpenVINO
+    for n in (1, 3):
+        x = swin_images(n, seed=7)
+        with torch.no_grad():
+            assert float((torch.from_numpy(runner.run(x.numpy())) - module(x)).abs().max()) <= TOL
 
 
 BAD = [
