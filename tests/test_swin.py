@@ -46,7 +46,10 @@ def swin_specs(draw, ir):
     masks = {}
     for s in ir.stages:
         if draw(st.booleans()):  # stage 0 keeps >= 2 channels: see test_one_channel_in_stage_0_is_degenerate
-            masks[f"layers.{s.index}.embed"] = bool_mask(draw, (s.dim,), min_true=1 if s.index else 2)
+            m = bool_mask(draw, (s.dim,), min_true=1)
+            while s.index == 0 and m.sum() < 2:  # bool_mask's extra index may repeat the one already kept
+                m[int(torch.nonzero(~m)[0])] = True
+            masks[f"layers.{s.index}.embed"] = m
         for j, g in enumerate(s.block_ids):
             b, key = ir.block(g), f"layers.{s.index}.blocks.{j}"
             H, hd = b.attn.num_heads, b.attn.qk_dims[0]
@@ -399,7 +402,9 @@ def test_vit_only_formats_are_refused_for_swin(tmp_path):
 
     model = _small_swin_model(5)
     torch.save(model.state_dict(), tmp_path / "sd.pth")
-    with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*hf, torch-prune, nni, zeroed"):
+    with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*torch-pruning, hf, torch-prune, nni, zeroed"):
+        import_checkpoint(tmp_path / "sd.pth", model, fmt="vtc-lfc")
+    with pytest.raises(VitshrinkError, match="not a Torch-Pruning checkpoint"):  # a state dict, not a module
         import_checkpoint(tmp_path / "sd.pth", model, fmt="torch-pruning")
 
 
@@ -457,3 +462,90 @@ def test_hf_swin_pruned_heads_are_refused(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     with pytest.raises(ModelError, match="pruned_heads"):
         import_checkpoint(tmp_path / "hf", _small_swin_model(11))
+
+
+@pytest.mark.parametrize("form", ["torch.save(model)", "tp.state_dict"])
+def test_torch_pruning_swin_exact_against_the_tools_own_module(tmp_path, form):
+    """A timm Swin pruned by Torch-Pruning itself (stage channels through a PatchMerging pruner, MLP)
+    imports, compiles and computes what Torch-Pruning's own shrunk module computes."""
+    import copy
+
+    from conftest import need
+    from tools import torch_pruning_swin
+    from vitshrink.frontends.timm import load_state
+    from vitshrink.importers import import_checkpoint
+
+    tp = need("torch_pruning")
+    model, _ = torch_pruning_swin(_small_swin_model(8), 0.5)
+    assert model.layers[1].blocks[0].dim == 32 and model.layers[1].blocks[0].norm1.weight.shape[0] < 32  # it shrank
+    if form == "tp.state_dict":
+        torch.save(tp.state_dict(model), tmp_path / "tp.pth")
+    else:
+        torch.save(model, tmp_path / "tp.pth")
+    dense = _small_swin_model(11)
+    result = import_checkpoint(tmp_path / "tp.pth", dense)
+    assert result.format == "torch-pruning" and result.reference_state_dict is None  # channels pruned: no timm twin
+    assert {k for k in result.spec.masks if k.endswith(".embed")} == {"layers.0.embed", "layers.1.embed", "layers.2.embed"}
+    m = copy.deepcopy(dense)
+    load_state(m, result.state_dict)
+    ir = from_timm_swin(m)
+    rs = resolve_spec(result.spec, ir)
+    pruned = build_module(apply_spec(ir, rs))
+    x = swin_images(3, seed=9)
+    with torch.no_grad():
+        want = model(x)
+        assert float((pruned(x) - want).abs().max()) <= TOL
+    assert float((reference_forward(ir, rs, x) - want).abs().max()) <= TOL
+    assert [s.dim for s in apply_spec(ir, rs).stages] == [b.norm1.weight.shape[0] for b in (st.blocks[0] for st in model.layers)]
+
+
+def test_shrunk_swin_heads_and_head_dims_with_the_sources_softmax_scale(tmp_path):
+    """Heads and head_dims shrunk as Torch-Pruning's head options leave them (qkv rows, proj columns, the
+    bias table's columns; ``num_heads`` updated, ``scale`` not): with timm's fused attention the source's
+    softmax scale becomes the pruned head_dim's, which the import folds into q; without it the recorded
+    scale stays. The compiled model computes what the shrunk module computes."""
+    import copy
+
+    from torch import nn
+
+    from vitshrink.frontends.timm import load_state
+    from vitshrink.importers import import_checkpoint
+
+    model = _small_swin_model(12)
+
+    def shrink(attn, heads, hd2, fused):
+        H, hd = attn.num_heads, attn.qkv.out_features // (3 * attn.num_heads)
+        rows = torch.tensor([j * H * hd + h * hd + c for j in range(3) for h in heads for c in range(hd2)])
+        cols = torch.tensor([h * hd + c for h in heads for c in range(hd2)])
+        qkv = nn.Linear(attn.qkv.in_features, len(rows))
+        qkv.weight.data, qkv.bias.data = attn.qkv.weight.data[rows].clone(), attn.qkv.bias.data[rows].clone()
+        proj = nn.Linear(len(cols), attn.proj.out_features)
+        proj.weight.data, proj.bias.data = attn.proj.weight.data[:, cols].clone(), attn.proj.bias.data.clone()
+        attn.qkv, attn.proj, attn.num_heads, attn.fused_attn = qkv, proj, len(heads), fused
+        attn.relative_position_bias_table = nn.Parameter(attn.relative_position_bias_table.data[:, heads].clone())
+
+    with torch.no_grad():
+        shrink(model.layers[1].blocks[1].attn, [0, 1], 5, fused=True)   # head_dim 8 -> 5, SDPA's default scale
+        shrink(model.layers[2].blocks[0].attn, [0, 1], 4, fused=False)  # 4 heads -> 2, head_dim 16 -> 4, recorded scale
+    torch.save(model, tmp_path / "shrunk.pth")
+    x = swin_images(3, seed=10)
+    with torch.no_grad():
+        want = model(x)
+    dense = _small_swin_model(11)
+    result = import_checkpoint(tmp_path / "shrunk.pth", dense)
+    assert result.format == "torch-pruning" and result.reference_state_dict is not None
+    assert "block 3:" in result.notes["softmax_scale"][0]  # layers.1.blocks.1 is block 3
+    masks = result.spec.masks
+    assert masks["layers.1.blocks.1.qk"].sum() == 2 * 5 and masks["layers.2.blocks.0.heads"].tolist() == [True, True, False, False]
+    m = copy.deepcopy(dense)
+    load_state(m, result.state_dict)
+    ir = from_timm_swin(m)
+    pruned = build_module(apply_spec(ir, resolve_spec(result.spec, ir)))
+    from vitshrink.importers.verify import source_model
+
+    with torch.no_grad():
+        assert float((pruned(x) - want).abs().max()) <= TOL
+        assert float((source_model(result, dense)(x) - want).abs().max()) <= TOL
+        ignored = copy.deepcopy(result)  # the scale ignored: the source is not reproduced
+        ignored.reference_scales = {}
+        assert float((source_model(ignored, dense)(x) - want).abs().max()) > 10 * TOL

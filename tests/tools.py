@@ -54,3 +54,43 @@ def torch_pruning_vit(model: torch.nn.Module, ratio: float = 0.5, prune_num_head
             m.num_heads = pruner.num_heads[m.qkv]
             m.head_dim = m.qkv.out_features // (3 * m.num_heads)
     return model.eval(), pruner
+
+
+def torch_pruning_swin(model: torch.nn.Module, ratio: float = 0.5, input_size: int = 64):
+    """Prune a timm Swin in place with Torch-Pruning as its Swin example does for transformers' Swin
+    (examples/transformers/prune_swin.py), on timm's modules: magnitude importance, uniform ratio, a
+    custom PatchMerging pruner removing the four copies of each channel together, classifier ignored,
+    num_heads given per qkv. Returns (model, pruner)."""
+    import torch_pruning as tp
+    from timm.models.swin_transformer import PatchMerging, WindowAttention
+
+    class MergePruner(tp.BasePruningFunc):
+        def prune_out_channels(self, layer, idxs):
+            tp.prune_linear_out_channels(layer.reduction, idxs)
+            return layer
+
+        def prune_in_channels(self, layer, idxs):
+            dim = layer.norm.normalized_shape[0] // 4
+            four = list(idxs) + [i + dim for i in idxs] + [i + 2 * dim for i in idxs] + [i + 3 * dim for i in idxs]
+            tp.prune_linear_in_channels(layer.reduction, four)
+            tp.prune_layernorm_out_channels(layer.norm, four)
+            return layer
+
+        def get_out_channels(self, layer):
+            return layer.reduction.out_features
+
+        def get_in_channels(self, layer):
+            return layer.norm.normalized_shape[0] // 4
+
+    example = torch.randn(1, 3, input_size, input_size)
+    heads = {m.qkv: m.num_heads for m in model.modules() if isinstance(m, WindowAttention)}
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, ignored_layers=[model.head], num_heads=heads,
+                                  customized_pruners={PatchMerging: MergePruner()},
+                                  root_module_types=(torch.nn.Linear, torch.nn.LayerNorm, PatchMerging), round_to=1)
+    for g in pruner.step(interactive=True):
+        g.prune()
+    for m in model.modules():
+        if isinstance(m, WindowAttention):
+            m.num_heads = pruner.num_heads[m.qkv]
+    return model.eval(), pruner

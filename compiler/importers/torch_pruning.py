@@ -1,4 +1,5 @@
-"""Torch-Pruning 1.6.x (VainF/Torch-Pruning): a timm ViT whose tensors physically shrank.
+"""Torch-Pruning 1.6.x (VainF/Torch-Pruning): a timm ViT (or Swin, :mod:`.shrunk_swin`) whose tensors
+physically shrank.
 
 Reads ``torch.save(model)`` pickles, ``{"model": module, ...}`` training checkpoints and the
 ``tp.state_dict(model)`` form (``{"full_state_dict": {name: module.__dict__}, "attributions": {...}}``),
@@ -20,12 +21,14 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
 from ..spec import Spec
 from . import Format, ImportContext, ImportResult
 from .safe_pickle import Record, find, is_module_record, module_tree
 from .shrunk import place_shrunk
 
 _VIT_CLASSES = ("timm.models.vision_transformer.VisionTransformer", "timm.models.deit.VisionTransformerDistilled")
+_SWIN_CLASSES = ("timm.models.swin_transformer.SwinTransformer",)
 
 
 def _tp_state(obj: Any) -> Optional[tuple[dict, dict, dict]]:
@@ -43,7 +46,10 @@ def _tp_state(obj: Any) -> Optional[tuple[dict, dict, dict]]:
             for k, child in mods.items():
                 if isinstance(child, Record):
                     classes[f"{name}.{k}" if name else k] = child.path
-        classes.setdefault("", "timm.models.vision_transformer.VisionTransformer" if "cls_token" in tensors else "?")
+        root = ("timm.models.vision_transformer.VisionTransformer" if "cls_token" in tensors else
+                "timm.models.swin_transformer.SwinTransformer"
+                if "layers.0.blocks.0.attn.relative_position_bias_table" in tensors else "?")
+        classes.setdefault("", root)
         return tensors, {k: dict(v) for k, v in obj["attributions"].items()}, classes
     mod = find(obj, lambda o: is_module_record(o) or isinstance(o, nn.Module))
     return module_tree(mod) if mod is not None else None
@@ -54,7 +60,7 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     if st is None:
         return None
     cls = st[2].get("")
-    if cls not in _VIT_CLASSES:
+    if cls not in (_SWIN_CLASSES if ctx.swin else _VIT_CLASSES):
         return None
     form = "tp.state_dict form" if isinstance(obj, dict) and "full_state_dict" in obj else \
         "torch.save(model)" if not isinstance(obj, dict) else "training checkpoint {'model': module}"
@@ -62,12 +68,16 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
 
 
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
-    tensors, attrs, classes = _tp_state(obj)
+    state = _tp_state(obj)
+    if state is None:
+        raise CheckpointError(f"checkpoint '{ctx.path}' holds no pickled module and no tp.state_dict: "
+                              "not a Torch-Pruning checkpoint")
+    tensors, attrs, classes = state
     num_heads, scales, notes_scale = [], [], []
-    for i, (H, hd, _) in enumerate(ctx.dims()):
-        a = attrs.get(f"blocks.{i}.attn", {})
+    for i, ((H, hd, _), prefix) in enumerate(zip(ctx.dims(), ctx.prefixes())):
+        a = attrs.get(f"{prefix}attn", {})
         H2 = int(a.get("num_heads", H))
-        qkv = tensors.get(f"blocks.{i}.attn.qkv.weight")
+        qkv = tensors.get(f"{prefix}attn.qkv.weight")
         hd2 = qkv.shape[0] // (3 * H2) if qkv is not None and H2 > 0 else hd
         fused = bool(a.get("fused_attn", False))
         eff = hd2 ** -0.5 if fused else float(a.get("scale", hd ** -0.5))
@@ -75,6 +85,8 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
         scales.append(eff)
         if abs(eff - hd ** -0.5) > 1e-12:
             notes_scale.append((i, f"{eff:.6g} (head_dim {hd2}, {'fused SDPA default' if fused else 'recorded scale'})"))
+    if ctx.swin:
+        return _convert_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale)
     placed, folded, masks, widths = place_shrunk(tensors, ctx, num_heads, scales)
     D, D2 = ctx.model.embed_dim, int(tensors["cls_token"].shape[-1])
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
@@ -91,6 +103,24 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                             "removed": {}, "not_removed": [], "unstructured": [],
                             "classes": sorted(set(classes.values())),
                         })
+
+
+def _convert_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale) -> ImportResult:
+    """A shrunk timm Swin (:mod:`.shrunk_swin`); the source is run as timm's dense Swin with zeros when
+    no stage lost channels (a LayerNorm over zeros would differ), else the masked reference anchors it."""
+    from .shrunk_swin import place_shrunk_swin
+
+    placed, folded, masks, widths, stage_channels = place_shrunk_swin(tensors, ctx, num_heads, scales)
+    ref = placed if all(c == c2 for c, c2 in stage_channels) else None
+    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
+    return ImportResult("", "", folded, spec, reference_state_dict=ref,
+                        reference_scales=dict(enumerate(scales)) if ref is not None else {},
+                        reference_note=("the source's computation: its shrunk tensors in timm's dense Swin (zeros elsewhere) "
+                                        "with the softmax scale it really used") if ref is not None else EMBED_NOTE,
+                        notes={"index_history": NO_HISTORY, "stage_channels": stage_channels, "shrunk_widths": widths,
+                               "softmax_scale": _group(notes_scale) or "original head_dim ** -0.5 in every block",
+                               "removed": {}, "not_removed": [], "unstructured": [],
+                               "classes": sorted(set(classes.values()))})
 
 
 NO_HISTORY = ("none in the file: kept units placed first (widths exact; which original heads/channels/neurons "
@@ -110,5 +140,5 @@ def _group(items: list[tuple[int, str]]) -> list[str]:
     return [f"block {a}: {t}" if a == b else f"blocks {a}-{b}: {t}" for a, b, t in out]
 
 
-FORMAT = Format("torch-pruning", "Torch-Pruning: torch.save(model), {'model': module}, tp.state_dict (shrunk timm ViT)",
-                _probe, _convert)
+FORMAT = Format("torch-pruning", "Torch-Pruning: torch.save(model), {'model': module}, tp.state_dict (shrunk timm ViT or Swin)",
+                _probe, _convert, swin=True)

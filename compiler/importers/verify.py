@@ -33,8 +33,9 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
             model.norm.bias.copy_(sd[f"{norm}.bias"])
             model.head.weight.copy_(sd[f"{head}.weight"])
             model.head.bias.copy_(sd[f"{head}.bias"])
+    blocks = [b for st in model.layers for b in st.blocks] if hasattr(model, "layers") else model.blocks
     for i, scale in result.reference_scales.items():
-        attn = model.blocks[i].attn
+        attn = blocks[i].attn
         attn.scale, attn.fused_attn = scale, False
     return model.eval()
 
