@@ -67,9 +67,7 @@ def window_mask(resolution: tuple[int, int], window: tuple[int, int], shift: tup
 
 def _reorder(src: Optional[list[int]], dst: Optional[list[int]]) -> Optional[list[int]]:
     """Gather index taking a stream in order ``src`` to order ``dst`` (None: raster); None if equal."""
-    if src == dst:
-        return None
-    n = len(src if src is not None else dst)
+    n = len(src if src is not None else dst or [])
     src = src if src is not None else list(range(n))
     dst = dst if dst is not None else list(range(n))
     if src == dst:

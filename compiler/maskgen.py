@@ -56,13 +56,18 @@ def head_scores(ir: ViTIR, block: int) -> Tensor:
     return torch.stack(out)
 
 
+def _block_channel_l1(b) -> Tensor:
+    """[D] L1 norm of a block's weights per residual channel: q/k/v and fc1 columns, proj and fc2 rows."""
+    a, m = b.attn, b.mlp
+    return (a.q_weight.abs().sum(0) + a.k_weight.abs().sum(0) + a.v_weight.abs().sum(0)
+            + a.proj_weight.abs().sum(1) + m.fc1_weight.abs().sum(0) + m.fc2_weight.abs().sum(1))
+
+
 def embed_scores(ir: ViTIR) -> Tensor:
     """[D] L1 norm of every weight that writes or reads each residual channel."""
     s = ir.patch_weight.abs().flatten(1).sum(1)
     for b in ir.blocks:
-        a, m = b.attn, b.mlp
-        s = s + a.q_weight.abs().sum(0) + a.k_weight.abs().sum(0) + a.v_weight.abs().sum(0)
-        s = s + a.proj_weight.abs().sum(1) + m.fc1_weight.abs().sum(0) + m.fc2_weight.abs().sum(1)
+        s = s + _block_channel_l1(b)
     for h in ir.heads:
         s = s + h.weight.abs().sum(0)
     return s
@@ -75,9 +80,7 @@ def stage_embed_scores(ir, stage: int) -> Tensor:
     st = ir.stages[stage]
     s = ir.patch_weight.abs().flatten(1).sum(1) if st.merge is None else st.merge.reduction_weight.abs().sum(1)
     for b in ir.stage_blocks(stage):
-        a, m = b.attn, b.mlp
-        s = s + a.q_weight.abs().sum(0) + a.k_weight.abs().sum(0) + a.v_weight.abs().sum(0)
-        s = s + a.proj_weight.abs().sum(1) + m.fc1_weight.abs().sum(0) + m.fc2_weight.abs().sum(1)
+        s = s + _block_channel_l1(b)
     if stage + 1 < len(ir.stages):
         s = s + ir.stages[stage + 1].merge.reduction_weight.abs().sum(0).reshape(4, -1).sum(0)
     else:

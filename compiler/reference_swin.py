@@ -69,21 +69,23 @@ def swin_reference_forward(dense: SwinIR, spec, images: Tensor) -> Tensor:
             m = s.merge.norm
             xm = _masked_layer_norm(xm, m.weight, m.bias, m.eps, e4)
             x = _linear(xm, s.merge.reduction_weight, s.merge.reduction_bias) * e
+        geometry = {}  # (unshifted, shifted) attention bias of this stage, built once
         for g in s.block_ids:
             if g in spec.removed_blocks:
                 continue
-            blk = dense.block(g)
-            x = _block(x, blk, dense.shift_of(g), s, e, spec)
+            shift = dense.shift_of(g)
+            if shift not in geometry:
+                geometry[shift] = global_window_bias(H, W, s.window, shift)
+            x = _block(x, dense.block(g), geometry[shift], e, spec)
         prev, e_prev = s, e
     p = dense.norm
     x = _masked_layer_norm(x, p.weight, p.bias, p.eps, e_prev).mean(1)
     return _linear(x, dense.head.weight, dense.head.bias)
 
 
-def _block(x: Tensor, blk, shift, stage, e: Tensor, spec) -> Tensor:
-    H, W = stage.resolution
+def _block(x: Tensor, blk, geometry, e: Tensor, spec) -> Tensor:
     g, a = blk.source_index, blk.attn
-    same, pos, penalty = global_window_bias(H, W, stage.window, shift)
+    same, pos, penalty = geometry
     h = _masked_layer_norm(x, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps, e)
     heads = spec.heads.get(g, torch.ones(a.num_heads, dtype=torch.bool))
     out = torch.zeros_like(x)

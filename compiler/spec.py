@@ -366,7 +366,7 @@ def resolve_spec(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = N
     if getattr(ir, "family", "vit") == "swin":  # names of the Swin table (vitshrink.spec_swin)
         from .spec_swin import resolve_swin_spec
 
-        resolve_swin_spec(spec, ir, out, _from_index_form)
+        resolve_swin_spec(spec, ir, out)
         return out
     shapes = mask_shapes(ir)
     L = len(ir.blocks)

@@ -45,13 +45,15 @@ def swin_mask_shapes(ir: SwinIR) -> dict[str, tuple]:
     return shapes
 
 
-def resolve_swin_spec(spec, ir: SwinIR, out, from_index_form) -> None:
+def resolve_swin_spec(spec, ir: SwinIR, out) -> None:
     """Fill ``out`` (a :class:`vitshrink.spec.ResolvedSpec`) from ``spec`` for a Swin model.
 
     Raises:
         SpecError: a ViT-only key or setting (tokens, exit), an unknown name, a stage or block that
             does not exist, a wrong shape, or masks that leave a kept block or stage empty (named).
     """
+    from .spec import _from_index_form  # spec imports this module lazily: no cycle at import time
+
     for key in sorted(spec.settings):
         if key in _VIT_ONLY_SETTINGS:
             raise SpecError(key, "does not apply to Swin (token rules and early exits are for ViT/DeiT models)")
@@ -72,7 +74,7 @@ def resolve_swin_spec(spec, ir: SwinIR, out, from_index_form) -> None:
         if j is not None and int(j) >= len(ir.stages[s].block_ids):
             n = len(ir.stages[s].block_ids)
             raise SpecError(key, f"block {j} does not exist: stage {s} has blocks 0..{n - 1}")
-        mask = from_index_form(key, spec.masks[key], shapes[key])
+        mask = _from_index_form(key, spec.masks[key], shapes[key])
         if j is None:
             if not mask.any():
                 raise SpecError(key, "keeps no channel")

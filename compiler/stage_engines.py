@@ -49,16 +49,11 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
                    "file": "model.onnx" if spec.artifact == "onnx" else "model/"}
             cmp = {}
             for which in ("pruned", "dense"):
-                made = []
-
-                def make(path=artifacts[spec.artifact][which]):
-                    made.append(make_runner(name, path, threads))
-                    return made[-1]
-
-                cmp[which] = compare_with_torch(make, x.numpy(), want[which].numpy(), tol, f"{name} {which}")
-                if made and getattr(made[0], "precision", None):
-                    row["precision_reported"] = str(made[0].precision)
-                del made
+                path = artifacts[spec.artifact][which]
+                cmp[which] = compare_with_torch(lambda p=path: make_runner(name, p, threads), x.numpy(),
+                                                want[which].numpy(), tol, f"{name} {which}")
+                if cmp[which]["precision"]:
+                    row["precision_reported"] = str(cmp[which]["precision"])
             row["max_abs_diff"] = cmp["pruned"]["max_abs_diff"]
             row["dense_max_abs_diff"] = cmp["dense"]["max_abs_diff"]
             row["top1_agreement"] = cmp["pruned"]["top1_agreement"]

@@ -18,27 +18,21 @@ import numpy as np
 INPUT, OUTPUT = "images", "logits"
 
 
-def _base():
-    from polygraphy.backend.base import BaseRunner
-
-    return BaseRunner
-
-
 def make_adapters():
     """The two polygraphy runner classes (built lazily: polygraphy is imported only when used)."""
+    from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
-
-    BaseRunner = _base()
 
     class AsPolygraphyRunner(BaseRunner):
         """A vitshrink runner (made by ``make`` on activation, released on deactivation) as a polygraphy runner."""
 
         def __init__(self, make: Callable, name: str, input_shape):
             super().__init__(name=name)
-            self._make, self._shape, self.runner = make, tuple(input_shape), None
+            self._make, self._shape, self.runner, self.precision = make, tuple(input_shape), None, None
 
         def activate_impl(self):
             self.runner = self._make()
+            self.precision = getattr(self.runner, "precision", None)
 
         def get_input_metadata_impl(self):
             return TensorMetadata().add(INPUT, np.float32, (-1, *self._shape))
@@ -81,8 +75,9 @@ def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndar
     [B, C, H, W] float32 through polygraphy's Comparator and compare with ``torch_logits`` [B, classes].
 
     Returns:
-        ``{"max_abs_diff", "mean_abs_diff", "passed", "top1_agreement", "logits"}`` (the engine's logits
-        as a numpy array; ``passed``: polygraphy's verdict at ``atol=tolerance, rtol=0``).
+        ``{"max_abs_diff", "mean_abs_diff", "passed", "top1_agreement", "logits", "precision"}`` (the
+        engine's logits as a numpy array; ``passed``: polygraphy's verdict at ``atol=tolerance, rtol=0``;
+        ``precision``: what the runner reports running at, or None).
     """
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
@@ -101,4 +96,5 @@ def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndar
     out = iterations[0][OUTPUT]
     got = np.asarray(results[1][1][0][OUTPUT])
     return {"max_abs_diff": float(out.max_absdiff), "mean_abs_diff": float(out.mean_absdiff), "passed": bool(out),
-            "top1_agreement": float((got.argmax(1) == np.asarray(torch_logits).argmax(1)).mean()), "logits": got}
+            "top1_agreement": float((got.argmax(1) == np.asarray(torch_logits).argmax(1)).mean()), "logits": got,
+            "precision": eng.precision}
