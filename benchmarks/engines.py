@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cases(tmp: Path) -> dict[str, tuple[str, Path]]:
     from vitshrink.frontends.timm import create_model, from_timm
-    from vitshrink.maskgen import l1_spec, token_spec
-    from vitshrink.spec import Spec, save_spec
+    from vitshrink.masks.vit import l1_spec
+    from vitshrink.masks.tokens import token_spec
+    from vitshrink.spec import save_spec, Spec
 
     ir = from_timm(create_model("deit_small_patch16_224"))
     save_spec(l1_spec(ir, heads=0.5, mlp=0.5), tmp / "small_heads_mlp.json")
@@ -47,7 +48,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "engines.json"))
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from vitshrink.pipeline import CompileOptions, compile_model
+    from vitshrink.pipeline import compile_model, CompileOptions
 
     rows, engines = [], {}
     with tempfile.TemporaryDirectory() as d:

@@ -33,7 +33,7 @@ SPEC = REPO / "compiler" / "examples" / "deit_tiny_example.json"
 
 
 def compile_once(tmp: Path, tag: str, spec: Path, seconds: float, **opts) -> dict:
-    from vitshrink.pipeline import CompileOptions, compile_model
+    from vitshrink.pipeline import compile_model, CompileOptions
 
     out = tmp / tag
     return compile_model(MODEL, spec, out, CompileOptions(bench_seconds=seconds, progress=False, batch=(1,), threads=(2,), **opts))
@@ -44,7 +44,7 @@ def gate(report: dict, baseline: dict, threshold: float, new_dir: Path, old_dir:
     (``rounds``) and by re-timing both model.onnx interleaved (``retimed``, what check does when
     both output directories are there)."""
     from vitshrink.gate import evaluate, gate_from_mapping
-    from vitshrink.gate_retime import retimer
+    from vitshrink.gate.retime import retimer
 
     g = gate_from_mapping({"max_slowdown": threshold}, "benchmark")
     out = {}
@@ -57,8 +57,8 @@ def gate(report: dict, baseline: dict, threshold: float, new_dir: Path, old_dir:
 def token_spec(tmp: Path) -> Path:
     """The example's structural masks plus a static token schedule (keep 70% at blocks 4-11, drop mode)."""
     from vitshrink.frontends.timm import create_model, from_timm
-    from vitshrink.maskgen import token_spec as make
-    from vitshrink.spec import Spec, load_spec, save_spec
+    from vitshrink.masks.tokens import token_spec as make
+    from vitshrink.spec import load_spec, save_spec, Spec
 
     base = load_spec(SPEC)
     masks, settings = make(from_timm(create_model(MODEL)), "uniform:0.7@4-11")
@@ -71,7 +71,7 @@ def wider_spec(tmp: Path, blocks=(0, 1, 2)) -> Path:
     """The example with the MLP of ``blocks`` kept whole: a pruned model with 14% more MACs, i.e. slower."""
     import torch
 
-    from vitshrink.spec import Spec, load_spec, save_spec
+    from vitshrink.spec import load_spec, save_spec, Spec
 
     base = load_spec(SPEC)
     masks = dict(base.masks)

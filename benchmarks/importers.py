@@ -39,16 +39,18 @@ def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")
 
     from tools import torch_pruning_vit
-    from vitshrink._torchvision_shim import ensure_timm_importable
-    from vitshrink.codegen import build_module
+    from vitshrink.compat import ensure_timm_importable
+    from vitshrink.families import build_module
     from vitshrink.counting import count_macs
     from vitshrink.export import export_onnx, onnx_max_abs_diff
     from vitshrink.frontends.timm import create_model, from_timm, load_state
     from vitshrink.importers import import_checkpoint
-    from vitshrink.passes import apply_spec, pad_heads
-    from vitshrink.pipeline import machine, toolchain
+    from vitshrink.families import apply_spec
+    from vitshrink.passes import pad_heads
+    from vitshrink.runtime.machine import machine
+    from vitshrink.pipeline.output import toolchain
     from vitshrink.runtime.latency import measure_onnx, stability
-    from vitshrink.spec import resolve_spec
+    from vitshrink.families import resolve_spec
 
     ensure_timm_importable()
     batches = [int(b) for b in args.batch.split(",")]

@@ -27,7 +27,7 @@ MODEL = "deit_small_patch16_224"
 
 def irregular_spec(ir, seed: int = 0):
     """Per head: q/k and v keep counts in 24..64 (independent), the channels themselves random; MLP 50% (L1)."""
-    from vitshrink.maskgen import l1_spec
+    from vitshrink.masks.vit import l1_spec
 
     g = torch.Generator().manual_seed(seed)
     spec = l1_spec(ir, mlp=0.5)
@@ -51,14 +51,17 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "layout.json"))
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from vitshrink.artifacts import machine, toolchain
-    from vitshrink.codegen import build_module, save
+    from vitshrink.runtime.machine import machine
+    from vitshrink.pipeline.output import toolchain
+    from vitshrink.families import build_module
+    from vitshrink.codegen import save
     from vitshrink.counting import count_macs
     from vitshrink.export import export_onnx, onnx_max_abs_diff
     from vitshrink.frontends.timm import create_model, from_timm
-    from vitshrink.passes import apply_spec, group_heads, pad_heads
+    from vitshrink.families import apply_spec
+    from vitshrink.passes import group_heads, pad_heads
     from vitshrink.runtime.engines import measure, status
-    from vitshrink.spec import resolve_spec
+    from vitshrink.families import resolve_spec
 
     batches = [int(b) for b in a.batch.split(",")]
     ir = from_timm(create_model(MODEL), MODEL)

@@ -120,12 +120,13 @@ def savit(model, path):
 
 def patch_slimming_spec(model_name, path, target):
     """A nested query-mode token schedule (keep ratio r at blocks 1..11, compounding) with MACs -target."""
-    from vitshrink.codegen import build_module
+    from vitshrink.families import build_module
     from vitshrink.counting import count_macs
-    from vitshrink.frontends.timm import import_model
-    from vitshrink.maskgen import token_spec
-    from vitshrink.passes import apply_spec
-    from vitshrink.spec import Spec, resolve_spec, save_spec
+    from vitshrink.families import import_model
+    from vitshrink.masks.tokens import token_spec
+    from vitshrink.families import apply_spec
+    from vitshrink.spec import save_spec, Spec
+    from vitshrink.families import resolve_spec
 
     _, ir, _ = import_model(model_name)
     dense = count_macs(build_module(ir, share=True), (1, 3, 224, 224))

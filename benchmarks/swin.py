@@ -66,17 +66,18 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "swin.json"))
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from vitshrink.artifacts import machine, toolchain
-    from vitshrink.codegen import build_module
+    from vitshrink.runtime.machine import machine
+    from vitshrink.pipeline.output import toolchain
+    from vitshrink.families import build_module
     from vitshrink.counting import count_macs
     from vitshrink.export import export_onnx, onnx_max_abs_diff
     from vitshrink.frontends.timm import create_model
-    from vitshrink.frontends.timm_swin import from_timm_swin
-    from vitshrink.maskgen import l1_spec
-    from vitshrink.passes import apply_spec
-    from vitshrink.reference import reference_forward
+    from vitshrink.frontends.timm_swin import from_timm as from_timm_swin
+    from vitshrink.masks.vit import l1_spec
+    from vitshrink.families import apply_spec
+    from vitshrink.families import reference_forward
     from vitshrink.runtime.latency import latency_entry, measure_onnx
-    from vitshrink.spec import resolve_spec
+    from vitshrink.families import resolve_spec
 
     import onnxruntime
 

@@ -35,16 +35,19 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
 
-    from vitshrink.codegen import build_module
+    from vitshrink.families import build_module
     from vitshrink.counting import count_macs
     from vitshrink.export import export_onnx
-    from vitshrink.frontends.timm import import_model
-    from vitshrink.maskgen import token_spec
-    from vitshrink.passes import apply_spec, prefix_token_order
-    from vitshrink.pipeline import machine, toolchain
-    from vitshrink.reference import reference_forward
+    from vitshrink.families import import_model
+    from vitshrink.masks.tokens import token_spec
+    from vitshrink.families import apply_spec
+    from vitshrink.passes import prefix_token_order
+    from vitshrink.runtime.machine import machine
+    from vitshrink.pipeline.output import toolchain
+    from vitshrink.families import reference_forward
     from vitshrink.runtime.latency import measure_onnx
-    from vitshrink.spec import Spec, resolve_spec
+    from vitshrink.spec import Spec
+    from vitshrink.families import resolve_spec
 
     _, ir, _ = import_model(args.model)
     shape = (ir.in_chans, *ir.img_size)

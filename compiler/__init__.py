@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _LAZY = {
     "load": ("vitshrink.codegen", "load"),
     "save": ("vitshrink.codegen", "save"),
-    "build_module": ("vitshrink.codegen", "build_module"),
+    "build_module": ("vitshrink.families", "build_module"),
     "PrunedViT": ("vitshrink.codegen", "PrunedViT"),
     "compile_model": ("vitshrink.pipeline", "compile_model"),
     "CompileOptions": ("vitshrink.pipeline", "CompileOptions"),
@@ -37,26 +37,24 @@ _LAZY = {
     "Spec": ("vitshrink.spec", "Spec"),
     "load_spec": ("vitshrink.spec", "load_spec"),
     "save_spec": ("vitshrink.spec", "save_spec"),
-    "resolve_spec": ("vitshrink.spec", "resolve_spec"),
-    "import_model": ("vitshrink.frontends.timm", "import_model"),
+    "resolve_spec": ("vitshrink.families", "resolve_spec"),
+    "import_model": ("vitshrink.families", "import_model"),
     "import_checkpoint": ("vitshrink.importers", "import_checkpoint"),
-    "apply_spec": ("vitshrink.passes", "apply_spec"),
-    "reference_forward": ("vitshrink.reference", "reference_forward"),
+    "apply_spec": ("vitshrink.families", "apply_spec"),
+    "reference_forward": ("vitshrink.families", "reference_forward"),
     "count_macs": ("vitshrink.counting", "count_macs"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never executed)
-    from .codegen import PrunedViT, build_module, load, save  # noqa: F401
+    from .codegen import PrunedViT, load, save  # noqa: F401
     from .counting import count_macs  # noqa: F401
     from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError  # noqa: F401
-    from .frontends.timm import import_model  # noqa: F401
+    from .families import apply_spec, build_module, import_model, reference_forward, resolve_spec  # noqa: F401
     from .importers import import_checkpoint  # noqa: F401
-    from .passes import apply_spec  # noqa: F401
     from .pipeline import CompileOptions, compile_model  # noqa: F401
-    from .reference import reference_forward  # noqa: F401
-    from .spec import Spec, load_spec, resolve_spec, save_spec  # noqa: F401
+    from .spec import Spec, load_spec, save_spec  # noqa: F401
 
 
 def __dir__() -> list[str]:
@@ -65,7 +63,7 @@ def __dir__() -> list[str]:
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
+        import importlib  # lazy on purpose: `import vitshrink` stays cheap, each public name loads on first use
 
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)

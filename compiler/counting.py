@@ -5,7 +5,7 @@ FlopCounterMode counts 2 FLOPs per MAC for convolutions and matmuls; we halve it
 the CPU attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``), which we map to
 torch's own SDPA formula so that attention's q.k and attn.v products are counted on every device.
 Elementwise work (LayerNorm, softmax, GELU, residual adds) is not counted, as in fvcore.
-Parameters are counted on the IR (:meth:`vitshrink.ir.ViTIR.num_params`).
+Parameters are counted on the IR (:meth:`vitshrink.ir.vit.ViTIR.num_params`, :meth:`vitshrink.ir.swin.SwinIR.num_params`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ONNX export of a :class:`~vitshrink.codegen.PrunedViT` and its verification.
+"""ONNX export of a generated model (:class:`~vitshrink.codegen.layers.PrunedModel`) and its check in ONNX Runtime.
 
 One self-contained file (weights inside, no external data), input ``images`` [batch, C, H, W] with a
 dynamic batch axis, output ``logits`` [batch, num_classes], opset 20 (native Gelu), exported by torch's
@@ -13,10 +13,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
 from .errors import VerificationError
+from .passes.onnx_cleanup import cleanup
+from .runtime.ort import OrtRunner
 
 OPSET = 20
 INPUT_NAME = "images"
@@ -29,10 +32,6 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     Raises:
         VerificationError: the exporter failed or the file fails ``onnx.checker``.
     """
-    import onnx
-
-    from vitshrink.passes.onnx_cleanup import cleanup
-
     path = Path(path)
     example = torch.zeros((2, *input_shape))
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -58,7 +57,5 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
 
 def onnx_max_abs_diff(onnx_path: str | Path, images: torch.Tensor, expected: torch.Tensor, threads: int = 2) -> float:
     """max |ONNX Runtime(images) - expected| over the logits (fp32, CPU); ``expected`` = torch's logits."""
-    from vitshrink.runtime.ort import OrtRunner
-
     got = OrtRunner(onnx_path, threads=threads).run(images.numpy())
     return float(np.abs(got - expected.numpy()).max())

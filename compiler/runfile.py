@@ -6,7 +6,7 @@ File format (paths relative to the file)::
     [defaults]                  # any entry field; entries override
     batch = [1, 8]
     bench_seconds = 5
-    [defaults.gate]             # thresholds as in `vitshrink check` (vitshrink.gate.THRESHOLDS)
+    [defaults.gate]             # thresholds as in `vitshrink check` (vitshrink.gate.thresholds.THRESHOLDS)
     min_speedup = 1.3
 
     [[entry]]
@@ -26,6 +26,8 @@ the driver. Exit code of the run: the worst entry, in the order 1 (verification 
 """
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import tempfile
 import time
@@ -33,6 +35,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import VitshrinkError
+from .gate.evaluate import evaluate, passed
+from .gate.retime import retimer
+from .gate.thresholds import gate_from_mapping, read_toml
+from .pipeline.job import compile_model
+from .pipeline.options import CompileOptions
+from .report.io import read_report, report_dir
+from .runtime.engines import parse_engines
 
 ENTRY_FIELDS = {
     "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
@@ -49,8 +58,6 @@ def read_runfile(path: str | Path) -> list[dict]:
         VitshrinkError: unreadable / not TOML, no entries, an unknown or missing field, a duplicate
             name, an engine not built in -- naming the entry and the field.
     """
-    from .gate import gate_from_mapping, read_toml
-
     p = Path(path)
     doc = read_toml(p, "run file")
     unknown = set(doc) - {"defaults", "entry"}
@@ -79,8 +86,6 @@ def read_runfile(path: str | Path) -> list[dict]:
         for k in PATH_FIELDS:
             if entry.get(k) is not None:
                 entry[k] = str((p.parent / entry[k]).resolve())
-        from vitshrink.runtime.engines import parse_engines
-
         try:
             entry["engines"] = list(parse_engines(entry.get("engines", ["ort"])))
         except ValueError as e:
@@ -90,9 +95,7 @@ def read_runfile(path: str | Path) -> list[dict]:
     return entries
 
 
-def _options(entry: dict, trust_pickle: bool):
-    from .pipeline import CompileOptions
-
+def _options(entry: dict, trust_pickle: bool) -> CompileOptions:
     kw = {k: entry[k] for k in ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout",
                                 "token_layout", "tolerance", "dense_checkpoint", "import_options", "engines") if k in entry}
     if "from" in entry:
@@ -104,11 +107,6 @@ def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
     """Compile and gate one entry (locally or inside a Ray task). Never raises for the entry's own
     failures: returns ``{"name", "exit_code", "error", "report", "checks", "files": {name: bytes}, "seconds",
     "host"}`` -- ``files`` the output directory's files, for the driver to write."""
-    import platform
-
-    from .gate import evaluate, gate_from_mapping, passed
-    from .pipeline import compile_model
-
     t0 = time.time()
     out = {"name": entry["name"], "exit_code": 0, "error": None, "report": None, "checks": [], "files": {},
            "host": platform.node()}
@@ -118,15 +116,8 @@ def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
         out["report"] = report
         gate = gate_from_mapping(entry.get("gate", {}), f"entry '{entry['name']}' [gate]")
         if gate:
-            baseline = None
-            if entry.get("baseline"):
-                from .cli_gate import read_report
-
-                baseline = read_report(entry["baseline"])
-            from .cli_gate import _dir
-            from .gate_retime import retimer
-
-            retime = retimer(tmp / "out", _dir(entry.get("baseline")))
+            baseline = read_report(entry["baseline"]) if entry.get("baseline") else None
+            retime = retimer(tmp / "out", report_dir(entry.get("baseline")))
             checks = evaluate(report, gate, baseline, retime=retime)
             out["checks"] = [c.__dict__ for c in checks]
             if not passed(checks):
@@ -182,15 +173,13 @@ def run_all(entries: list[dict], out_dir: str | Path, trust_pickle: bool = False
 
 def _run_on_ray(entries, trust_pickle, address, keep, on_start) -> None:
     try:
-        import ray
+        import ray  # lazy: optional ([ray] extra) and heavy, only for --ray
     except ImportError:
         raise VitshrinkError("--ray needs Ray: pip install 'vitshrink[ray]'") from None
     targets = sorted({e["target"] for e in entries if e.get("target")})
     started = False
     if not ray.is_initialized():
         if address == "local":
-            import os
-
             ray.init(num_cpus=os.cpu_count(), resources={f"target:{t}": 1 for t in targets}, include_dashboard=False,
                      log_to_driver=False, logging_level="WARNING")
         else:

@@ -1,7 +1,7 @@
 """Layout passes: IR -> IR, exact, no structure removed; they make irregular widths fast to run.
 
 After VTC-LFC-style channel pruning every head of a block can have its own q/k and v width. Run
-head by head that is many tiny matmuls. Two exact remedies (DESIGN.md "Passes"):
+head by head that is many tiny matmuls. Two exact remedies (docs/architecture.md, "Passes and exactness"):
 
 - :func:`group_heads`: reorder heads so that heads of equal (q/k, v) width are adjacent; codegen
   then runs each group as one batched attention.
@@ -10,18 +10,18 @@ head by head that is many tiny matmuls. Two exact remedies (DESIGN.md "Passes"):
   q.k dot product, a zero v channel yields a zero output column that meets a zero proj column:
   the logits do not change, but the block becomes one regular multi-head attention.
 
-Padded units carry id -1 (:data:`vitshrink.ir.PAD`).
+Padded units carry id -1 (:data:`vitshrink.ir.nodes.PAD`). Both apply to any family's ``blocks``.
 """
 from __future__ import annotations
 
 import torch
 
-from vitshrink.ir import PAD, AttentionIR, BlockIR, ViTIR, replace
+from vitshrink.ir.nodes import PAD, AttentionIR, BlockIR, replace
 
 from .structural import select_attention
 
 
-def group_heads(ir: ViTIR) -> ViTIR:
+def group_heads(ir):
     """Order heads of every block by (q/k width, v width), widest first (stable)."""
 
     def fn(b: BlockIR) -> BlockIR:
@@ -73,7 +73,7 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def pad_heads(ir: ViTIR, multiple: int = 1) -> ViTIR:
+def pad_heads(ir, multiple: int = 1):
     """Pad the heads of every block with irregular widths to the block's widest head (q/k and v
     separately), rounded up to ``multiple``. Blocks whose heads are already uniform are unchanged."""
 

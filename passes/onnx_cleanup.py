@@ -6,6 +6,8 @@ Exact: no arithmetic changes beyond evaluating constant sub-graphs once at compi
 from __future__ import annotations
 
 import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 
 def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -16,9 +18,6 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     Returns:
         The cleaned model (a new ModelProto; opset and IR version kept).
     """
-    import onnx_graphsurgeon as gs
-    from onnx_graphsurgeon.logger import G_LOGGER
-
     graph = gs.import_onnx(model)
     severity = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR  # folding large constants (Swin's bias + mask) is intended

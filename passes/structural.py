@@ -1,28 +1,21 @@
-"""Structural passes: IR -> IR, each removing one kind of structure physically.
+"""Structural passes every family shares: IR -> IR, each removing one kind of structure from the blocks
+physically (heads, q/k and v channels, MLP neurons, whole blocks, a block's residual channels).
+Family-level ones (the ViT embedding and early exit, Swin's stage channels) are in :mod:`.vit` and
+:mod:`.swin`; both families' ``blocks`` are sequences of :class:`~vitshrink.ir.nodes.BlockIR`.
 
 Every pass takes masks in *original* model coordinates (bool, True = keep) and maps them through the
 IR's ids, so passes compose in any order. Each is exact: the smaller model computes the same logits
 as the dense model with the masks applied as zeros (heads, channels, neurons), as identity (blocks),
 or as a truncation (early exit); ``tests/test_exactness.py`` proves it against
-:mod:`vitshrink.reference` on random masks.
+the families' masked references on random masks.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from torch import Tensor
 
-from vitshrink.ir import (
-    PAD,
-    AttentionIR,
-    BlockIR,
-    ClassifierIR,
-    LayerNormIR,
-    ViTIR,
-    cols,
-    replace,
-    rows,
-)
+from vitshrink.ir.nodes import PAD, AttentionIR, BlockIR, LayerNormIR, cols, replace, rows
 
 
 def _offsets(dims: Sequence[int]) -> list[int]:
@@ -58,18 +51,18 @@ def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int],
     )
 
 
-def _keep(ids: Iterable[int], mask: Tensor) -> list[int]:
+def keep_positions(ids: Iterable[int], mask: Tensor) -> list[int]:
     """Positions whose original id is kept by ``mask`` (padding, id -1, is always kept)."""
     return [p for p, i in enumerate(ids) if i == PAD or bool(mask[i])]
 
 
-def _map_blocks(ir: ViTIR, fn, masks: Mapping[int, object]) -> ViTIR:
+def _map_blocks(ir, fn, masks: Mapping[int, object]):
     if not masks:
         return ir
     return replace(ir, blocks=tuple(fn(b, masks[b.source_index]) if b.source_index in masks else b for b in ir.blocks))
 
 
-def prune_head_channels(ir: ViTIR, qk: Mapping[int, Tensor], v: Mapping[int, Tensor]) -> ViTIR:
+def prune_head_channels(ir, qk: Mapping[int, Tensor], v: Mapping[int, Tensor]):
     """Remove q/k and v channels per head (VTC-LFC, Wang et al. NeurIPS 2022, channel pruning by LFS).
 
     Args:
@@ -87,8 +80,8 @@ def prune_head_channels(ir: ViTIR, qk: Mapping[int, Tensor], v: Mapping[int, Ten
         a = b.attn
         plan = []
         for h, hid in enumerate(a.head_ids):
-            qk_pos = _keep(a.qk_ids[h], qk[b.source_index][hid]) if b.source_index in qk else list(range(a.qk_dims[h]))
-            v_pos = _keep(a.v_ids[h], v[b.source_index][hid]) if b.source_index in v else list(range(a.v_dims[h]))
+            qk_pos = keep_positions(a.qk_ids[h], qk[b.source_index][hid]) if b.source_index in qk else list(range(a.qk_dims[h]))
+            v_pos = keep_positions(a.v_ids[h], v[b.source_index][hid]) if b.source_index in v else list(range(a.v_dims[h]))
             if not v_pos:
                 continue
             if not qk_pos:
@@ -99,25 +92,25 @@ def prune_head_channels(ir: ViTIR, qk: Mapping[int, Tensor], v: Mapping[int, Ten
     return _map_blocks(ir, fn, {i: None for i in blocks})
 
 
-def prune_heads(ir: ViTIR, heads: Mapping[int, Tensor]) -> ViTIR:
+def prune_heads(ir, heads: Mapping[int, Tensor]):
     """Remove whole attention heads (WDPruning, S2ViTE, SAViT): the head's q, k, v rows and its proj
     input columns. ``heads``: source block -> [H] bool."""
 
     def fn(b: BlockIR, mask: Tensor):
         a = b.attn
-        plan = [(h, range(a.qk_dims[h]), range(a.v_dims[h])) for h in _keep(a.head_ids, mask)]
+        plan = [(h, range(a.qk_dims[h]), range(a.v_dims[h])) for h in keep_positions(a.head_ids, mask)]
         return replace(b, attn=select_attention(a, plan))
 
     return _map_blocks(ir, fn, heads)
 
 
-def prune_mlp(ir: ViTIR, mlp: Mapping[int, Tensor]) -> ViTIR:
+def prune_mlp(ir, mlp: Mapping[int, Tensor]):
     """Remove MLP hidden neurons (all width methods; S2ViTE ranks by fc1-row L1): fc1 output rows and
     fc2 input columns. Exact because GELU(0) = 0 for a zeroed neuron. ``mlp``: source block -> [hidden] bool."""
 
     def fn(b: BlockIR, mask: Tensor):
         m = b.mlp
-        keep = _keep(m.hidden_ids, mask)
+        keep = keep_positions(m.hidden_ids, mask)
         return replace(b, mlp=replace(
             m, hidden_ids=tuple(m.hidden_ids[p] for p in keep),
             fc1_weight=rows(m.fc1_weight, keep), fc1_bias=rows(m.fc1_bias, keep),
@@ -127,29 +120,9 @@ def prune_mlp(ir: ViTIR, mlp: Mapping[int, Tensor]) -> ViTIR:
     return _map_blocks(ir, fn, mlp)
 
 
-def _ln(p: LayerNormIR, keep: list[int]) -> LayerNormIR:
+def layer_norm_keep(p: LayerNormIR, keep: list[int]) -> LayerNormIR:
+    """The LayerNorm over the channels at positions ``keep`` only."""
     return replace(p, weight=rows(p.weight, keep), bias=rows(p.bias, keep))
-
-
-def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
-    """Remove residual-stream channels everywhere (SAViT, Zheng et al. NeurIPS 2022, embedding mask).
-
-    Shrinks the patch embedding, prefix tokens, position embedding, every LayerNorm (which then
-    normalises over the kept channels only -- the reference semantics of SAViT), the inputs of
-    q/k/v and fc1, the outputs of proj and fc2, and the classifier inputs. ``embed``: [D] bool.
-    """
-    keep = _keep(ir.embed_ids, embed)
-    return replace(
-        ir,
-        embed_ids=tuple(ir.embed_ids[p] for p in keep),
-        patch_weight=rows(ir.patch_weight, keep), patch_bias=rows(ir.patch_bias, keep),
-        prefix=tuple(replace(t, value=rows(t.value, keep)) for t in ir.prefix),
-        pos_embed=cols(ir.pos_embed, keep),
-        blocks=tuple(embed_block(b, keep) for b in ir.blocks),
-        norm=None if ir.norm is None else _ln(ir.norm, keep),
-        fc_norm=None if ir.fc_norm is None else _ln(ir.fc_norm, keep),
-        heads=tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
-    )
 
 
 def embed_block(b: BlockIR, keep: list[int]) -> BlockIR:
@@ -166,39 +139,15 @@ def embed_block(b: BlockIR, keep: list[int]) -> BlockIR:
     if select is not None and select.predictor is not None:  # a token scorer reads the residual stream
         pr = select.predictor
         (w0, b0), *rest = pr.layers
-        pr = replace(pr, norm=None if pr.norm is None else _ln(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
+        pr = replace(pr, norm=None if pr.norm is None else layer_norm_keep(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
         select = replace(select, predictor=pr)
-    return replace(b, norm1=_ln(b.norm1, keep), attn=attn, norm2=_ln(b.norm2, keep), mlp=mlp, select=select)
+    return replace(b, norm1=layer_norm_keep(b.norm1, keep), attn=attn, norm2=layer_norm_keep(b.norm2, keep), mlp=mlp, select=select)
 
 
-def remove_blocks(ir: ViTIR, removed: Iterable[int]) -> ViTIR:
+def remove_blocks(ir, removed: Iterable[int]):
     """Remove whole blocks (given by source index): the residual stream passes through unchanged,
     i.e. the block acts as the identity (WDPruning depth pruning without a classifier change)."""
     removed = set(removed)
     if not removed:
         return ir
     return replace(ir, blocks=tuple(b for b in ir.blocks if b.source_index not in removed))
-
-
-def early_exit(
-    ir: ViTIR,
-    block: int,
-    norm: Optional[LayerNormIR] = None,
-    heads: Optional[Mapping[str, tuple[Tensor, Optional[Tensor]]]] = None,
-) -> ViTIR:
-    """End the model after source block ``block`` (WDPruning, Yu et al. AAAI 2022: shallow classifier).
-
-    Every later block is dropped; the class (and distillation) token is normalised with ``norm`` and
-    classified with ``heads[name] = (weight [C, D_orig], bias [C])``. Both are given in original
-    coordinates (full embed_dim) and mapped through ``ir.embed_ids``; None keeps the current ones.
-    """
-    blocks = tuple(b for b in ir.blocks if b.source_index <= block)
-    ids = list(ir.embed_ids)
-    new_norm = ir.norm if norm is None else replace(norm, weight=rows(norm.weight, ids), bias=rows(norm.bias, ids))
-    new_heads = []
-    for h in ir.heads:
-        if heads and h.name in heads:
-            w, b = heads[h.name]
-            h = ClassifierIR(h.name, h.token, cols(w, ids), None if b is None else b.clone())
-        new_heads.append(h)
-    return replace(ir, blocks=blocks, norm=new_norm, heads=tuple(new_heads), exit_after=block)

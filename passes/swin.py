@@ -1,17 +1,22 @@
-"""Swin passes: the per-stage residual channels (``layers.{s}.embed``); and :func:`apply_swin_spec`.
+"""Swin passes: the per-stage residual channels (``layers.{s}.embed``), every pass a Swin spec asks
+for (:func:`apply_spec`) and the head layout (:func:`lay_out`).
 
-Heads, q/k/v channels, MLP neurons and block removal on Swin are the ViT passes of
-:mod:`.structural`, unchanged: a :class:`~vitshrink.ir_swin.SwinIR` keeps its blocks flattened, and
+Heads, q/k/v channels, MLP neurons and block removal on Swin are the shared passes of
+:mod:`.structural`, unchanged: a :class:`~vitshrink.ir.swin.SwinIR` keeps its blocks flattened, and
 :func:`~.structural.select_attention` carries each head's relative-position bias with it.
 """
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 from torch import Tensor
 
-from vitshrink.ir import cols, replace, rows
-from vitshrink.ir_swin import SwinIR
+from vitshrink.ir.nodes import cols, replace, rows
+from vitshrink.ir.swin import SwinIR
+from vitshrink.spec.resolved import ResolvedSpec
 
-from .structural import _keep, _ln, embed_block, prune_head_channels, prune_heads, prune_mlp, remove_blocks
+from . import layout
+from .structural import embed_block, keep_positions, layer_norm_keep, prune_head_channels, prune_heads, prune_mlp, remove_blocks
 
 
 def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
@@ -21,18 +26,18 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
     ``reduction`` rows otherwise), every block of the stage (as :func:`~.structural.embed_block`), and
     the consumer: the next patch merging's LayerNorm and ``reduction`` columns at the four copies of
     each channel (c, C+c, 2C+c, 3C+c), or the final LayerNorm and the classifier. LayerNorms then
-    normalise over the kept channels only (the reference semantics, DESIGN.md).
+    normalise over the kept channels only (the reference semantics, docs/architecture.md).
 
     Args:
         stage: stage index s; ``embed``: [C_s] bool in original channel coordinates.
     """
     st = ir.stages[stage]
-    keep = _keep(st.embed_ids, embed)
+    keep = keep_positions(st.embed_ids, embed)
     C = st.dim
     changes: dict = {}
     if stage == 0:
         changes.update(patch_weight=rows(ir.patch_weight, keep), patch_bias=rows(ir.patch_bias, keep),
-                       patch_norm=_ln(ir.patch_norm, keep))
+                       patch_norm=layer_norm_keep(ir.patch_norm, keep))
     stages = list(ir.stages)
     if st.merge is not None:
         m = st.merge
@@ -43,16 +48,17 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
         nxt = stages[stage + 1]
         keep4 = [k * C + p for k in range(4) for p in keep]
         m = nxt.merge
-        stages[stage + 1] = replace(nxt, merge=replace(m, norm=_ln(m.norm, keep4), reduction_weight=cols(m.reduction_weight, keep4)))
+        stages[stage + 1] = replace(nxt, merge=replace(m, norm=layer_norm_keep(m.norm, keep4), reduction_weight=cols(m.reduction_weight, keep4)))
     else:
-        changes.update(norm=_ln(ir.norm, keep), head=replace(ir.head, weight=cols(ir.head.weight, keep)))
+        changes.update(norm=layer_norm_keep(ir.norm, keep), head=replace(ir.head, weight=cols(ir.head.weight, keep)))
     ids = set(st.block_ids)
     blocks = tuple(embed_block(b, keep) if b.source_index in ids else b for b in ir.blocks)
     return replace(ir, stages=tuple(stages), blocks=blocks, **changes)
 
 
-def apply_swin_spec(ir: SwinIR, spec) -> SwinIR:
-    """Every pass a resolved Swin spec asks for (heads, q/k/v channels, MLP, blocks, stage channels)."""
+def apply_spec(ir: SwinIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> SwinIR:
+    """Every pass a resolved Swin spec asks for (heads, q/k/v channels, MLP, blocks, stage channels);
+    ``tensors`` is unused (Swin specs read nothing else from the checkpoint)."""
     ir = prune_head_channels(ir, spec.qk, spec.v)
     ir = prune_heads(ir, spec.heads)
     ir = prune_mlp(ir, spec.mlp)
@@ -60,3 +66,9 @@ def apply_swin_spec(ir: SwinIR, spec) -> SwinIR:
     for s, mask in sorted(spec.stage_embed.items()):
         ir = prune_stage_embed(ir, s, mask)
     return ir
+
+
+def lay_out(ir: SwinIR, heads: str = "pad", token_layout: str = "prefix") -> SwinIR:
+    """The exact head layout before codegen: irregular heads padded (``"pad"``) or grouped by width
+    (``"group"``); ``token_layout`` has nothing to lay out (Swin keeps every token)."""
+    return layout.pad_heads(ir) if heads == "pad" else layout.group_heads(ir)

@@ -7,7 +7,7 @@
   slices (``x[:, :n]``) instead of gathering and scattering.
 
 Semantics (and the masked dense reference they are tested against) are in
-:mod:`vitshrink.reference`.
+:mod:`vitshrink.reference.vit`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from vitshrink.ir import LayerNormIR, PredictorIR, TokenSelectIR, ViTIR, cols, replace
-from vitshrink.spec import DynamicRule, PredictorSetting
+from vitshrink.ir.nodes import LayerNormIR, PredictorIR, TokenSelectIR, cols, replace
+from vitshrink.ir.vit import ViTIR
+from vitshrink.spec.resolved import DynamicRule, PredictorSetting
 
 
 def static_tokens(ir: ViTIR, masks: Mapping[int, Tensor], mode: str = "drop") -> ViTIR:

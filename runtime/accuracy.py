@@ -10,6 +10,9 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
+from PIL import Image
+
+from vitshrink.compat import ensure_timm_importable
 from vitshrink.errors import VitshrinkError
 
 from .base import Runner
@@ -36,10 +39,8 @@ def list_images(root: str | Path, num_classes: int) -> list[tuple[Path, int]]:
     label_of: dict[str, int]
     wnids = None
     if num_classes == 1000:
-        from vitshrink._torchvision_shim import ensure_timm_importable
-
         ensure_timm_importable()
-        from timm.data import ImageNetInfo
+        from timm.data import ImageNetInfo  # lazy: timm is heavy and imports only after the compat shim
 
         wnids = {w: i for i, w in enumerate(ImageNetInfo().label_names())}
     if wnids is not None and all(c in wnids for c in classes):
@@ -74,8 +75,6 @@ def evaluate(
     Raises:
         VitshrinkError: see :func:`list_images`; an image that cannot be decoded is named.
     """
-    from PIL import Image
-
     items = list_images(data, num_classes)[:limit]
     names = list(runners)
     top1 = {n: 0 for n in names}

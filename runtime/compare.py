@@ -5,7 +5,7 @@ vitshrink :class:`~vitshrink.runtime.base.Runner` is wrapped in polygraphy's ``B
 (:class:`AsPolygraphyRunner`: feed ``{"images": [B, C, H, W]}`` -> ``{"logits": [B, classes]}``), and
 torch's logits, computed once by the compile, are replayed by :class:`TorchLogits`. ``Comparator.run``
 then runs them on the verification images and ``Comparator.compare_accuracy`` with
-``CompareFunc.simple(atol=tolerance, rtol=0)`` decides: every logit within ``tolerance`` of torch's.
+``SimpleCompareFunc(atol=tolerance, rtol=0)`` decides: every logit within ``tolerance`` of torch's.
 """
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import Comparator, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
 
 INPUT, OUTPUT = "images", "logits"
 
 
 def make_adapters():
-    """The two polygraphy runner classes (built lazily: polygraphy is imported only when used)."""
-    from polygraphy.backend.base import BaseRunner
-    from polygraphy.common import TensorMetadata
-
+    """The two polygraphy runner classes: a vitshrink runner as a polygraphy runner, torch's logits replayed."""
     class AsPolygraphyRunner(BaseRunner):
         """A vitshrink runner (made by ``make`` on activation, released on deactivation) as a polygraphy runner."""
 
@@ -79,16 +80,13 @@ def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndar
         engine's logits as a numpy array; ``passed``: polygraphy's verdict at ``atol=tolerance, rtol=0``;
         ``precision``: what the runner reports running at, or None).
     """
-    from polygraphy.comparator import Comparator, CompareFunc
-    from polygraphy.logger import G_LOGGER
-
     AsPolygraphyRunner, TorchLogits = make_adapters()
     severity = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # the compile prints its own lines (and fails by name)
     try:
         ref, eng = TorchLogits(torch_logits, images.shape[1:]), AsPolygraphyRunner(make, name, images.shape[1:])
         results = Comparator.run([ref, eng], data_loader=[{INPUT: images}])
-        accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=tolerance, rtol=0.0))
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=tolerance, rtol=0.0))
     finally:
         G_LOGGER.module_severity = severity
     (result,) = list(accuracy)  # one comparison function -> one AccuracyResult: {(ref, engine): [iterations]}

@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
+
+from .latency import MIN_ROUNDS, LatencyResult, measure_onnx
+from .native_runner import NativeRunner, ensure_runner, native_status, run_native
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ def parse_engines(value: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _cuda() -> Optional[str]:
-    import torch
+    import torch  # lazy: the engine names (CLI options) need no torch
 
     return None if torch.cuda.is_available() else "no CUDA device is visible on this machine"
 
@@ -84,25 +89,23 @@ def status(name: str) -> Optional[str]:
     if name == "ort":
         return None
     if name == "openvino":
-        from .openvino_runner import openvino_status
+        from .openvino_runner import openvino_status  # lazy: openvino is optional ([engines] extra)
 
         return openvino_status()
     if name == "native":
-        from .native_runner import native_status
-
         return native_status()
     if name == "torch":
         return None
     if name.startswith("torch-cuda"):
         return _cuda()
     if name == "ort-cuda":
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: as torch above
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu on a GPU machine)"
         return _cuda()
     if name == "tensorrt":
-        from .tensorrt import tensorrt_status
+        from .tensorrt import tensorrt_status  # lazy: tensorrt is optional (GPU machines only)
 
         return tensorrt_status()
     raise ValueError(f"unknown engine {name!r}")
@@ -114,11 +117,8 @@ def version(name: str) -> Optional[str]:
            "tensorrt": "tensorrt"}.get(name, "torch")
     if importlib.util.find_spec(pkg) is None:
         return None
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as v
-
     try:
-        return v(pkg)
+        return package_version(pkg)
     except PackageNotFoundError:  # pragma: no cover
         return None
 
@@ -134,30 +134,23 @@ def make_runner(name: str, artifact: str | Path, threads: int, shared_pool: bool
     if reason:
         raise RuntimeError(f"engine {name}: {reason}")
     if name in ("ort", "ort-cuda"):
-        from .ort import OrtRunner
+        from .ort import OrtRunner  # lazy: each engine's runtime loads only when that engine runs
 
         providers = ["CUDAExecutionProvider"] if name == "ort-cuda" else None
         return OrtRunner(artifact, threads=threads, providers=providers, allow_spinning=shared_pool, global_pool=shared_pool)
     if name == "openvino":
-        from .openvino_runner import OpenVinoRunner
+        from .openvino_runner import OpenVinoRunner  # lazy: openvino is optional ([engines] extra)
 
         return OpenVinoRunner(artifact, threads=threads)
     if name == "native":
-        from .native_runner import NativeRunner
-
         return NativeRunner(artifact, threads=threads)
     if name == "tensorrt":
         raise RuntimeError("engine tensorrt is built and run by --trt (polygraphy)")
-    import torch
-
-    from vitshrink.codegen import load
-
-    from .torch_runner import CudaGraphRunner, TorchRunner
+    from .torch_runner import module_runner  # lazy: each engine's runtime loads only when that engine runs
 
     spec = ENGINES[name]
-    dtype = torch.float16 if spec.precision == "fp16" else torch.float32
-    cls = CudaGraphRunner if name == "torch-cuda-graph" else TorchRunner
-    return cls(load(artifact), device=spec.device, dtype=dtype, threads=threads if spec.device == "cpu" else None)
+    return module_runner(artifact, device=spec.device, precision=spec.precision, graph=name == "torch-cuda-graph",
+                         threads=threads if spec.device == "cpu" else None)
 
 
 def measure(name: str, artifacts: Mapping[str, str | Path], batches: Sequence[int], threads: int,
@@ -170,13 +163,9 @@ def measure(name: str, artifacts: Mapping[str, str | Path], batches: Sequence[in
     the binary (the run count is chosen from a short first call so the budget is met). Every other
     engine: :func:`vitshrink.runtime.latency.measure_onnx` with this engine in its worker.
     """
-    from .latency import MIN_ROUNDS, LatencyResult, measure_onnx
-
     if name != "native":
         return measure_onnx(artifacts, batches, threads, input_shape, budget_s=budget_s, extend_s=extend_s,
                             progress=progress, engine=name)
-    from .native_runner import ensure_runner, run_native
-
     binary, names = ensure_runner(), list(artifacts)
     out = {}
     for b in batches:

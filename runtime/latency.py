@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
+from scipy.stats import bootstrap
 
 from .base import Runner
 
@@ -69,8 +70,6 @@ def stability(res: LatencyResult, num: str = "dense", den: str = "pruned", seed:
     Returns:
         ``{"verdict": "stable"|"noisy", "reasons": [str], "rounds": int, "speedup_ci95": [lo, hi]}``.
     """
-    from scipy.stats import bootstrap
-
     ratios = np.asarray(res.ms[num]) / np.asarray(res.ms[den])
     paired = float(np.median(ratios))
     n = len(ratios)

@@ -15,6 +15,10 @@ from __future__ import annotations
 import json
 import sys
 
+from .engines import make_runner
+from .latency import measure_interleaved, stability
+from .ort import use_global_thread_pool
+
 
 def _send(*msg) -> None:
     sys.stdout.write(json.dumps(msg) + "\n")
@@ -23,10 +27,6 @@ def _send(*msg) -> None:
 
 def run(job: dict) -> None:
     """Time the job's ONNX files (see the module docstring); every event goes to stdout."""
-    from .engines import make_runner
-    from .latency import measure_interleaved, stability
-    from .ort import use_global_thread_pool
-
     threads, engine = int(job["threads"]), job.get("engine", "ort")
     if engine in ("ort", "ort-cuda"):
         shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin

@@ -27,7 +27,7 @@ def default_build_dir() -> Path:
 def openvino_cmake_dir() -> Optional[Path]:
     """The wheel's folder holding OpenVINOConfig.cmake, or None without the ``openvino`` package."""
     try:
-        import openvino
+        import openvino  # lazy: optional ([engines] extra)
     except ImportError:
         return None
     d = Path(openvino.__file__).resolve().parent / "cmake"

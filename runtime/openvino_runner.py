@@ -12,7 +12,7 @@ from .base import Runner
 def openvino_status() -> Optional[str]:
     """None when OpenVINO can run here, else why not."""
     try:
-        import openvino  # noqa: F401
+        import openvino  # noqa: F401  (lazy: optional, [engines] extra)
     except ImportError:
         return "openvino is not installed (pip install 'vitshrink[engines]')"
     return None
@@ -37,7 +37,7 @@ class OpenVinoRunner(Runner):
         reason = openvino_status()
         if reason:
             raise RuntimeError(reason)
-        import openvino as ov
+        import openvino as ov  # lazy: optional ([engines] extra)
 
         core = ov.Core()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {

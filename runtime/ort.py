@@ -5,6 +5,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import _pybind_state
 
 from .base import Runner
 
@@ -37,8 +39,6 @@ class OrtRunner(Runner):
         allow_spinning: bool = False,
         global_pool: bool = False,
     ):
-        import onnxruntime as ort
-
         providers = list(providers or ["CPUExecutionProvider"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
@@ -71,9 +71,6 @@ def use_global_thread_pool(threads: int) -> bool:
     (:func:`vitshrink.runtime.latency.measure_onnx`). Uses onnxruntime's pybind entry point
     ``set_global_thread_pool_sizes`` (the Python face of the C API's global thread pools).
     """
-    import onnxruntime as ort
-    from onnxruntime.capi import _pybind_state
-
     setter = getattr(_pybind_state, "set_global_thread_pool_sizes", None)
     if setter is None:
         return False

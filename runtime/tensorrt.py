@@ -20,7 +20,7 @@ def tensorrt_status() -> Optional[str]:
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt is not installed (its Python package needs an NVIDIA GPU machine)"
     try:
-        import torch
+        import torch  # lazy: only asked when tensorrt is installed
 
         if not torch.cuda.is_available():
             return "no CUDA device is visible"
@@ -50,7 +50,7 @@ def build_engine(
     reason = tensorrt_status()
     if reason:
         raise RuntimeError(f"TensorRT engine not built: {reason}")
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine  # lazy: needs tensorrt
 
     lo, opt, hi = batches
     profile = Profile().add(input_name, (lo, *input_shape), (opt, *input_shape), (hi, *input_shape))
@@ -58,7 +58,7 @@ def build_engine(
     config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=cache)
     engine = EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config, save_timing_cache=cache)
     SaveEngine(engine, str(engine_path))()
-    import tensorrt as trt
+    import tensorrt as trt  # lazy: optional (GPU machines only)
 
     meta = {"onnx": Path(onnx_path).name, "tensorrt": trt.__version__, "fp16": fp16,
             "profile": {"input": input_name, "min": lo, "opt": opt, "max": hi, "shape": list(input_shape)}}
@@ -76,11 +76,11 @@ class TrtRunner(Runner):
         reason = tensorrt_status()
         if reason:
             raise RuntimeError(f"TensorRT runner unavailable: {reason}")
-        from polygraphy.backend.trt import EngineFromPath
-        from polygraphy.backend.trt import TrtRunner as _PgRunner
+        from polygraphy.backend.trt import EngineFromPath  # lazy: needs tensorrt
+        from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner  # lazy: needs tensorrt
 
         self.input_name = input_name
-        self._runner = _PgRunner(EngineFromPath(str(engine_path)))
+        self._runner = PolygraphyTrtRunner(EngineFromPath(str(engine_path)))
         self._runner.activate()
 
     def run(self, images: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitshrink.codegen.checkpoint import load
+
 from .base import Runner
 
 
@@ -90,3 +92,12 @@ class CudaGraphRunner(TorchRunner):
         g.replay()
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1e3
+
+
+def module_runner(directory, device: str = "cpu", precision: str = "fp32", graph: bool = False,
+                  threads: int | None = None) -> TorchRunner:
+    """A runner over a saved generated module (:func:`vitshrink.codegen.load`): eager, or replayed as a
+    CUDA graph; ``precision`` ``"fp32"`` or ``"fp16"``."""
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    cls = CudaGraphRunner if graph else TorchRunner
+    return cls(load(directory), device=device, dtype=dtype, threads=threads)

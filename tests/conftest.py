@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from vitshrink._torchvision_shim import ensure_timm_importable
+from vitshrink.compat import ensure_timm_importable
 
 ensure_timm_importable()
 warnings.filterwarnings("ignore", category=UserWarning)

@@ -65,7 +65,7 @@ def test_example_runs(tmp_path):
 
 def test_public_api_is_explicit():
     import vitshrink
-    from vitshrink import CompileOptions, VerificationError, VitshrinkError, compile_model, load  # noqa: F401
+    from vitshrink import compile_model, CompileOptions, load, VerificationError, VitshrinkError  # noqa: F401
 
     assert set(vitshrink.__all__) <= set(dir(vitshrink))
     for name in ("compile_model", "CompileOptions", "load", "load_spec", "save_spec", "Spec", "VitshrinkError"):
@@ -77,7 +77,7 @@ def test_public_api_is_explicit():
 
 def test_keyword_options_mirror_the_cli(tmp_path):
     import vitshrink
-    from vitshrink.pipeline import _options
+    from vitshrink.pipeline.options import with_overrides as _options
 
     opt = _options(None, {"batch": 8, "threads": [1, 2], "limit": 10, "checkpoint": tmp_path / "w.pth"})
     assert opt.batch == (8,) and opt.threads == (1, 2) and opt.limit == 10 and opt.checkpoint == str(tmp_path / "w.pth")

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from conftest import images
 from test_exactness import specs, timm_zeroable_specs, zeroed_timm
 from test_seed_formats import deployed_anchor
-from vitshrink.codegen import build_module
-from vitshrink.passes import apply_spec, pad_heads, prune_embed, prune_head_channels, prune_heads, prune_mlp, remove_blocks
-from vitshrink.reference import reference_forward
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.families import build_module
+from vitshrink.families import apply_spec
+from vitshrink.passes import pad_heads, prune_embed, prune_head_channels, prune_heads, prune_mlp, remove_blocks
+from vitshrink.families import reference_forward
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 TOL = 1e-4
 FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -180,7 +182,7 @@ def test_evit_keep_and_fuse_against_timm_with_hooks():
     weighting) on real DeiT-Tiny weights and real images, against timm run by hand with the
     paper's formula -- 70% kept at blocks 3, 6 and 9 as in the paper's DeiT setting."""
     from conftest import DEIT_TINY_CKPT, require_shared
-    from vitshrink.frontends.timm import import_model
+    from vitshrink.families import import_model
 
     require_shared()
     model, ir, _ = import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from vitshrink.codegen import build_module
+from vitshrink.families import build_module
 from vitshrink.counting import count_macs
 from vitshrink.frontends.timm import create_model, from_timm
-from vitshrink.passes import apply_spec
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.families import apply_spec
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 
 def vit_macs(D, N, blocks, patch_macs, classes, heads_out=1):

@@ -24,11 +24,13 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory):
     """A pruned small ViT exported to ONNX, with torch's logits on 3 images."""
-    from vitshrink.codegen import build_module
+    from vitshrink.families import build_module
     from vitshrink.export import export_onnx
     from vitshrink.frontends.timm import from_timm
-    from vitshrink.passes import apply_spec, pad_heads
-    from vitshrink.spec import Spec, resolve_spec
+    from vitshrink.families import apply_spec
+    from vitshrink.passes import pad_heads
+    from vitshrink.spec import Spec
+    from vitshrink.families import resolve_spec
 
     ir = from_timm(small_vit(seed=3), "small")
     masks = {"blocks.0.heads": torch.tensor([True, False, True, True]), "blocks.1.mlp": torch.arange(96) % 3 != 0}

@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import images
-from vitshrink.codegen import build_module
+from vitshrink.families import build_module
 from vitshrink.frontends.timm import create_model, from_timm
-from vitshrink.passes import apply_spec, group_heads, pad_heads
-from vitshrink.reference import reference_forward
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.families import apply_spec
+from vitshrink.passes import group_heads, pad_heads
+from vitshrink.families import reference_forward
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 TOL = 1e-4
 HS = settings(max_examples=int(__import__("os").environ.get("VITSHRINK_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from conftest import images
-from vitshrink.codegen import build_module
-from vitshrink.export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from vitshrink.passes import apply_spec, group_heads, pad_heads
+from vitshrink.families import build_module
+from vitshrink.export import export_onnx, INPUT_NAME, OUTPUT_NAME
+from vitshrink.families import apply_spec
+from vitshrink.passes import group_heads, pad_heads
 from vitshrink.runtime.ort import OrtRunner
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 
 def _irregular(seed):

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import DEIT_TINY_CKPT, images, require_shared, small_vit
-from vitshrink.codegen import build_module
+from vitshrink.families import build_module
 from vitshrink.errors import CheckpointError, ModelError
-from vitshrink.frontends.timm import TESTED_MODELS, create_model, from_timm, import_model, load_checkpoint
+from vitshrink.frontends.timm import create_model, from_timm, load_checkpoint, TESTED_MODELS
+from vitshrink.families import import_model
 
 
 @pytest.mark.parametrize("name", TESTED_MODELS)
@@ -81,7 +82,7 @@ def test_widened_models_prune_exactly(kwargs):
         assert all(b.tokens is None or set(range(ir.num_prefix)) <= set(b.tokens) for b in pruned.blocks)
 
     run()
-    from vitshrink.maskgen import l1_spec
+    from vitshrink.masks.vit import l1_spec
 
     check_exact(ir, l1_spec(ir, heads=0.5, mlp=0.5, embed=0.75))
 
@@ -100,7 +101,7 @@ def test_average_pooling_and_fc_norm_prune_exactly(kwargs):
     from hypothesis import strategies as st
 
     from test_exactness import check_exact, specs
-    from vitshrink.maskgen import l1_spec
+    from vitshrink.masks.vit import l1_spec
 
     model = small_vit(seed=7, **kwargs)
     ir = from_timm(model)
@@ -137,7 +138,8 @@ def test_timm_average_pooled_models_import_exactly(name):
 
 def test_token_pruning_and_exit_are_refused_on_average_pooling():
     from vitshrink.errors import SpecError
-    from vitshrink.spec import Spec, resolve_spec
+    from vitshrink.spec import Spec
+    from vitshrink.families import resolve_spec
 
     ir = from_timm(small_vit(seed=7, global_pool="avg"))
     keep = torch.ones(ir.num_tokens, dtype=torch.bool)
@@ -221,7 +223,7 @@ def test_compile_average_pooled_register_token_vit(tmp_path):
     (vit_little_patch16_reg4_gap_256) compiles exactly end to end: heads, MLP and embed pruned, ONNX
     checked in ONNX Runtime."""
     import vitshrink
-    from vitshrink.maskgen import l1_spec
+    from vitshrink.masks.vit import l1_spec
     from vitshrink.spec import save_spec
 
     name = "vit_little_patch16_reg4_gap_256"

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from vitshrink.cli import main
 from vitshrink.errors import VitshrinkError
-from vitshrink.gate import Gate, evaluate, gate_from_mapping, load_gate, read_gate_file
-from vitshrink.runtime.latency import LatencyResult, latency_entry
+from vitshrink.gate import evaluate, Gate, gate_from_mapping, load_gate, read_gate_file
+from vitshrink.runtime.latency import latency_entry, LatencyResult
 
 MACHINE = {"cpu": "AMD EPYC", "cores": 2, "platform": "Linux", "cuda": None}
 
@@ -206,10 +206,10 @@ def test_slowdown_measured_by_retiming_both_models(tmp_path):
     """With both output directories at hand, --max-slowdown times the baseline's and the new
     model.onnx again, interleaved in one worker: the same model passes, a model doing 2x the work fails."""
     from conftest import small_vit
-    from vitshrink.codegen import build_module
+    from vitshrink.families import build_module
     from vitshrink.export import export_onnx
     from vitshrink.frontends.timm import from_timm
-    from vitshrink.gate_retime import retimer
+    from vitshrink.gate.retime import retimer
 
     for name, depth in (("old", 4), ("same", 4), ("deeper", 8)):
         (tmp_path / name).mkdir()

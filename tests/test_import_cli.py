@@ -61,8 +61,9 @@ def test_inspect_and_import(tmp_path, tp_pickle):
     assert code == 0, stderr
     doc = json.loads((tmp_path / "imp" / "import.json").read_text())
     assert doc["format"] == "torch-pruning" and len(doc["widths"]) == 12
-    from vitshrink.frontends.timm import import_model
-    from vitshrink.spec import load_spec, resolve_spec
+    from vitshrink.families import import_model
+    from vitshrink.spec import load_spec
+    from vitshrink.families import resolve_spec
 
     _, ir, _ = import_model(MODEL, tmp_path / "imp" / "dense.safetensors")
     resolved = resolve_spec(load_spec(tmp_path / "imp" / "spec.json"), ir)

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SMALL, images, need, small_vit
-from vitshrink.codegen import build_module
+from vitshrink.families import build_module
 from vitshrink.frontends.timm import from_timm
 from vitshrink.importers import import_checkpoint
 from vitshrink.importers.verify import source_model
-from vitshrink.passes import apply_spec
-from vitshrink.reference import reference_forward
-from vitshrink.spec import resolve_spec
+from vitshrink.families import apply_spec
+from vitshrink.families import reference_forward
+from vitshrink.families import resolve_spec
 
 TOL = 1e-4
 EXAMPLES = int(os.environ.get("VITSHRINK_EXAMPLES", "25"))

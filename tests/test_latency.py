@@ -40,7 +40,7 @@ def test_budget_stops_after_min_rounds():
 
 def test_measure_onnx_in_a_worker(tmp_path, small_model):
     """The worker process times real ONNX files and reports how its thread pool was set up."""
-    from vitshrink.codegen import build_module
+    from vitshrink.families import build_module
     from vitshrink.export import export_onnx
     from vitshrink.runtime.latency import measure_onnx
 

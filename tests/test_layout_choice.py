@@ -4,11 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitshrink.passes import apply_spec
-from vitshrink.pipeline import CompileOptions, _Log
+from vitshrink.families import apply_spec
+from vitshrink.pipeline import CompileOptions
+from vitshrink.pipeline.progress import Log as _Log
 from vitshrink.runtime.latency import LatencyResult
-from vitshrink.spec import Spec, resolve_spec
-from vitshrink.stage_layout import UNTIMED_DEFAULT, choose_layout, irregular
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
+from vitshrink.pipeline.layout_choice import choose_layout, irregular, UNTIMED_DEFAULT
 
 SHAPE = (3, 32, 32)
 

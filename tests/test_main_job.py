@@ -10,7 +10,7 @@ import pytest
 
 from conftest import DEIT_TINY_CKPT, IMAGENET_VAL, REPO, require_shared
 from vitshrink.errors import VerificationError
-from vitshrink.pipeline import CompileOptions, compile_model
+from vitshrink.pipeline import compile_model, CompileOptions
 
 BIN = Path(sys.executable).with_name("vitshrink")
 
@@ -48,7 +48,7 @@ def test_real_deit_tiny_heads_and_mlp(tmp_path):
 
 def test_exactness_failure_leaves_nothing(tmp_path, monkeypatch):
     """A pass that is not exact must stop the job before anything is written."""
-    import vitshrink.reference as reference
+    import vitshrink.reference.vit as reference
 
     real = reference.reference_forward
 

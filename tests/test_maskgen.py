@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from vitshrink.errors import VitshrinkError
-from vitshrink.maskgen import head_scores, l1_spec
-from vitshrink.spec import resolve_spec
+from vitshrink.masks.common import head_scores
+from vitshrink.masks.vit import l1_spec
+from vitshrink.families import resolve_spec
 
 
 def timm_head_l1(blk) -> torch.Tensor:

@@ -15,12 +15,14 @@ import torch
 from click.testing import CliRunner
 
 from conftest import DEIT_TINY_CKPT, REPO, images, require_shared, small_vit
-from vitshrink.codegen import build_module
+from vitshrink.families import build_module
 from vitshrink.frontends.timm import from_timm
 from vitshrink.ir import replace
-from vitshrink.passes import apply_spec, pad_heads, prefix_token_order
-from vitshrink.reference import reference_forward
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.families import apply_spec
+from vitshrink.passes import pad_heads, prefix_token_order
+from vitshrink.families import reference_forward
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 TOL = 1e-4
 
@@ -188,7 +190,7 @@ def test_per_token_check_catches_what_logits_miss():
 def real_tiny_spec(tmp_path_factory):
     """A spec for real DeiT-Tiny weights (attention far from uniform, live biases) with every kind."""
     require_shared()
-    from vitshrink.frontends.timm import import_model
+    from vitshrink.families import import_model
     from vitshrink.spec import save_spec
 
     _, ir, _ = import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)
@@ -204,10 +206,11 @@ CLI_MUTANTS = ["wrong_scale", "qk_bias_dropped", "v_bias_dropped", "k_rows_off_b
 @pytest.mark.parametrize("mutant", CLI_MUTANTS)
 def test_compile_and_cli_catch(tmp_path, monkeypatch, real_tiny_spec, mutant):
     """The mutant injected into the compile's passes, on real DeiT-Tiny weights: exit 1, nothing written."""
-    import vitshrink.passes as passes
+    import vitshrink.passes.layout as layout
+    import vitshrink.passes.vit as passes
     from vitshrink.cli import main
 
-    real_apply, real_pad, dense = passes.apply_spec, passes.pad_heads, {}
+    real_apply, real_pad, dense = passes.apply_spec, layout.pad_heads, {}
 
     def apply_spy(ir, rs, tensors=None):  # the compile hands the dense IR to apply_spec: keep it
         dense["ir"] = ir
@@ -218,7 +221,7 @@ def test_compile_and_cli_catch(tmp_path, monkeypatch, real_tiny_spec, mutant):
         return MUTANTS[mutant](replace(base, meta={**base.meta, "dense": dense["ir"]}))
 
     monkeypatch.setattr(passes, "apply_spec", apply_spy)
-    monkeypatch.setattr(passes, "pad_heads", pad_then_mutate)
+    monkeypatch.setattr(layout, "pad_heads", pad_then_mutate)
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--spec",
                                     str(real_tiny_spec), "--out", str(tmp_path / "o"), "--bench-seconds", "0", "--layout", "pad",
                                     "--quiet"])

@@ -205,7 +205,7 @@ def test_savit_deployed(tmp_path):
     (3, 0.6, 2),         # heads: ceil(1.8) = 2
 ])
 def test_topk_binarizer_counts(n, sig, expected):
-    from vitshrink.importers.seeds import topk_binarize
+    from vitshrink.importers.wdpruning import topk_binarize
 
     scores = torch.randn(n, 1, generator=torch.Generator().manual_seed(n))
     keep = topk_binarize(scores, torch.tensor([math.log(sig / (1 - sig))]))
@@ -222,7 +222,7 @@ def _wd_model(seed=24):
 
 @pytest.mark.parametrize("exit_k", [None, 2])
 def test_wdpruning(tmp_path, exit_k):
-    from vitshrink.importers.seeds import topk_binarize
+    from vitshrink.importers.wdpruning import topk_binarize
 
     model = _wd_model()
     g = torch.Generator().manual_seed(7)

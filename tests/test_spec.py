@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vitshrink.errors import SpecError, VitshrinkError
-from vitshrink.spec import Spec, load_spec, mask_shapes, resolve_spec, save_spec
+from vitshrink.spec import load_spec, save_spec, Spec
+from vitshrink.families import mask_shapes, resolve_spec
 
 
 def write_json(tmp_path, masks, settings_=None, name="spec.json", **top):

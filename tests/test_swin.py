@@ -13,15 +13,18 @@ from hypothesis import strategies as st
 from conftest import randomise
 from test_exactness import HS, TOL, bool_mask
 
-import vitshrink.codegen_swin as codegen_swin
-from vitshrink.codegen import build_module, load, save
+import vitshrink.codegen.swin as codegen_swin
+from vitshrink.families import build_module
+from vitshrink.codegen import load, save
 from vitshrink.errors import SpecError
 from vitshrink.frontends.timm import create_model
-from vitshrink.frontends.timm_swin import TESTED_MODELS, from_timm_swin
+from vitshrink.frontends.timm_swin import from_timm as from_timm_swin, TESTED_MODELS
 from vitshrink.ir import replace
-from vitshrink.passes import apply_spec, group_heads, pad_heads
-from vitshrink.reference import reference_forward
-from vitshrink.spec import Spec, mask_shapes, resolve_spec
+from vitshrink.families import apply_spec
+from vitshrink.passes import group_heads, pad_heads
+from vitshrink.families import reference_forward
+from vitshrink.spec import Spec
+from vitshrink.families import mask_shapes, resolve_spec
 
 # 3 stages on a 16x16 grid, window 4: shifted windows in stages 0 and 1, grid == window in stage 2
 SMALL_SWIN = dict(img_size=64, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(2, 2, 4),

@@ -8,11 +8,12 @@ import torch
 
 from conftest import randomise
 from test_swin import SMALL_SWIN, TOL, check_swin_exact, swin_images
-from vitshrink.codegen import build_module
-from vitshrink.frontends.timm_swin import from_timm_swin
-from vitshrink.passes import apply_spec
-from vitshrink.reference import reference_forward
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.families import build_module
+from vitshrink.frontends.timm_swin import from_timm as from_timm_swin
+from vitshrink.families import apply_spec
+from vitshrink.families import reference_forward
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 
 

@@ -17,15 +17,18 @@ from hypothesis import strategies as st
 
 from conftest import images
 from test_exactness import assert_tokens_match, bool_mask, specs
-from vitshrink.codegen import build_module, token_counts
+from vitshrink.families import build_module
+from vitshrink.codegen import token_counts
 from vitshrink.counting import count_macs
 from vitshrink.errors import SpecError
 from vitshrink.export import export_onnx
-from vitshrink.passes import apply_spec, group_heads, pad_heads, prefix_token_order
-from vitshrink.pipeline import tie_images
-from vitshrink.reference import reference_forward
+from vitshrink.families import apply_spec
+from vitshrink.passes import group_heads, pad_heads, prefix_token_order
+from vitshrink.pipeline.inputs import tie_images
+from vitshrink.families import reference_forward
 from vitshrink.runtime.ort import OrtRunner
-from vitshrink.spec import Spec, resolve_spec
+from vitshrink.spec import Spec
+from vitshrink.families import resolve_spec
 
 TOL = 1e-4
 HS = settings(max_examples=int(__import__("os").environ.get("VITSHRINK_EXAMPLES", 40)), deadline=None,
@@ -384,7 +387,7 @@ def test_macs_follow_token_counts():
 
 
 def test_uniform_and_slim_schedules(small_model):
-    from vitshrink.maskgen import parse_token_schedule, slim_token_masks, token_spec, uniform_token_masks
+    from vitshrink.masks.tokens import parse_token_schedule, slim_token_masks, token_spec, uniform_token_masks
 
     _, ir = small_model
     assert parse_token_schedule("slim:0.8@1-3") == ("slim", 0.8, [1, 2, 3])
@@ -399,7 +402,7 @@ def test_uniform_and_slim_schedules(small_model):
 
 def test_slim_keeps_the_most_impactful_tokens(small_model):
     """At the deepest listed block the kept patches are exactly the top by attention rollout."""
-    from vitshrink.maskgen import attention_rollout_scores, slim_token_masks
+    from vitshrink.masks.tokens import attention_rollout_scores, slim_token_masks
 
     _, ir = small_model
     x = images(6)
@@ -412,7 +415,7 @@ def test_slim_keeps_the_most_impactful_tokens(small_model):
 @pytest.mark.parametrize("bad", ["evit", "evit:0.7", "topk:0.7@3", "evit:1.7@3", "slim:0.5@x"])
 def test_bad_schedules(small_model, bad):
     from vitshrink.errors import VitshrinkError
-    from vitshrink.maskgen import token_spec
+    from vitshrink.masks.tokens import token_spec
 
     _, ir = small_model
     with pytest.raises(VitshrinkError, match="--tokens"):
@@ -458,7 +461,7 @@ def test_dynamicvit_predictor_against_the_authors_module(small_model):
     """Issue 11: the predictor's LayerNorm eps is DynamicViT's own (nn.LayerNorm default 1e-5), not the
     backbone's 1e-6 -- checked on tokens of small variance, where the two differ visibly. Both the
     reference's scorer and the module the compiler emits match the authors' PredictorLG."""
-    from vitshrink.reference import _predictor_scores
+    from vitshrink.reference.vit import _predictor_scores
 
     _, ir = small_model
     D = ir.embed_dim

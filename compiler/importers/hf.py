@@ -11,17 +11,17 @@ normalises as the source does.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelError
-from ..spec import Spec
-from . import Format, ImportContext, ImportResult
+from ..families import SWIN, VIT
+from ..spec.format import Spec
+from . import hf_swin
+from .base import Format, ImportContext, ImportResult
 
 _LAYER_V4 = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.attention.query": "q",
              "attention.attention.key": "k", "attention.attention.value": "v", "attention.output.dense": "attn.proj",
@@ -35,36 +35,14 @@ _HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifi
 _LAYER_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-def read_hf_dir(path: Path) -> Optional[dict]:
-    """``{"hf_config": dict, "state": {key: tensor}}`` for a transformers model directory, else None."""
-    cfg_file = path / "config.json"
-    if not path.is_dir() or not cfg_file.is_file():
-        return None
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"'{cfg_file}': cannot be read as JSON ({e})") from e
-    weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
-    if not weights:
-        raise CheckpointError(f"'{path}': has config.json but no model.safetensors or pytorch_model.bin")
-    try:
-        if weights[0].suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(weights[0]))
-        else:
-            state = torch.load(str(weights[0]), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"'{weights[0]}': cannot be read ({type(e).__name__}: {e})".splitlines()[0]) from e
-    return {"hf_config": config, "state": state}
+#: the transformers ``model_type`` values read, per family
+MODEL_TYPES = {VIT: ("vit", "deit"), SWIN: hf_swin.MODEL_TYPES}
 
 
 def timm_name(config: dict) -> Optional[str]:
     """The timm model with the architecture of an HF ViT/DeiT/Swin config (the common sizes), or None."""
-    if config.get("model_type") == "swin":
-        from .hf_swin import timm_swin_name
-
-        return timm_swin_name(config)
+    if config.get("model_type") in hf_swin.MODEL_TYPES:
+        return hf_swin.timm_swin_name(config)
     size = {192: "tiny", 384: "small", 768: "base", 1024: "large"}.get(config.get("hidden_size"))
     p, img = config.get("patch_size", 16), config.get("image_size", 224)
     if size is None:
@@ -79,7 +57,7 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     if not (isinstance(obj, dict) and "hf_config" in obj):
         return None
     cfg = obj["hf_config"]
-    if cfg.get("model_type") not in ("vit", "deit", "swin") or (cfg.get("model_type") == "swin") != ctx.swin:
+    if cfg.get("model_type") not in MODEL_TYPES.get(ctx.family, ()):
         return None
     pruned = {k: v for k, v in (cfg.get("pruned_heads") or {}).items() if v}
     return (f"Hugging Face {cfg.get('model_type')} directory ({', '.join(cfg.get('architectures') or ['?'])}), "
@@ -87,10 +65,8 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
 
 
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
-    if ctx.swin:
-        from .hf_swin import convert_swin
-
-        return convert_swin(obj, ctx)
+    if ctx.family is SWIN:
+        return hf_swin.convert_swin(obj, ctx)
     cfg, state = obj["hf_config"], obj["state"]
     prefix = cfg["model_type"]
     if cfg.get("hidden_act", "gelu") != "gelu":
@@ -149,9 +125,7 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                 sd[f"{p}{n}.{kind}"] = lay[f"{n}.{kind}"]
         if len(kept) < H:
             masks[p + "heads"] = torch.tensor([h in kept for h in range(H)])
-    from .formats import check_shapes
-
-    check_shapes(sd, ctx, "HF checkpoint (in timm keys)")
+    ctx.check_shapes(sd, "HF checkpoint (in timm keys)")
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "hf"})
     return ImportResult("", "", sd, spec, reference_state_dict=sd, layer_norm_eps=eps,
@@ -164,4 +138,4 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT/Swin directory (config.json + weights), config.pruned_heads",
-                _probe, _convert, swin=True)
+                _probe, _convert, families=(VIT, SWIN))

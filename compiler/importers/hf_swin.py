@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelError
-from ..spec import Spec
-from . import ImportContext, ImportResult
+from ..spec.format import Spec
+from .base import ImportContext, ImportResult
 
+MODEL_TYPES = ("swin",)  # transformers config.model_type
 _BLOCK_RE = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _DOWN_RE = re.compile(r"^encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$")
 _BLOCK = {  # HF (v4 and v5) -> timm, inside a block
@@ -104,9 +105,7 @@ def convert_swin(obj: Any, ctx: ImportContext) -> ImportResult:
             for kind in ("weight", "bias"):
                 if f"{n}.{kind}" in b:
                     sd[f"{p}{n}.{kind}"] = b[f"{n}.{kind}"]
-    from .formats import check_shapes
-
-    check_shapes(sd, ctx, "HF checkpoint (in timm keys)")
+    ctx.check_shapes(sd, "HF checkpoint (in timm keys)")
     eps = float(cfg.get("layer_norm_eps", 1e-5))
     spec = Spec({}, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "hf"})
     return ImportResult("", "", sd, spec, reference_state_dict=sd, layer_norm_eps=eps,

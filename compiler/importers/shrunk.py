@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from . import ImportContext
+from .base import ImportContext
 
 
-def _place(dense_shape: torch.Size, t: Tensor) -> Tensor:
+def place(dense_shape: torch.Size, t: Tensor) -> Tensor:
     z = torch.zeros(dense_shape, dtype=torch.float32)
     z[tuple(slice(0, n) for n in t.shape)] = t.float()
     return z
@@ -54,7 +54,7 @@ def place_shrunk(tensors: dict[str, Tensor], ctx: ImportContext, heads: Sequence
     masks: dict[str, Tensor] = {}
     if D2 < D:
         masks["embed"] = torch.arange(D) < D2
-    placed = {k: _place(v.shape, tensors[k]) for k, v in own.items() if ".attn." not in k}
+    placed = {k: place(v.shape, tensors[k]) for k, v in own.items() if ".attn." not in k}
     widths = []
     for i, ((H, hd, hidden), spec) in enumerate(zip(dims, heads)):
         p = f"blocks.{i}."
@@ -89,7 +89,7 @@ def place_shrunk(tensors: dict[str, Tensor], ctx: ImportContext, heads: Sequence
         proj.view(D, H, hd)[:D2, :H2, :vw] = tensors[p + "attn.proj.weight"].float().reshape(D2, H2, vw)
         placed[p + "attn.proj.weight"] = proj
         if p + "attn.proj.bias" in own:
-            placed[p + "attn.proj.bias"] = _place(own[p + "attn.proj.bias"].shape, tensors[p + "attn.proj.bias"])
+            placed[p + "attn.proj.bias"] = place(own[p + "attn.proj.bias"].shape, tensors[p + "attn.proj.bias"])
         if H2 < H:
             masks[p + "heads"] = torch.arange(H) < H2
         if qkw < hd:
@@ -108,3 +108,20 @@ def place_shrunk(tensors: dict[str, Tensor], ctx: ImportContext, heads: Sequence
             if p + "bias" in folded:
                 folded[p + "bias"][: H * hd] *= ratio
     return placed, folded, masks, widths
+
+
+NO_HISTORY = ("none in the file: kept units placed first (widths exact; which original heads/channels/neurons "
+              "were kept is unknown)")
+EMBED_NOTE = ("the embedding was pruned: the source normalises over kept channels only, which the masked dense "
+              "reference implements (timm's dense model cannot); checked there")
+
+
+def group_blocks(items: list[tuple[int, str]]) -> list[str]:
+    """[(block, text)] -> ["blocks 0-11: text", ...], consecutive blocks with the same text merged."""
+    out: list[list] = []
+    for i, text in items:
+        if out and out[-1][2] == text and out[-1][1] == i - 1:
+            out[-1][1] = i
+        else:
+            out.append([i, i, text])
+    return [f"block {a}: {t}" if a == b else f"blocks {a}-{b}: {t}" for a, b, t in out]

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from . import ImportContext
-from .shrunk import _place
+from ..spec.format import Spec
+from .base import ImportContext, ImportResult
+from .shrunk import EMBED_NOTE, NO_HISTORY, group_blocks, place
 
 _MERGE = re.compile(r"^layers\.(\d+)\.downsample\.(norm\.weight|norm\.bias|reduction\.weight|reduction\.bias)$")
 
@@ -58,7 +59,7 @@ def place_shrunk_swin(tensors: dict[str, Tensor], ctx: ImportContext, heads: Seq
         m = _MERGE.match(k)
         if m is None or m.group(2) == "reduction.bias":
             if ".attn.qkv." not in k and ".attn.proj.weight" not in k:
-                placed[k] = _place(v.shape, t)
+                placed[k] = place(v.shape, t)
             continue
         s = int(m.group(1))
         idx = _four_copies(C[s - 1], C2[s - 1])
@@ -110,3 +111,20 @@ def place_shrunk_swin(tensors: dict[str, Tensor], ctx: ImportContext, heads: Seq
             if prefix + "attn.qkv.bias" in folded:
                 folded[prefix + "attn.qkv.bias"][: H * hd] *= ratio
     return placed, folded, masks, widths, [[c, c2] for c, c2 in zip(C, C2)]
+
+
+def convert_torch_pruning_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale) -> ImportResult:
+    """Torch-Pruning's shrunk timm Swin as an import (:mod:`.torch_pruning` reads the pickle and hands over its
+    tensors, attributes, classes and per-block heads and softmax scales); the source is run as timm's dense Swin with zeros when
+    no stage lost channels (a LayerNorm over zeros would differ), else the masked reference anchors it."""
+    placed, folded, masks, widths, stage_channels = place_shrunk_swin(tensors, ctx, num_heads, scales)
+    ref = placed if all(c == c2 for c, c2 in stage_channels) else None
+    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
+    return ImportResult("", "", folded, spec, reference_state_dict=ref,
+                        reference_scales=dict(enumerate(scales)) if ref is not None else {},
+                        reference_note=("the source's computation: its shrunk tensors in timm's dense Swin (zeros elsewhere) "
+                                        "with the softmax scale it really used") if ref is not None else EMBED_NOTE,
+                        notes={"index_history": NO_HISTORY, "stage_channels": stage_channels, "shrunk_widths": widths,
+                               "softmax_scale": group_blocks(notes_scale) or "original head_dim ** -0.5 in every block",
+                               "removed": {}, "not_removed": [], "unstructured": [],
+                               "classes": sorted(set(classes.values()))})

@@ -22,13 +22,16 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..spec import Spec
-from . import Format, ImportContext, ImportResult
+from ..families import SWIN, VIT
+from ..spec.format import Spec
+from .base import Format, ImportContext, ImportResult
 from .safe_pickle import Record, find, is_module_record, module_tree
-from .shrunk import place_shrunk
+from .shrunk import EMBED_NOTE, NO_HISTORY, group_blocks, place_shrunk
+from .shrunk_swin import convert_torch_pruning_swin
 
-_VIT_CLASSES = ("timm.models.vision_transformer.VisionTransformer", "timm.models.deit.VisionTransformerDistilled")
-_SWIN_CLASSES = ("timm.models.swin_transformer.SwinTransformer",)
+#: the pickled root classes read, per family
+_CLASSES = {VIT: ("timm.models.vision_transformer.VisionTransformer", "timm.models.deit.VisionTransformerDistilled"),
+            SWIN: ("timm.models.swin_transformer.SwinTransformer",)}
 
 
 def _tp_state(obj: Any) -> Optional[tuple[dict, dict, dict]]:
@@ -60,7 +63,7 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     if st is None:
         return None
     cls = st[2].get("")
-    if cls not in (_SWIN_CLASSES if ctx.swin else _VIT_CLASSES):
+    if cls not in _CLASSES[ctx.family]:
         return None
     form = "tp.state_dict form" if isinstance(obj, dict) and "full_state_dict" in obj else \
         "torch.save(model)" if not isinstance(obj, dict) else "training checkpoint {'model': module}"
@@ -85,8 +88,8 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
         scales.append(eff)
         if abs(eff - hd ** -0.5) > 1e-12:
             notes_scale.append((i, f"{eff:.6g} (head_dim {hd2}, {'fused SDPA default' if fused else 'recorded scale'})"))
-    if ctx.swin:
-        return _convert_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale)
+    if ctx.family is SWIN:
+        return convert_torch_pruning_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale)
     placed, folded, masks, widths = place_shrunk(tensors, ctx, num_heads, scales)
     D, D2 = ctx.model.embed_dim, int(tensors["cls_token"].shape[-1])
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
@@ -98,47 +101,12 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                         reference_scales=dict(enumerate(scales)) if ref is not None else {},
                         reference_note=note, notes={
                             "index_history": NO_HISTORY, "embed": [D, D2], "shrunk_widths": widths,
-                            "softmax_scale": _group(notes_scale) or "original head_dim ** -0.5 in every block",
+                            "softmax_scale": group_blocks(notes_scale) or "original head_dim ** -0.5 in every block",
                             "patched_forward": f"{len(patched)} attention modules had a patched forward (recorded, not run)",
                             "removed": {}, "not_removed": [], "unstructured": [],
                             "classes": sorted(set(classes.values())),
                         })
 
 
-def _convert_swin(tensors, attrs, classes, ctx, num_heads, scales, notes_scale) -> ImportResult:
-    """A shrunk timm Swin (:mod:`.shrunk_swin`); the source is run as timm's dense Swin with zeros when
-    no stage lost channels (a LayerNorm over zeros would differ), else the masked reference anchors it."""
-    from .shrunk_swin import place_shrunk_swin
-
-    placed, folded, masks, widths, stage_channels = place_shrunk_swin(tensors, ctx, num_heads, scales)
-    ref = placed if all(c == c2 for c, c2 in stage_channels) else None
-    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "torch-pruning"})
-    return ImportResult("", "", folded, spec, reference_state_dict=ref,
-                        reference_scales=dict(enumerate(scales)) if ref is not None else {},
-                        reference_note=("the source's computation: its shrunk tensors in timm's dense Swin (zeros elsewhere) "
-                                        "with the softmax scale it really used") if ref is not None else EMBED_NOTE,
-                        notes={"index_history": NO_HISTORY, "stage_channels": stage_channels, "shrunk_widths": widths,
-                               "softmax_scale": _group(notes_scale) or "original head_dim ** -0.5 in every block",
-                               "removed": {}, "not_removed": [], "unstructured": [],
-                               "classes": sorted(set(classes.values()))})
-
-
-NO_HISTORY = ("none in the file: kept units placed first (widths exact; which original heads/channels/neurons "
-              "were kept is unknown)")
-EMBED_NOTE = ("the embedding was pruned: the source normalises over kept channels only, which the masked dense "
-              "reference implements (timm's dense model cannot); checked there")
-
-
-def _group(items: list[tuple[int, str]]) -> list[str]:
-    """[(block, text)] -> ["blocks 0-11: text", ...], consecutive blocks with the same text merged."""
-    out: list[list] = []
-    for i, text in items:
-        if out and out[-1][2] == text and out[-1][1] == i - 1:
-            out[-1][1] = i
-        else:
-            out.append([i, i, text])
-    return [f"block {a}: {t}" if a == b else f"blocks {a}-{b}: {t}" for a, b, t in out]
-
-
 FORMAT = Format("torch-pruning", "Torch-Pruning: torch.save(model), {'model': module}, tp.state_dict (shrunk timm ViT or Swin)",
-                _probe, _convert, swin=True)
+                _probe, _convert, families=(VIT, SWIN))

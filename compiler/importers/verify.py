@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import ImportResult
+from ..families import family_of
+from ..frontends.timm import create_model
+from .base import ImportResult
 
 
 def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Optional[torch.nn.Module]:
@@ -16,8 +18,6 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
     ``result.reference_state_dict`` and, per block, the softmax scale the source really used (timm's
     explicit ``q * scale`` path, ``fused_attn`` off). None when the source cannot be expressed so
     (then the masked dense reference is the only anchor; ``result.reference_note`` says why)."""
-    from ..frontends.timm import create_model
-
     if result.reference_state_dict is None:
         return None
     model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name)
@@ -33,7 +33,7 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
             model.norm.bias.copy_(sd[f"{norm}.bias"])
             model.head.weight.copy_(sd[f"{head}.weight"])
             model.head.bias.copy_(sd[f"{head}.bias"])
-    blocks = [b for st in model.layers for b in st.blocks] if hasattr(model, "layers") else model.blocks
+    blocks = [b for _, b in family_of(model).frontend.timm_blocks(model)]
     for i, scale in result.reference_scales.items():
         attn = blocks[i].attn
         attn.scale, attn.fused_attn = scale, False

@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..errors import CheckpointError, VitshrinkError
-from ..spec import Spec
-from . import Format, ImportContext, ImportResult, as_state_dict
+from ..spec.format import Spec
+from .base import Format, ImportContext, ImportResult
+from .load import as_state_dict
 from .safe_pickle import Record
 from .shrunk import place_shrunk
 

@@ -1,4 +1,5 @@
-"""Structure hidden as zeros in a dense-shaped timm ViT state dict -> canonical masks (spec v1).
+"""Structure hidden as zeros in a dense-shaped timm state dict -> canonical masks (spec v1); and the
+``zeroed`` format itself (any dense-shaped timm state dict, the fallback when nothing specific matches).
 
 What torch.nn.utils.prune (after ``prune.remove``), NNI's masks, S2ViTE's ``atten_mask``/``other_mask``,
 SAViT's 0/1 gates and WDPruning's masks leave behind once applied: full-shape weights with zero rows and
@@ -19,11 +20,16 @@ columns. A unit is removed only when removing it is exact:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..families import FAMILIES
+from ..spec.format import Spec
+from .base import Format, ImportContext, ImportResult
+from .load import as_state_dict
 
 
 def _zero_rows(w: Tensor) -> Tensor:
@@ -43,14 +49,13 @@ def _sparsity(name: str, w: Tensor) -> dict:
     return {"tensor": name, "shape": list(w.shape), "zeros_left": round(zeros, 4), "semi_structured_2_4": is_2_4(w)}
 
 
-def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_dim: int,
+def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]],
             prefixes: Optional[list[str]] = None) -> tuple[dict, dict, dict]:
     """Find the exactly removable structure in a dense-shaped timm ViT (or Swin) state dict.
 
     Args:
         sd: timm keys at the dense model's shapes, masks already applied (zeros).
         dims: per block (num_heads H, head_dim, MLP hidden).
-        embed_dim: D (Swin: the first stage's width; only the zero-channel note reads it).
         prefixes: per block, its key prefix and spec name (default ``blocks.{i}.``; Swin
             ``layers.{s}.blocks.{j}.``). A Swin head's relative-bias column needs no check: a head whose
             v channels are all gone outputs nothing, whatever its logits.
@@ -122,6 +127,7 @@ def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_di
 
     residual = [k for k in ("cls_token", "pos_embed", "patch_embed.proj.weight") if k in out]
     if residual:
+        embed_dim = out["patch_embed.proj.weight"].shape[0]  # the first residual width (a Swin's stage 0)
         dead = torch.ones(embed_dim, dtype=torch.bool)
         for k in residual:
             t = out[k].reshape(-1, embed_dim) if k != "patch_embed.proj.weight" else out[k].reshape(embed_dim, -1).t()
@@ -130,3 +136,37 @@ def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]], embed_di
             not_removed.append(f"{int(dead.sum())} residual (embed) channels are zero in the patch embedding and tokens "
                                "but LayerNorm statistics still count them: kept (give an `embed` mask to change the model)")
     return out, masks, {"removed": removed, "not_removed": not_removed, "unstructured": unstructured}
+
+
+def from_zeroed(masked: dict[str, Tensor], ctx: ImportContext, notes: Optional[dict] = None) -> ImportResult:
+    """The structure :func:`.zeroed.analyse` finds in ``masked`` (dense shapes, masks applied); the
+    reference is ``masked`` itself run by timm -- exactly what the source computes. Tensors the model
+    does not have (exit classifiers) travel along in the state dict."""
+    ctx.check_shapes(masked, "checkpoint")
+    own = ctx.model.state_dict()
+    extras = {k: v.float() for k, v in masked.items() if k not in own and v.is_floating_point()}
+    masked = {k: masked[k].float() if masked[k].is_floating_point() else masked[k] for k in own}
+    folded, masks, found = analyse(masked, ctx.dims(), ctx.prefixes())
+    spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path)})
+    return ImportResult("", "", {**folded, **extras}, spec, reference_state_dict={**masked, **extras},
+                        reference_note="the checkpoint's masked weights run by timm (what the source computes)",
+                        notes={**found, "index_history": "original indices (dense shapes)", **(notes or {})})
+
+
+def _probe_zeroed(obj: Any, ctx: ImportContext) -> Optional[str]:
+    sd = as_state_dict(obj)
+    if sd is None or any(k.endswith("_orig") for k in sd):
+        return None
+    own = ctx.model.state_dict()
+    if not all(k in sd and tuple(sd[k].shape) == tuple(v.shape) for k, v in own.items()):
+        return None
+    zero_rows = sum(int((sd[k] == 0).all(-1).sum()) for k in own if k.endswith(".weight") and sd[k].ndim == 2)
+    return f"state dict at the dense shapes of {ctx.model_name}; {zero_rows} all-zero weight rows"
+
+
+def _convert_zeroed(obj: Any, ctx: ImportContext) -> ImportResult:
+    return from_zeroed(as_state_dict(obj), ctx)
+
+
+FORMAT = Format("zeroed", "dense-shaped timm state dict with zeroed structure (prune.remove, S2ViTE, applied gates)",
+                _probe_zeroed, _convert_zeroed, fallback=True, families=FAMILIES)

@@ -1,0 +1,133 @@
+"""``vitshrink compile`` (one model: prune, verify, export, time, report; optionally gated) and
+``vitshrink bench`` (the same into a temporary directory, latency only)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import click
+
+from ..errors import VitshrinkError
+from .common import EXIT_CODES, engines_option, fail, int_list
+from .gate import gate_options, split_gate_kwargs
+from .imports import parse_options
+
+
+@click.command("compile", epilog="""\b
+Examples:
+  vitshrink compile deit_tiny_patch16_224 --spec compiler/examples/deit_tiny_example.json --out runs/demo
+  vitshrink compile deit_tiny_patch16_224 --checkpoint deit_tiny.safetensors --spec spec.json \\
+      --data imagenet/val --batch 1,8 --threads 2 --out runs/tiny
+""" + EXIT_CODES)
+@click.argument("model")
+@click.option("--spec", "spec", default=None,
+              help="Mask spec v1 (.json or .safetensors). Omitted: --checkpoint is a pruned checkpoint of another tool, imported.")
+@click.option("--out", "out", required=True, help="Output directory (written atomically).")
+@click.option("--checkpoint", default=None,
+              help="Weights (.safetensors or .pth); random weights when omitted. Without --spec: a pruned checkpoint "
+                   "(Torch-Pruning, torch.nn.utils.prune, NNI masks, zeroed structure).")
+@click.option("--from", "source_format", default=None, help="Format of a pruned --checkpoint (skip detection).")
+@click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
+@click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
+@click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
+              help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
+@click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
+@click.option("--batch", "batches", default="1", callback=int_list, show_default=True, help="Batch sizes to time, e.g. 1,8.")
+@click.option("--threads", "threads", default="2", callback=int_list, show_default=True, help="ONNX Runtime intra-op threads, e.g. 1,2.")
+@click.option("--bench-seconds", default=10.0, show_default=True,
+              help="Timing budget in seconds per batch/threads setting; extended up to 3x while the speed-up is not yet stable.")
+@click.option("--limit", "limit", type=int, default=None, help="Evaluate only the first N images of --data.")
+@click.option("--layout", type=click.Choice(["auto", "pad", "group"]), default="auto", show_default=True,
+              help="Irregular head widths: time both forms on the first engine (auto), pad to one width per "
+                   "block, or group equal widths.")
+@click.option("--token-layout", type=click.Choice(["prefix", "gather"]), default="prefix", show_default=True,
+              help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
+@click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
+@click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
+@click.option("--engines", default="ort", show_default=True, callback=engines_option,
+              help="Engines to verify against torch and time: ort,openvino,native,torch (CPU); torch-cuda, "
+                   "torch-cuda-fp16, torch-cuda-graph, ort-cuda, tensorrt (GPU); or all. Unavailable ones are "
+                   "listed as skipped with the reason.")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+@gate_options
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, import_options, data, batches, threads, bench_seconds, limit, layout, token_layout,
+                tolerance, trt, engines, quiet, **gate_kwargs):
+    """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
+    verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
+    the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
+    from ..gate.flow import prepare_gate, run_gate  # lazy: the compile stack loads only for commands that use it
+    from ..pipeline import CompileOptions, compile_model  # lazy: as above
+
+    thresholds, outputs = split_gate_kwargs(gate_kwargs)
+    gating = any(v not in (None, (), False) for v in thresholds.values()) or outputs["gate_file"]
+    try:
+        gate, baseline = prepare_gate(thresholds, outputs, pyproject=None) if gating else (None, None)
+    except VitshrinkError as e:
+        fail(e)
+    opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
+                          bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
+                          tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
+                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
+                          engines=engines)
+    try:
+        report = compile_model(model, spec, out, opts)
+    except VitshrinkError as e:
+        fail(e)
+    summary(report)
+    if gating:
+        try:
+            run_gate(report, gate, baseline, outputs, f"vitshrink gate: {out}", quiet=False, report_dir=out,
+                     say=lambda m: click.echo(m, err=True))
+        except VitshrinkError as e:
+            fail(e)
+
+
+def summary(report: dict) -> None:
+    """The compile's result in a few lines on stdout: MACs, exactness, engines, latency, accuracy."""
+    m = report["macs"]
+    click.echo(f"MACs {m['dense'] / 1e9:.3f} G -> {m['pruned'] / 1e9:.3f} G (x{m['dense'] / m['pruned']:.2f}); "
+               f"exactness {report['exactness']['max_abs_diff']:.1e}; ONNX {report['export']['onnx_max_abs_diff']:.1e}")
+    for name, e in report.get("engines", {}).items():
+        if e.get("status") == "ok":
+            click.echo(f"engine {name}: {e['runtime']} {e['version']} {e['device']} {e['precision']}, max abs diff vs torch "
+                       f"{max(e['max_abs_diff'], e['dense_max_abs_diff']):.1e}, top-1 agreement {e['top1_agreement']:.3f}")
+        elif e.get("status") == "skipped":
+            click.echo(f"engine {name}: skipped ({e['reason']})")
+    for e in report["latency"]:
+        click.echo(f"{e.get('engine', e['runtime'])} {e['device']} batch {e['batch']} threads {e['threads']}: dense {e['dense_ms']['p50']:.2f} ms, "
+                   f"pruned {e['pruned_ms']['p50']:.2f} ms, speed-up x{e['speedup']:.3f} "
+                   f"(ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f})")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
+
+
+@click.command("bench", epilog="""\b
+Example:
+  vitshrink bench deit_small_patch16_224 --spec spec.json --batch 1,8 --bench-seconds 30 --json lat.json
+""" + EXIT_CODES)
+@click.argument("model")
+@click.option("--spec", "spec", required=True, help="Mask spec v1.")
+@click.option("--checkpoint", default=None)
+@click.option("--batch", "batches", default="1,8", callback=int_list, show_default=True)
+@click.option("--threads", "threads", default="2", callback=int_list, show_default=True)
+@click.option("--bench-seconds", default=30.0, show_default=True, help="Timing budget per setting.")
+@click.option("--engines", default="ort", show_default=True, callback=engines_option,
+              help="Engines to time (as compile --engines), e.g. ort,openvino,native or all.")
+@click.option("--json", "json_out", default=None, help="Also write the latency entries to this JSON file.")
+def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, engines, json_out):
+    """Latency benchmark: compile MODEL with SPEC into a temporary directory and time dense vs pruned."""
+    from ..pipeline import CompileOptions, compile_model  # lazy: the compile stack loads only for commands that use it
+
+    opts = CompileOptions(checkpoint=checkpoint, batch=batches, threads=threads, bench_seconds=bench_seconds, engines=engines)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vitshrink-bench-") as d:
+            report = compile_model(model, spec, os.path.join(d, "out"), opts)
+    except VitshrinkError as e:
+        fail(e)
+    summary(report)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({"model": model, "spec": spec, "machine": report["machine"], "toolchain": report["toolchain"],
+                       "macs": report["macs"], "engines": report["engines"], "latency": report["latency"]}, f, indent=1)

@@ -1,0 +1,351 @@
+"""Codegen for ViT/DeiT: :class:`~vitshrink.ir.vit.ViTIR` -> :class:`PrunedViT`.
+
+:class:`PrunedViT` is built from a JSON-serialisable *architecture* (``arch``: per-block heads with
+their q/k and v widths, MLP hidden size, token schedule, ...) and a state dict. It is vitshrink's own
+class, so a pruned model reloads with :func:`vitshrink.codegen.load` without timm, the original model
+class or any patching, and it is an ordinary module: it can be fine-tuned, scripted or exported.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..ir.vit import ViTIR
+from .layers import Attention, Constant, Mlp, PrunedModel, block_state_dict
+from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
+
+ARCH_FORMAT = "vitshrink.arch/1"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on a flat [B*N, D] token stream, with its token operations.
+
+    Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
+    (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
+    Patch Slimming query-only update of the first ``n`` tokens (or of gathered positions, scattered
+    back, in the gather form) or the ordinary block, with a dynamic selection between attention and
+    MLP.
+    """
+
+    def __init__(self, dim: int, cfg: dict, num_prefix: int):
+        super().__init__()
+        self.n_in, self.n_out, self.num_prefix = cfg["n_in"], cfg["n_out"], num_prefix
+        self.drop, self.query, sel = cfg.get("drop"), cfg.get("query"), cfg.get("select")
+        for name, op in (("drop_index", self.drop), ("query_index", self.query)):
+            if op and op.get("index") is not None:
+                self.register_buffer(name, torch.tensor(op["index"], dtype=torch.long, device="cpu"), persistent=False)
+        n_attn = self.drop["n"] if self.drop else self.n_in
+        score = None
+        self.select = self.lfe = self.predictor = None
+        if sel:
+            n_sel = n_attn  # tokens present where the rule runs
+            if sel["where"] == "mlp" and sel["score"] != "predictor":
+                score = "cls_weighted" if sel["head_weighting"] else "cls"
+            if sel["score"] == "cls_attention_lfe":
+                self.lfe = LowFrequencyEnergy(n_sel - num_prefix, sel["cutoff"])
+            if sel["score"] == "predictor":
+                self.predictor = Predictor(dim, sel["predictor"])
+            self.select = TokenSelect(n_sel, num_prefix, sel["keep"], sel["fuse"])
+            self.where = sel["where"]
+        self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
+        if cfg["heads"]:
+            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
+                                  split=self.query is not None, score=score, num_prefix=num_prefix)
+        else:
+            self.attn = Constant(dim, cfg["proj_bias"])
+        self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
+        if cfg["mlp_hidden"]:
+            self.mlp = Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"])
+        else:
+            self.mlp = Constant(dim, cfg["fc2_bias"])
+
+    def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
+        N, P = self.select.tokens, self.num_prefix
+        xp = x.reshape(-1, N, x.shape[-1])[:, P:]
+        if self.predictor is not None:
+            scores = self.predictor(xp)
+        if self.lfe is not None:
+            scores = scores * self.lfe(xp)
+        return self.select(x, scores, ids, fused_id)
+
+    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
+        """x: [B*n_in, D] -> [B*n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
+        N, D = self.n_in, x.shape[-1]
+        if self.drop:
+            n = self.drop["n"]
+            x3 = x.reshape(-1, N, D)
+            if self.drop.get("index") is None:
+                x = x3[:, :n].reshape(-1, D)
+                ids = None if ids is None else ids[:, :n]
+            else:
+                x = x3.index_select(1, self.drop_index).reshape(-1, D)
+                ids = None if ids is None else ids.index_select(1, self.drop_index)
+            N = n
+        if self.select is not None and self.where == "attn":
+            x, ids = self._select(x, None, ids, fused_id)
+            N = self.select.tokens_out
+        if self.query:
+            return self._query_only(x, N, D), ids
+        a = self.attn(self.norm1(x), N)
+        scores = None
+        if isinstance(a, tuple):
+            a, scores = a
+        x = x + a
+        if self.select is not None and self.where == "mlp":
+            x, ids = self._select(x, scores, ids, fused_id)
+        return x + self.mlp(self.norm2(x)), ids
+
+    def _query_only(self, x: Tensor, N: int, D: int) -> Tensor:
+        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens."""
+        n = self.query["n"]
+        x3 = x.reshape(-1, N, D)
+        h3 = self.norm1(x).reshape(-1, N, D)
+        prefix = self.query.get("index") is None
+        take = (lambda t: t[:, :n]) if prefix else (lambda t: t.index_select(1, self.query_index))
+        hq = take(h3).reshape(-1, D)
+        xq = take(x3).reshape(-1, D)
+        a = self.attn(h3.reshape(-1, D), N, xq=hq, q_tokens=n)
+        xq = xq + a
+        xq = (xq + self.mlp(self.norm2(xq))).reshape(-1, n, D)
+        if prefix:
+            return torch.cat([xq, x3[:, n:]], dim=1).reshape(-1, D)
+        out = x3.clone()
+        out[:, self.query_index] = xq  # the plain gather/scatter form (ScatterND in ONNX)
+        return out.reshape(-1, D)
+
+
+class PrunedViT(PrunedModel):
+    """A ViT/DeiT classifier of arbitrary (pruned) widths and token schedules, built from ``arch``.
+
+    forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes]. With ``trace=True`` it
+    returns ``(logits, [ids after each dynamic selection])`` (original token ids, fused tokens
+    numbered from N on) -- used to check that kept tokens are identical everywhere -- and keeps
+    ``residuals``: per block, ``(source block index, residual stream [B, n_out, D_kept], original
+    token ids [B, n_out])``, for token-by-token comparison with the reference. The final norm
+    is applied only to the prefix tokens the classifiers read (LayerNorm is per token).
+    """
+
+    ARCH_FORMAT = ARCH_FORMAT
+
+    def __init__(self, arch: dict, trace: bool = False):
+        super().__init__(arch)
+        self.trace = trace
+        D = arch["embed_dim"]
+        p = arch["patch_size"]
+        P = len(arch["prefix"])
+        self.patch_embed = nn.Conv2d(arch["in_chans"], D, kernel_size=p, stride=p, bias=arch["patch_bias"])
+        self.num_prefix = P
+        self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D)) if P else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
+        order = arch.get("token_order")
+        if order is not None:
+            self.register_buffer("token_order", torch.tensor(order, dtype=torch.long, device="cpu"), persistent=False)
+        self.blocks = nn.ModuleList(Block(D, b, P) for b in arch["blocks"])
+        self.norm = nn.LayerNorm(D, eps=arch["norm_eps"]) if arch["norm_eps"] is not None else None
+        self.pool = arch.get("pool", "token")
+        fc_eps = arch.get("fc_norm_eps")
+        self.fc_norm = nn.LayerNorm(D, eps=fc_eps) if fc_eps is not None else None
+        C = arch["num_classes"]
+        self.heads = nn.ModuleList(nn.Linear(D, C, bias=h["bias"]) for h in arch["heads"])
+        self.head_tokens = [h["token"] for h in arch["heads"]]
+        self.num_read = max(self.head_tokens) + 1
+
+    def forward_features(self, x: Tensor):
+        """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D] -- or, with average
+        pooling, the pooled features [B, 1, D] --, traced ids)."""
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        if self.prefix_tokens is not None:
+            x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        ids = None
+        if self.trace:
+            ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
+            self.residuals = []
+        if self.arch.get("token_order") is not None:
+            x = x.index_select(1, self.token_order)
+            ids = None if ids is None else ids.index_select(1, self.token_order)
+        N, D = x.shape[1], x.shape[2]
+        traced, fused_id = [], self.arch["num_tokens"]
+        x = x.reshape(-1, D)  # the blocks run on a flat [B*N, D] token stream
+        for blk, cfg in zip(self.blocks, self.arch["blocks"]):
+            x, ids = blk(x, ids, fused_id)
+            if blk.select is not None:
+                fused_id += int(blk.select.fuse)
+                if ids is not None:
+                    traced.append(ids)
+            N = blk.n_out
+            if self.trace:
+                self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
+        x = x.reshape(-1, N, D)
+        if self.pool == "avg":  # timm global_pool='avg': patch tokens, after the final norm, then fc_norm
+            x = x if self.norm is None else self.norm(x)
+            x = x[:, self.num_prefix:].mean(1, keepdim=True)
+            return (x if self.fc_norm is None else self.fc_norm(x)), traced
+        x = x[:, :self.num_read]
+        x = x if self.norm is None else self.norm(x)
+        return (x if self.fc_norm is None else self.fc_norm(x)), traced  # timm: fc_norm after the pooling
+
+    def forward(self, x: Tensor):
+        x, traced = self.forward_features(x)
+        logits = self.heads[0](x[:, self.head_tokens[0]])
+        for head, t in zip(self.heads[1:], self.head_tokens[1:]):
+            logits = logits + head(x[:, t])
+        if len(self.heads) > 1:
+            logits = logits / len(self.heads)
+        return (logits, traced) if self.trace else logits
+
+
+# --------------------------------------------------------------------------------------- IR -> module
+
+
+def token_counts(ir: ViTIR) -> list[dict]:
+    """Tokens per block of ``ir``: ``in`` (entering), ``keys`` (attention keys/values), ``queries``
+    (attention queries = tokens updated), ``mlp`` (tokens through the MLP), ``out``."""
+    out = []
+    for plan in _token_plan(ir)[1]:
+        P = ir.num_prefix
+        keys = plan["drop"]["n"] if plan["drop"] else plan["n_in"]
+        sel = plan["select"]
+        if sel and sel["where"] == "attn":
+            keys = P + sel["keep"] + int(sel["fuse"])
+        queries = plan["query"]["n"] if plan["query"] else keys
+        mlp = P + sel["keep"] + int(sel["fuse"]) if sel and sel["where"] == "mlp" else queries
+        out.append({"in": plan["n_in"], "keys": keys, "queries": queries, "mlp": mlp, "out": plan["n_out"]})
+    return out
+
+
+def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
+    """Static and dynamic token operations per block, as token counts and constant indices.
+
+    Returns (initial gather of the token sequence or None, per-block {n_in, n_out, drop, query, select}).
+    With ``ir.token_order`` (prefix layout) static masks become slices; without it, gathers (drop)
+    and gather + scatter (query).
+    """
+    P, N = ir.num_prefix, ir.num_tokens
+    prefix_layout = ir.token_order is not None
+    seq: list[int] = list(ir.token_order) if prefix_layout else list(range(N))
+    plans = []
+    for b in ir.blocks:
+        plan: dict = {"n_in": len(seq), "drop": None, "query": None, "select": None}
+        if b.tokens is not None and set(b.tokens) != set(seq):
+            kept = set(b.tokens)
+            idx = [p for p, t in enumerate(seq) if t in kept]
+            if prefix_layout:
+                assert idx == list(range(len(idx))), "token order does not make the kept set a prefix"
+            plan[ir.token_mode] = {"n": len(idx), "index": None if prefix_layout else idx}  # "drop" or "query"
+            if ir.token_mode == "drop":
+                seq = [seq[p] for p in idx]
+        s = b.select
+        if s is not None and s.keep < len(seq) - P:
+            pr = s.predictor
+            plan["select"] = {
+                "keep": s.keep, "score": s.score, "where": s.where, "fuse": s.fuse,
+                "head_weighting": s.head_weighting, "cutoff": s.cutoff,
+                "predictor": None if pr is None else {
+                    "type": pr.type, "norm": pr.norm is not None, "eps": pr.norm.eps if pr.norm is not None else 1e-5,
+                    "layers": [[int(w.shape[0]), int(w.shape[1]), bias is not None] for w, bias in pr.layers]},
+            }
+            seq = seq[:P] + [-1] * (s.keep + int(s.fuse))  # ids now depend on the input
+        plan["n_out"] = len(seq)
+        plans.append(plan)
+    return (list(ir.token_order) if prefix_layout else None), plans
+
+
+def architecture(ir: ViTIR) -> dict:
+    """The JSON-serialisable architecture of ``ir`` (widths, token schedule, biases, provenance ids)."""
+    order, plans = _token_plan(ir)
+    blocks = []
+    for b, plan in zip(ir.blocks, plans):
+        a, m = b.attn, b.mlp
+        blocks.append({
+            "source_index": b.source_index,
+            "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)],
+            "scale": a.scale,
+            "qkv_bias": a.q_bias is not None,
+            "proj_bias": a.proj_bias is not None,
+            "mlp_hidden": m.hidden,
+            "fc1_bias": m.fc1_bias is not None,
+            "fc2_bias": m.fc2_bias is not None,
+            "norm1_eps": b.norm1.eps,
+            "norm2_eps": b.norm2.eps,
+            **plan,
+            "ids": {
+                "heads": list(a.head_ids),
+                "qk": [list(c) for c in a.qk_ids],
+                "v": [list(c) for c in a.v_ids],
+                "mlp": list(m.hidden_ids),
+                "tokens": None if b.tokens is None else list(b.tokens),
+            },
+        })
+    return {
+        "format": ARCH_FORMAT,
+        "name": ir.name,
+        "img_size": list(ir.img_size),
+        "patch_size": list(ir.patch_size),
+        "in_chans": ir.in_chans,
+        "embed_dim": ir.embed_dim,
+        "embed_ids": list(ir.embed_ids),
+        "patch_bias": ir.patch_bias is not None,
+        "prefix": [t.name for t in ir.prefix],
+        "num_tokens": ir.num_tokens,
+        "num_classes": ir.num_classes,
+        "token_mode": ir.token_mode,
+        "token_order": order,
+        "blocks": blocks,
+        "norm_eps": None if ir.norm is None else ir.norm.eps,
+        "pool": ir.pool,
+        "fc_norm_eps": None if ir.fc_norm is None else ir.fc_norm.eps,
+        "heads": [{"name": h.name, "token": h.token, "bias": h.bias is not None} for h in ir.heads],
+        "exit_after": ir.exit_after,
+    }
+
+
+def state_dict(ir: ViTIR) -> dict[str, Tensor]:
+    """The :class:`PrunedViT` state dict holding the weights of ``ir``."""
+    D = ir.embed_dim
+    _, plans = _token_plan(ir)
+    sd: dict[str, Tensor] = {"patch_embed.weight": ir.patch_weight}
+    if ir.patch_bias is not None:
+        sd["patch_embed.bias"] = ir.patch_bias
+    if ir.prefix:
+        sd["prefix_tokens"] = torch.stack([t.value for t in ir.prefix]).reshape(1, -1, D)
+    sd["pos_embed"] = ir.pos_embed.reshape(1, -1, D)
+    for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
+        p = f"blocks.{j}."
+        sd.update(block_state_dict(b, p, split=bool(plan["query"])))
+        if plan["select"] is not None and b.select.predictor is not None:
+            pr = b.select.predictor
+            if pr.norm is not None:
+                sd[p + "predictor.norm.weight"], sd[p + "predictor.norm.bias"] = pr.norm.weight, pr.norm.bias
+            for k, (w, bias) in enumerate(pr.layers):
+                sd[p + f"predictor.layers.{k}.weight"] = w
+                if bias is not None:
+                    sd[p + f"predictor.layers.{k}.bias"] = bias
+    if ir.norm is not None:
+        sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
+    if ir.fc_norm is not None:
+        sd["fc_norm.weight"], sd["fc_norm.bias"] = ir.fc_norm.weight, ir.fc_norm.bias
+    for k, h in enumerate(ir.heads):
+        sd[f"heads.{k}.weight"] = h.weight
+        if h.bias is not None:
+            sd[f"heads.{k}.bias"] = h.bias
+    return {k: v.detach().contiguous().float() for k, v in sd.items()}
+
+
+def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedViT:
+    """ViT IR -> :class:`PrunedViT` in eval mode.
+
+    Args:
+        share: the module's parameters *are* the IR's tensors where their layout allows (no copy;
+            training the module then changes the IR). Default: independent copies.
+        trace: forward also returns the token ids kept by each dynamic selection.
+    """
+    with torch.device("meta"):  # no throw-away random init: the weights come from the IR (constant
+        model = PrunedViT(architecture(ir), trace=trace)  # buffers are made on the CPU explicitly)
+    sd = state_dict(ir)
+    if not share:
+        sd = {k: v.clone() for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model.eval()

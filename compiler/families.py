@@ -1,0 +1,185 @@
+"""Model families: the one place that knows which families vitshrink compiles and which module of each
+layer serves each of them -- and the operations whose work depends on the family.
+
+A family is one module per layer, each with the same functions as every other family's module of that
+layer (:class:`Family` lists them). Adding a family (Eva, CaiT, SwinV2 ...) is one new module per layer
+plus one entry in :data:`FAMILIES`; nothing else asks "which family is this?" -- it calls
+:func:`family_of`.
+
+The public operations here (``vitshrink.import_model``, ``resolve_spec``, ``apply_spec``,
+``build_module``, ``reference_forward``) take any family's IR and hand it to its family's module.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .codegen import swin as codegen_swin
+from .codegen import vit as codegen_vit
+from .errors import ModelError
+from .frontends import timm_swin, timm_vit
+from .frontends.timm import create_model, load_checkpoint, load_state
+from .ir.swin import SwinIR
+from .ir.vit import ViTIR
+from .masks import swin as masks_swin
+from .masks import vit as masks_vit
+from .passes import swin as passes_swin
+from .passes import vit as passes_vit
+from .reference import swin as reference_swin
+from .reference import vit as reference_vit
+from .report import swin as report_swin
+from .report import vit as report_vit
+from .spec import swin as spec_swin
+from .spec import vit as spec_vit
+from .spec.format import Spec
+from .spec.resolved import ResolvedSpec
+
+IR = Union[ViTIR, SwinIR]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its IR class and, per layer, the module that serves it. Every module of a
+    layer has the same functions:
+
+    - ``frontend``: ``accepts(model) -> bool``, ``from_timm(model, name) -> IR``,
+      ``timm_blocks(model) -> [(state-dict prefix, block)]``, ``TESTED_MODELS``;
+    - ``spec``: ``mask_shapes(ir) -> {name: shape}``, ``resolve(spec, ir, tensors) -> ResolvedSpec``,
+      ``block_name(ir, source_index) -> str`` (the canonical name prefix of a block);
+    - ``passes``: ``apply_spec(ir, resolved, tensors) -> IR``, ``lay_out(ir, heads, token_layout) -> IR``;
+    - ``codegen``: ``ARCH_FORMAT``, ``architecture(ir) -> dict``, ``build_module(ir, share, trace)``;
+    - ``reference``: ``reference_forward(dense, resolved, images, tensors, trace, residuals)``;
+    - ``report``: ``block_table(dense, pruned) -> dict`` (report.json ``structure``);
+    - ``masks``: ``l1_spec(ir, heads, mlp, embed) -> Spec`` (``vitshrink masks``).
+
+    ``title``: how messages name the family; ``token_pruning``: token masks and rules apply (a windowed
+    family needs every token).
+    """
+
+    name: str
+    title: str
+    ir: type
+    frontend: ModuleType
+    spec: ModuleType
+    passes: ModuleType
+    codegen: ModuleType
+    reference: ModuleType
+    report: ModuleType
+    masks: ModuleType
+    token_pruning: bool
+
+
+VIT = Family(name="vit", title="ViT/DeiT", ir=ViTIR, frontend=timm_vit, spec=spec_vit, passes=passes_vit,
+             codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit, token_pruning=True)
+SWIN = Family(name="swin", title="Swin", ir=SwinIR, frontend=timm_swin, spec=spec_swin, passes=passes_swin,
+              codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
+#: every family vitshrink compiles, in the order a timm model is offered to their frontends
+FAMILIES: tuple[Family, ...] = (VIT, SWIN)
+
+
+def family_of(obj: Any) -> Family:
+    """The family of an IR, a framework model (a timm module) or an architecture dict (``arch.json``).
+
+    Raises:
+        ModelError: no family handles it (the families are named).
+    """
+    for f in FAMILIES:
+        if isinstance(obj, f.ir):
+            return f
+        if isinstance(obj, dict) and obj.get("format") == f.codegen.ARCH_FORMAT:
+            return f
+        if isinstance(obj, nn.Module) and f.frontend.accepts(obj):
+            return f
+    what = type(obj).__name__ if not isinstance(obj, dict) else f"architecture {obj.get('format')!r}"
+    raise ModelError(f"unsupported model class {what}: vitshrink compiles these families: "
+                     + ", ".join(f"{f.title} ({f.ir.__name__})" for f in FAMILIES))
+
+
+def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict: Optional[dict[str, Tensor]] = None,
+                 configure=None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
+    """Create timm model ``name``, load its weights and translate it with its family's frontend.
+
+    Args:
+        name: timm model name (any family of :data:`FAMILIES`).
+        checkpoint: a weights file (safetensors or a pickled state dict).
+        state_dict: weights already in memory (e.g. from :func:`vitshrink.importers.import_checkpoint`);
+            neither: random weights, with a warning.
+        configure: called on the timm model before translation (an importer's
+            :meth:`~vitshrink.importers.base.ImportResult.configure`: e.g. the source's LayerNorm eps).
+    Returns:
+        (timm model in eval mode, dense IR -- :class:`~vitshrink.ir.vit.ViTIR`,
+        :class:`~vitshrink.ir.swin.SwinIR` --, extra checkpoint tensors not in the model).
+    Raises:
+        ModelError: unknown name, a family vitshrink does not handle, an option it refuses (named);
+        CheckpointError: unreadable checkpoint, a missing key or a shape mismatch (named).
+    """
+    model = create_model(name)
+    family = family_of(model)
+    extras: dict[str, Tensor] = {}
+    if state_dict is not None:
+        extras = load_state(model, state_dict, f"imported weights for {name}")
+    elif checkpoint is None:
+        warnings.warn(
+            f"no checkpoint given: {name} has RANDOM weights (latency and exactness are meaningful, accuracy is not)",
+            stacklevel=2,
+        )
+    else:
+        extras = load_checkpoint(model, checkpoint)
+    if configure is not None:
+        configure(model)
+    return model, family.frontend.from_timm(model, name), extras
+
+
+def from_timm(model: nn.Module, name: Optional[str] = None) -> IR:
+    """Translate a timm model of any family into its IR (a copy of its weights)."""
+    return family_of(model).frontend.from_timm(model, name)
+
+
+def mask_shapes(ir: IR) -> dict[str, tuple]:
+    """Canonical mask name -> full shape, for the dense model ``ir`` (names of its family's spec module)."""
+    return family_of(ir).spec.mask_shapes(ir)
+
+
+def resolve_spec(spec: Spec, ir: IR, tensors: Optional[dict[str, Tensor]] = None) -> ResolvedSpec:
+    """Validate ``spec`` against the dense ``ir`` and expand it to full-shape bool masks
+    (:func:`vitshrink.spec.vit.resolve`, :func:`vitshrink.spec.swin.resolve`).
+
+    Args:
+        tensors: checkpoint tensors the settings may reference (exit classifiers, token predictors).
+    Raises:
+        SpecError: naming the key (unknown name, wrong shape, an index out of range, an empty head set ...).
+    """
+    return family_of(ir).spec.resolve(spec, ir, tensors)
+
+
+def apply_spec(ir: IR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> IR:
+    """Every structural (and token) pass a resolved ``spec`` asks for, applied to the dense ``ir``:
+    the pruned IR, not yet laid out (:func:`vitshrink.passes.vit.apply_spec`, :func:`vitshrink.passes.swin.apply_spec`)."""
+    return family_of(ir).passes.apply_spec(ir, spec, tensors)
+
+
+def build_module(ir: IR, share: bool = False, trace: bool = False) -> nn.Module:
+    """IR -> the generated module in eval mode (:class:`~vitshrink.codegen.vit.PrunedViT` or
+    :class:`~vitshrink.codegen.swin.PrunedSwin`): images [B, C, H, W] -> logits [B, classes].
+
+    Args:
+        share: the module's parameters *are* the IR's tensors where their layout allows (no copy).
+        trace: forward also returns the token ids kept by each dynamic selection (ViT).
+    """
+    return family_of(ir).codegen.build_module(ir, share=share, trace=trace)
+
+
+@torch.no_grad()
+def reference_forward(dense: IR, spec: ResolvedSpec, images: Tensor, tensors: Optional[Mapping[str, Tensor]] = None,
+                      trace: bool = False, residuals: Optional[list] = None):
+    """Logits [B, num_classes] of the dense model ``dense`` under the masks of ``spec``: the masked dense
+    reference of its family (:func:`vitshrink.reference.vit.reference_forward`,
+    :func:`vitshrink.reference.swin.reference_forward`); with ``trace`` also the kept token ids per
+    dynamic rule."""
+    return family_of(dense).reference.reference_forward(dense, spec, images, tensors, trace=trace, residuals=residuals)

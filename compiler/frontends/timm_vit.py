@@ -1,0 +1,206 @@
+"""timm frontend for ``VisionTransformer`` / ``VisionTransformerDistilled`` -> :class:`~vitshrink.ir.vit.ViTIR`.
+
+Covers the DeiT/ViT family (``deit_{tiny,small,base}_patch16_224``, their ``_distilled`` variants,
+``vit_{tiny,small,base}_patch16_224``) and any timm model built from the same options. Every option
+the IR cannot represent exactly is refused with a :class:`ModelError` naming the option.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
+from ..ir.vit import PrefixTokenIR, ViTIR
+from .timm_common import clone, is_identity, layer_norm, refuse, timm
+
+#: The models the test suite covers. Other timm models pass if they use only supported options.
+TESTED_MODELS = (
+    "deit_tiny_patch16_224",
+    "deit_small_patch16_224",
+    "deit_base_patch16_224",
+    "deit_tiny_distilled_patch16_224",
+    "deit_small_distilled_patch16_224",
+    "deit_base_distilled_patch16_224",
+    "deit3_small_patch16_224",
+    "deit3_base_patch16_224",
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+)
+
+
+def accepts(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm ViT/DeiT (``VisionTransformer`` or a subclass); :func:`from_timm`
+    may still refuse one of its options by name."""
+    timm()
+    from timm.models.vision_transformer import VisionTransformer  # timm: lazy, after the compat shim
+
+    return isinstance(model, VisionTransformer)
+
+
+def timm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's transformer blocks in IR order with their state-dict prefixes (``blocks.{i}.``)."""
+    return [(f"blocks.{i}.", b) for i, b in enumerate(model.blocks)]
+
+
+def _check_supported(model: nn.Module) -> None:
+    timm_ = timm()
+    from timm.layers import Mlp, PatchEmbed  # timm: lazy, after the compat shim
+    from timm.layers.attention import Attention  # lazy: after the compat shim
+    from timm.models.vision_transformer import Block, LayerScale, VisionTransformer  # lazy: after the compat shim
+
+    if not isinstance(model, VisionTransformer):
+        raise ModelError(
+            f"unsupported model class {type(model).__name__}: the timm frontend handles VisionTransformer "
+            f"(DeiT/ViT) models only (timm {timm_.__version__})"
+        )
+    if model.global_pool not in ("token", "avg"):
+        refuse("global_pool", model.global_pool, "'token' (class token) and 'avg' pooling are supported")
+    if model.global_pool == "avg" and getattr(model, "pool_include_prefix", False):
+        refuse("pool_include_prefix", True, "average pooling over the patch tokens only is supported")
+    if model.global_pool == "token" and (not getattr(model, "has_class_token", True) or model.cls_token is None):
+        refuse("class_token", False, "'token' pooling reads the class token")
+    if getattr(model, "num_reg_tokens", 0) and type(model) is not VisionTransformer:
+        refuse("reg_tokens", model.num_reg_tokens, f"register tokens in {type(model).__name__}")
+    if getattr(model, "dynamic_img_size", False):
+        refuse("dynamic_img_size", True)
+    if model.pos_embed is None:
+        refuse("pos_embed", "none")
+    if not is_identity(model.norm_pre):
+        refuse("pre_norm", True)
+    if not (is_identity(getattr(model, "fc_norm", None)) or isinstance(model.fc_norm, nn.LayerNorm)):
+        refuse("fc_norm", type(model.fc_norm).__name__)
+    if getattr(model, "attn_pool", None) is not None:
+        refuse("global_pool", model.global_pool)
+    if not is_identity(model.patch_drop):
+        refuse("patch_drop_rate", model.patch_drop.prob)
+    if not isinstance(model.head, nn.Linear):
+        refuse("num_classes", 0, "a classifier head is required")
+    if not (isinstance(model.norm, nn.LayerNorm) or is_identity(model.norm)):
+        refuse("final_norm", type(model.norm).__name__)
+    pe = model.patch_embed
+    if type(pe) is not PatchEmbed or not is_identity(pe.norm) or not pe.flatten or pe.dynamic_img_pad:
+        refuse("embed_layer", type(pe).__name__, "a plain PatchEmbed (conv, flatten, no norm) is required")
+    if tuple(pe.proj.kernel_size) != tuple(pe.proj.stride) or pe.proj.padding not in ((0, 0), 0, "valid"):
+        refuse("patch_embed.proj", f"kernel={pe.proj.kernel_size} stride={pe.proj.stride}")
+    for i, blk in enumerate(model.blocks):
+        where = f"blocks.{i}"
+        if type(blk) is not Block:
+            refuse("block_fn", type(blk).__name__)
+        for ls in (blk.ls1, blk.ls2):  # LayerScale (DeiT-III) is folded into proj / fc2 (from_timm)
+            if not (is_identity(ls) or type(ls) is LayerScale):
+                refuse("init_values", type(ls).__name__, f"{where}: only timm's LayerScale is folded")
+        if not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
+            refuse("norm_layer", type(blk.norm1).__name__)
+        a = blk.attn
+        if type(a) is not Attention:
+            refuse("attn_layer", type(a).__name__)
+        if not (is_identity(a.q_norm) and is_identity(a.k_norm)):
+            refuse("qk_norm", True)
+        if not is_identity(getattr(a, "norm", None)):
+            refuse("scale_attn_norm", True)
+        if getattr(a, "gate", None) is not None:
+            refuse("gated", True)
+        m = blk.mlp
+        if type(m) is not Mlp or not is_identity(getattr(m, "norm", None)):
+            refuse("mlp_layer", type(m).__name__)
+        if not isinstance(m.fc1, nn.Linear):
+            refuse("mlp_layer", "conv (use_conv)")
+        act = m.act
+        if not (isinstance(act, nn.GELU) and act.approximate == "none"):
+            refuse("act_layer", type(act).__name__, "only exact (erf) GELU is supported")
+
+
+def _gamma(ls) -> Optional[torch.Tensor]:
+    """LayerScale's per-channel gamma [D], or None (Identity)."""
+    return None if is_identity(ls) else ls.gamma.detach()
+
+
+def _scaled(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor]):
+    """(gamma * W, gamma * b): LayerScale after a Linear folded into it, ``gamma*(Wy+b) = (gamma W)y + gamma b``."""
+    if gamma is None:
+        return weight.detach().clone(), clone(bias)
+    return (weight.detach() * gamma[:, None]).clone(), None if bias is None else (bias.detach() * gamma).clone()
+
+
+def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
+    """Translate a timm ViT/DeiT into the IR (a copy of its weights; the model is not changed).
+
+    LayerScale (DeiT-III, ``init_values``) is folded exactly into attn.proj and mlp.fc2 (rows scaled by
+    gamma); register tokens (``reg_tokens``) become prefix tokens after the class token, never pruned;
+    ``no_embed_class`` position embeddings become zero rows for the prefix tokens; ``global_pool='avg'``
+    (with or without a class token, with ``fc_norm`` or a final norm) pools the patch tokens.
+
+    Raises:
+        ModelError: the model uses an option the IR cannot represent (the option is named).
+    """
+    _check_supported(model)
+    from timm.models.deit import VisionTransformerDistilled  # timm: lazy, after the compat shim
+
+    D = model.embed_dim
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        a = blk.attn
+        H, hd = a.num_heads, a.head_dim
+        w = a.qkv.weight.detach()
+        b = a.qkv.bias.detach() if a.qkv.bias is not None else None
+        q_w, k_w, v_w = (w[j * H * hd:(j + 1) * H * hd].clone() for j in range(3))
+        q_b, k_b, v_b = (None, None, None) if b is None else (b[j * H * hd:(j + 1) * H * hd].clone() for j in range(3))
+        attn = AttentionIR(
+            head_ids=tuple(range(H)),
+            qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
+            v_ids=tuple(tuple(range(hd)) for _ in range(H)),
+            q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
+            **dict(zip(("proj_weight", "proj_bias"), _scaled(a.proj.weight, a.proj.bias, _gamma(blk.ls1)))),
+            scale=float(a.scale),
+        )
+        m = blk.mlp
+        mlp = MlpIR(
+            hidden_ids=tuple(range(m.fc1.out_features)),
+            fc1_weight=m.fc1.weight.detach().clone(), fc1_bias=clone(m.fc1.bias),
+            **dict(zip(("fc2_weight", "fc2_bias"), _scaled(m.fc2.weight, m.fc2.bias, _gamma(blk.ls2)))),
+        )
+        blocks.append(BlockIR(i, layer_norm(blk.norm1), attn, layer_norm(blk.norm2), mlp))
+
+    prefix = [] if model.cls_token is None else [PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone())]
+    reg = getattr(model, "reg_token", None)
+    if reg is not None:  # timm's order: class token, register tokens, patches
+        prefix += [PrefixTokenIR(f"reg{j}", t.clone()) for j, t in enumerate(reg.detach().reshape(-1, D))]
+    avg = model.global_pool == "avg"
+    heads = [ClassifierIR("head", -1 if avg else 0, model.head.weight.detach().clone(), clone(model.head.bias))]
+    if isinstance(model, VisionTransformerDistilled):
+        prefix.append(PrefixTokenIR("dist", model.dist_token.detach().reshape(D).clone()))
+        heads.append(ClassifierIR("head_dist", 1, model.head_dist.weight.detach().clone(), clone(model.head_dist.bias)))
+    pe = model.patch_embed
+    ir = ViTIR(
+        name=name or getattr(model, "default_cfg", {}).get("architecture", type(model).__name__),
+        img_size=tuple(pe.img_size),
+        patch_size=tuple(pe.patch_size),
+        in_chans=int(pe.proj.in_channels),
+        embed_ids=tuple(range(D)),
+        patch_weight=pe.proj.weight.detach().clone(),
+        patch_bias=clone(pe.proj.bias),
+        prefix=tuple(prefix),
+        pos_embed=_pos_embed(model, len(prefix), D),
+        blocks=tuple(blocks),
+        norm=None if is_identity(model.norm) else layer_norm(model.norm),
+        heads=tuple(heads),
+        meta={"frontend": "timm"},
+        pool=model.global_pool,
+        fc_norm=None if is_identity(getattr(model, "fc_norm", None)) else layer_norm(model.fc_norm),
+    )
+    if ir.pos_embed.shape[0] != ir.num_tokens:
+        refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
+    return ir
+
+
+def _pos_embed(model: nn.Module, num_prefix: int, D: int) -> torch.Tensor:
+    """[N, D] added after the prefix tokens are prepended; ``no_embed_class`` (DeiT-III): zero rows
+    for the prefix tokens (timm adds its position embeddings to the patches only)."""
+    pos = model.pos_embed.detach().reshape(-1, D)
+    if getattr(model, "no_embed_class", False):
+        pos = torch.cat([torch.zeros(num_prefix, D, dtype=pos.dtype), pos])
+    return pos.clone()

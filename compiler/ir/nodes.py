@@ -1,0 +1,179 @@
+"""The IR nodes every model family shares: LayerNorm, attention (per-head widths), MLP, token rules,
+blocks and classifiers. A family's model node (:class:`~vitshrink.ir.vit.ViTIR`,
+:class:`~vitshrink.ir.swin.SwinIR`) holds a sequence of these blocks.
+
+Shapes use D = embed_dim (kept residual channels), N = tokens (prefix + patches), C = classes.
+Every prunable axis carries the *original* index of each surviving unit ("ids"): the kept heads of a
+block, the q/k and v channels inside each head, the MLP hidden neurons, the residual channels. Masks
+are always written in original coordinates (the model as the frontend imported it), so passes map a
+mask through these ids and compose in any order. A padded unit (layout passes) has id -1.
+
+Weights are float32 torch tensors with the shapes of ``nn.Linear`` (``[out, in]``).
+Passes never modify an IR in place; they return a new one (:func:`dataclasses.replace`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+PAD = -1  # id of a zero-padded unit
+
+
+@dataclass(frozen=True)
+class LayerNormIR:
+    """LayerNorm over the kept channels: ``weight``/``bias`` [D], ``eps``."""
+
+    weight: Tensor
+    bias: Tensor
+    eps: float
+
+
+@dataclass(frozen=True)
+class AttentionIR:
+    """Multi-head self-attention with a free number of heads and free q/k and v widths per head.
+
+    Head h reads q/k channels ``qk_ids[h]`` and v channels ``v_ids[h]`` (original indices inside the
+    original head ``head_ids[h]``). Projections are stored head after head:
+
+    - ``q_weight``, ``k_weight``: [sum(qk_dims), D]; ``q_bias``, ``k_bias``: [sum(qk_dims)] or None
+    - ``v_weight``: [sum(v_dims), D]; ``v_bias``: [sum(v_dims)] or None
+    - ``proj_weight``: [D, sum(v_dims)]; ``proj_bias``: [D] or None
+
+    ``scale`` is the softmax scale of the *original* model (original head_dim ** -0.5): pruning q/k
+    channels removes terms of the dot product, it does not renormalise it.
+
+    ``rel_bias``: a per-head constant added to the attention logits, [num_heads, A, A] over the A tokens
+    of a window (Swin's relative position bias after the table lookup), or None.
+    """
+
+    head_ids: tuple[int, ...]
+    qk_ids: tuple[tuple[int, ...], ...]
+    v_ids: tuple[tuple[int, ...], ...]
+    q_weight: Tensor
+    q_bias: Optional[Tensor]
+    k_weight: Tensor
+    k_bias: Optional[Tensor]
+    v_weight: Tensor
+    v_bias: Optional[Tensor]
+    proj_weight: Tensor
+    proj_bias: Optional[Tensor]
+    scale: float
+    rel_bias: Optional[Tensor] = None
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.head_ids)
+
+    @property
+    def qk_dims(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.qk_ids)
+
+    @property
+    def v_dims(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.v_ids)
+
+
+@dataclass(frozen=True)
+class MlpIR:
+    """fc1 -> GELU (exact, erf) -> fc2. ``fc1_weight`` [hidden, D], ``fc2_weight`` [D, hidden].
+
+    ``hidden_ids``: original index of each kept hidden neuron. hidden may be 0 (the MLP is then the
+    constant ``fc2_bias``).
+    """
+
+    hidden_ids: tuple[int, ...]
+    fc1_weight: Tensor
+    fc1_bias: Optional[Tensor]
+    fc2_weight: Tensor
+    fc2_bias: Optional[Tensor]
+
+    @property
+    def hidden(self) -> int:
+        return len(self.hidden_ids)
+
+
+@dataclass(frozen=True)
+class PredictorIR:
+    """A learned token scorer (see :class:`vitshrink.spec.resolved.PredictorSetting`).
+
+    ``norm``: LayerNorm over D applied first (None: none); ``layers``: the Linear layers in order as
+    (weight [out, in], bias [out]). dynamicvit: in_conv.1, out_conv.0, out_conv.2, out_conv.4.
+    """
+
+    type: str
+    norm: Optional[LayerNormIR]
+    layers: tuple[tuple[Tensor, Optional[Tensor]], ...]
+
+
+@dataclass(frozen=True)
+class TokenSelectIR:
+    """A dynamic token rule (see :class:`vitshrink.spec.resolved.DynamicRule`): keep ``keep`` patch tokens."""
+
+    keep: int
+    score: str
+    where: str
+    fuse: bool
+    head_weighting: bool
+    cutoff: float
+    predictor: Optional[PredictorIR] = None
+
+
+@dataclass(frozen=True)
+class BlockIR:
+    """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)).
+
+    ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
+    ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
+    ``drop`` mode, updated in ``query`` mode; see :attr:`ViTIR.token_mode`), None for all.
+    ``select``: a dynamic token rule, or None.
+    """
+
+    source_index: int
+    norm1: LayerNormIR
+    attn: AttentionIR
+    norm2: LayerNormIR
+    mlp: MlpIR
+    tokens: Optional[tuple[int, ...]] = None
+    select: Optional[TokenSelectIR] = None
+
+
+@dataclass(frozen=True)
+class ClassifierIR:
+    """Linear classifier reading token ``token`` after the final norm: ``weight`` [C, D], ``bias`` [C]."""
+
+    name: str
+    token: int
+    weight: Tensor
+    bias: Optional[Tensor]
+
+
+def replace(obj, **changes):
+    """:func:`dataclasses.replace` for IR nodes (they are frozen)."""
+    return dataclasses.replace(obj, **changes)
+
+
+def iter_tensors(node):
+    """Yield every weight tensor below an IR node (depth first)."""
+    if isinstance(node, Tensor):
+        yield node
+    elif isinstance(node, (tuple, list)):
+        for x in node:
+            yield from iter_tensors(x)
+    elif dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            if f.name != "meta":
+                yield from iter_tensors(getattr(node, f.name))
+
+
+def rows(t: Optional[Tensor], idx: list[int]) -> Optional[Tensor]:
+    """``t[idx]`` along dim 0 (a copy), None stays None."""
+    return None if t is None else t.index_select(0, torch.as_tensor(idx, dtype=torch.long)).contiguous()
+
+
+def cols(t: Tensor, idx: list[int]) -> Tensor:
+    """``t[:, idx]`` (a copy)."""
+    return t.index_select(1, torch.as_tensor(idx, dtype=torch.long)).contiguous()

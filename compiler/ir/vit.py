@@ -1,0 +1,91 @@
+"""The IR of a ViT/DeiT classifier (timm ``VisionTransformer``): prefix tokens, position embedding,
+a flat sequence of :class:`~vitshrink.ir.nodes.BlockIR`, final norm, pooling and classifier heads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from torch import Tensor
+
+from .nodes import BlockIR, ClassifierIR, LayerNormIR, iter_tensors
+
+
+@dataclass(frozen=True)
+class PrefixTokenIR:
+    """A learned token placed before the patch tokens (``cls``, ``dist``): ``value`` [D]."""
+
+    name: str
+    value: Tensor
+
+
+@dataclass(frozen=True)
+class ViTIR:
+    """A ViT/DeiT classifier.
+
+    ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
+    as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
+    ``pool``: ``"token"`` -- each head reads its prefix token after the final ``norm`` -- or ``"avg"``
+    (timm ``global_pool='avg'``): the mean of the patch tokens after ``norm`` (None: timm's Identity),
+    then ``fc_norm`` (None: Identity), then the one head (its ``token`` is -1). Prefix tokens may be
+    absent (``class_token=False``).
+    ``exit_after``: source index of the last block when an early exit was applied, else None.
+    ``token_mode``: how static block ``tokens`` apply (``drop`` or ``query``).
+    ``token_order``: set by the layout pass :func:`vitshrink.passes.prefix_token_order`: the original
+    token ids in the order the sequence is laid out after the position embedding, so that every
+    block's kept set is a prefix (codegen then slices instead of gathering/scattering).
+    """
+
+    name: str
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    in_chans: int
+    embed_ids: tuple[int, ...]
+    patch_weight: Tensor
+    patch_bias: Optional[Tensor]
+    prefix: tuple[PrefixTokenIR, ...]
+    pos_embed: Tensor
+    blocks: tuple[BlockIR, ...]
+    norm: Optional[LayerNormIR]
+    heads: tuple[ClassifierIR, ...]
+    exit_after: Optional[int] = None
+    token_mode: str = "drop"
+    token_order: Optional[tuple[int, ...]] = None
+    meta: dict = field(default_factory=dict)
+    pool: str = "token"
+    fc_norm: Optional[LayerNormIR] = None
+
+    @property
+    def embed_dim(self) -> int:
+        return len(self.embed_ids)
+
+    @property
+    def num_prefix(self) -> int:
+        return len(self.prefix)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+
+    @property
+    def num_patches(self) -> int:
+        g = self.grid
+        return g[0] * g[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.heads[0].weight.shape[0])
+
+    def block(self, source_index: int) -> Optional[BlockIR]:
+        """The block that was ``blocks.{source_index}`` in the original model, or None if removed."""
+        for b in self.blocks:
+            if b.source_index == source_index:
+                return b
+        return None
+
+    def num_params(self) -> int:
+        """Number of parameters (elements of every weight tensor)."""
+        return sum(t.numel() for t in iter_tensors(self))

@@ -1,0 +1,17 @@
+"""The compile job (``vitshrink compile``), one stage after another -- each stage a method of
+:class:`~.job.CompileJob`:
+
+- :mod:`.options`: :class:`CompileOptions` (one field per flag);
+- :mod:`.job`: the stages, :func:`compile_model`;
+- :mod:`.inputs`: the verification (and calibration) images;
+- :mod:`.layout_choice`: ``--layout auto``, the head layout timed on the target engine;
+- :mod:`.engine_checks`: every engine verified against torch, then timed (and TensorRT built);
+- :mod:`.progress`: stage lines, timings and peak memory; :mod:`.output`: the output directory,
+  written atomically, with input hashes and toolchain versions.
+"""
+from __future__ import annotations
+
+from .job import CompileJob, compile_model
+from .options import CompileOptions
+
+__all__ = ["CompileJob", "CompileOptions", "compile_model"]

@@ -1,0 +1,347 @@
+"""The compile job (``vitshrink compile``): checkpoint + spec -> verified pruned model, ONNX, report.
+
+:class:`CompileJob` runs the stages in order, one method each (any failure leaves no output directory):
+
+1. :meth:`~CompileJob.read_inputs`: the spec file (or a pruned checkpoint, imported), the timm model and
+   its checkpoint, the spec validated (bad input: :class:`~vitshrink.errors.VitshrinkError`, before
+   any heavy work);
+2. :meth:`~CompileJob.check_fidelity`: the codegen of the unpruned IR against timm's own forward;
+3. :meth:`~CompileJob.prune` (the family's passes) and :meth:`~CompileJob.lay_out` (head layout chosen,
+   exact re-layouts, codegen);
+4. :meth:`~CompileJob.check_exactness`: the pruned module vs the family's masked dense reference (max
+   abs diff on logits <= tolerance; dynamic token rules also keep identical tokens), and the saved
+   checkpoint reloaded with :func:`vitshrink.load`; :meth:`~CompileJob.count`: MACs, parameters, structure;
+5. :meth:`~CompileJob.export`: ONNX of dense and pruned, onnx.checker, ONNX Runtime vs torch; every
+   requested engine against torch;
+6. :meth:`~CompileJob.time`: latency per engine (dense and pruned interleaved), optional TensorRT;
+7. :meth:`~CompileJob.measure_accuracy` on an ImageFolder directory when given;
+8. report.json + report.md + plots, then the temporary directory is moved into place.
+
+A failed verification raises :class:`~vitshrink.errors.VerificationError` (CLI exit 1).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import families
+from ..codegen.checkpoint import load, save
+from ..counting import count_macs
+from ..errors import VerificationError, VitshrinkError
+from ..export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
+from ..frontends.timm import eval_transform
+from ..importers import import_checkpoint
+from ..importers.verify import import_report, source_logits
+from ..report.schema import FORMAT as REPORT_FORMAT
+from ..report.write import write_report
+from ..runtime.accuracy import evaluate, list_images
+from ..runtime.machine import machine
+from ..runtime.ort import OrtRunner
+from ..spec.format import load_spec, save_spec
+from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
+from .inputs import verification_images
+from .layout_choice import choose_layout
+from .options import CompileOptions, with_overrides
+from .output import check_output, commit_output, prepare_output, sha256, toolchain
+from .progress import Log
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+class CompileJob:
+    """One compile of ``model_name`` pruned as the spec at ``spec_path`` says (None: ``opt.checkpoint`` is
+    a pruned checkpoint of another tool) into ``out``. :meth:`run` runs every stage; large objects
+    (the dense IR, modules) are dropped as soon as no later stage needs them, so peak memory is the
+    dense weights once plus what the exporter needs."""
+
+    def __init__(self, model_name: str, spec_path: Optional[str | Path], out: Optional[str | Path], opt: CompileOptions):
+        if spec_path is None and opt.checkpoint is None:
+            raise VitshrinkError("no spec: give a mask spec file (spec=... / --spec), or a pruned checkpoint to import (--checkpoint)")
+        if out is None:
+            raise VitshrinkError("no output directory: give out=... / --out")
+        opt.check()
+        self.model_name, self.spec_path, self.out, self.opt = model_name, spec_path, Path(out), opt
+        check_output(self.out)
+        self.log = Log(opt.progress)
+        self.report: dict = {}
+
+    # ------------------------------------------------------------------------------------ 1-2 inputs
+
+    def read_inputs(self) -> None:
+        """Stage 1: the spec (or the imported checkpoint), the timm model, the resolved spec, the
+        verification images. Warnings are shown only once the input is known to be good."""
+        opt, log = self.opt, self.log
+        self.imported = None
+        with log.stage("import", f"import {self.model_name}"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if self.spec_path is None:
+                    self.imported = import_checkpoint(opt.checkpoint, self.model_name, opt.source_format, opt.dense_checkpoint,
+                                                      opt.trust_pickle, opt.import_options)
+                    self.spec = self.imported.spec
+                    timm_model, dense_ir, extras = families.import_model(
+                        self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure)
+                else:
+                    self.spec = load_spec(self.spec_path)
+                    timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint)
+            checkpoint = {**timm_model.state_dict(), **extras}
+            self.family = families.family_of(dense_ir)
+            self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)
+            if opt.data:
+                list_images(opt.data, dense_ir.num_classes)
+            self.transform = eval_transform(timm_model)
+        for w in caught:  # bad input has ended with its one error line before any warning is shown
+            log.warn(str(w.message))
+        self.shape = (dense_ir.in_chans, *dense_ir.img_size)
+        self.tensors = _referenced_tensors(self.resolved, checkpoint)  # exit classifier, token predictors
+        self.x = verification_images(opt.verify_images, self.shape, opt.data, self.transform, dense_ir.num_classes,
+                                     dense_ir.patch_size)
+        self.timm_model, self.dense_ir = timm_model, dense_ir
+
+    def check_fidelity(self) -> None:
+        """Stage 2: the codegen of the unpruned IR against timm's own forward (then the timm model is
+        dropped: the IR holds the weights); for an import, what the source computes."""
+        opt = self.opt
+        with self.log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
+            fidelity = _max_diff(self.family.codegen.build_module(self.dense_ir, share=True)(self.x), self.timm_model(self.x))
+            self.source = source_logits(self.imported, self.model_name, self.x) if self.imported is not None else None
+        self.timm_model = None
+        if fidelity > opt.tolerance:
+            raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
+        spec_path, ckpt = self.spec_path, opt.checkpoint
+        self.report.update({
+            "format": REPORT_FORMAT, "model": self.model_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": {
+                "spec": ({"path": str(spec_path), "sha256": sha256(spec_path)} if spec_path is not None
+                         else {"path": None, "imported_from": str(ckpt)}),
+                "checkpoint": {"path": str(ckpt), "sha256": sha256(ckpt)} if ckpt else {"path": None, "random_init": True},
+                "data": opt.data,
+            },
+            "toolchain": toolchain(), "machine": machine(),
+            "import": {"max_abs_diff": fidelity, "tolerance": opt.tolerance, "passed": True},
+        })
+        if self.imported is not None:
+            self.report["import"].update(import_report(self.imported))
+
+    # ------------------------------------------------------------------------------ 3-4 the model
+
+    def prune(self) -> None:
+        """Stage 3: the family's structural (and token) passes."""
+        with self.log.stage("passes", "structural and token passes"):
+            self.pruned_ir = self.family.passes.apply_spec(self.dense_ir, self.resolved, self.tensors)
+
+    def lay_out(self, work: Path) -> None:
+        """Stage 3b: the head layout (timed on the first engine with ``--layout auto``), the exact
+        re-layouts and codegen."""
+        layout, self.report["layout"] = choose_layout(self.pruned_ir, self.opt, self.shape, work, self.log)
+        with self.log.stage("codegen", f"layout ({layout}) + codegen"):
+            self.laid_out = self.family.passes.lay_out(self.pruned_ir, layout, self.opt.token_layout)
+            self.pruned = self.family.codegen.build_module(self.laid_out)
+        self.padded = any(sum(b.attn.qk_dims) != sum(c.attn.qk_dims) or sum(b.attn.v_dims) != sum(c.attn.v_dims)
+                          for b, c in zip(self.pruned_ir.blocks, self.laid_out.blocks))  # grouping only reorders
+        self.report["layout"]["padded"] = self.padded
+
+    def check_exactness(self, tmp: Path) -> None:
+        """Stage 4: the pruned module against the family's masked dense reference, the kept tokens of
+        dynamic rules, the saved checkpoint reloaded, and an import against what its source computes.
+
+        Raises:
+            VerificationError: any of them differs by more than the tolerance.
+        """
+        opt, tol, x = self.opt, self.opt.tolerance, self.x
+        with self.log.stage("exactness", "exactness vs masked dense reference"), torch.no_grad():
+            ref, ref_ids = self.family.reference.reference_forward(self.dense_ir, self.resolved, x, self.tensors, trace=True)
+            self.logits = self.pruned(x)
+            exact = _max_diff(self.logits, ref)
+            ids_same = None
+            if ref_ids:  # dynamic token rules: the kept tokens must be the same ones
+                _, ids = self.family.codegen.build_module(self.laid_out, share=True, trace=True)(x)
+                ids_same = len(ids) == len(ref_ids) and all(torch.equal(a, b) for a, b in zip(ids, ref_ids))
+            save(self.pruned, tmp / "model")
+            reload_diff = _max_diff(load(tmp / "model")(x), self.logits)
+        self.report["exactness"] = {
+            "max_abs_diff": exact, "tolerance": tol, "passed": exact <= tol, "reload_max_abs_diff": reload_diff,
+            "inputs": f"{opt.verify_images} random + 2 flat-block" + (f" + {opt.verify_images} real images" if opt.data else ""),
+            "reference": "dense model with masks as zeros (heads/channels/neurons), identity (blocks), "
+                         "LayerNorm over kept embed channels, early-exit classifier, tokens as alive/key masks",
+        }
+        if self.source is not None:  # an imported checkpoint: what the source tool computes
+            ref_logits, note = self.source
+            d = _max_diff(self.logits, ref_logits) if ref_logits is not None else None
+            self.report["import"].update(source_max_abs_diff=d, source_reference=note)
+            if d is not None and d > tol:
+                raise VerificationError(f"import failed: the compiled model differs from what the source checkpoint "
+                                        f"computes by {d:.3g} > {tol:g}")
+        if ids_same is not None:
+            self.report["exactness"]["token_ids_identical"] = ids_same
+            if not ids_same:
+                raise VerificationError("exactness failed: dynamic token rules kept other tokens than the reference")
+        if exact > tol or reload_diff > tol:
+            raise VerificationError(f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "
+                                    f"(reload {reload_diff:.3g}) > {tol:g}")
+
+    def count(self) -> None:
+        """MACs (structure after pruning, and what the laid-out graph executes), parameters, structure;
+        then the IRs are dropped."""
+        shape, family = self.shape, self.family
+        self.dense = family.codegen.build_module(self.dense_ir, share=True)
+        with self.log.stage("count", "count MACs and parameters"):
+            structural = family.codegen.build_module(self.pruned_ir, share=True) if self.padded else self.pruned
+            macs_dense, macs_pruned = count_macs(self.dense, (1, *shape)), count_macs(structural, (1, *shape))
+            macs_exec = count_macs(self.pruned, (1, *shape)) if self.padded else macs_pruned
+            del structural
+        self.report["params"] = {"dense": self.dense_ir.num_params(), "pruned": self.pruned_ir.num_params()}
+        self.report["macs"] = {"dense": macs_dense, "pruned": macs_pruned, "executed": macs_exec,
+                               "ratio": macs_pruned / macs_dense, "unit": "MACs per image"}
+        self.report["structure"] = family.report.block_table(self.dense_ir, self.pruned_ir)
+        self.num_classes = self.dense_ir.num_classes
+        self.dense_ir = self.pruned_ir = self.laid_out = None
+
+    # ---------------------------------------------------------------------------- 5-7 the engines
+
+    def export(self, tmp: Path, work: Path) -> None:
+        """Stage 5: ONNX of the pruned model (``tmp/model.onnx``) and of the dense baseline (``work``),
+        each checked in ONNX Runtime against torch, then every requested engine against torch.
+
+        Raises:
+            VerificationError: the exporter, onnx.checker, ONNX Runtime or an engine disagrees.
+        """
+        opt, tol, x = self.opt, self.opt.tolerance, self.x
+        with self.log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"), torch.no_grad():
+            want_pruned, want_dense = self.logits, self.dense(x)
+            onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
+            self.pruned = None
+            onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape)
+            dense_dir = save_dense_module(self.dense, work) if any(e.startswith("torch") for e in opt.engines) else None
+            self.dense = None
+            d_pruned = onnx_max_abs_diff(onnx_pruned, x, want_pruned, threads=max(opt.threads))
+            d_dense = onnx_max_abs_diff(onnx_dense, x, want_dense, threads=max(opt.threads))
+        self.report["export"] = {
+            "onnx_max_abs_diff": d_pruned, "dense_onnx_max_abs_diff": d_dense, "tolerance": tol,
+            "passed": d_pruned <= tol and d_dense <= tol, "opset": OPSET, "input": INPUT_NAME,
+            "dynamic_batch": True, "file": "model.onnx", "bytes": onnx_pruned.stat().st_size,
+        }
+        if not self.report["export"]["passed"]:
+            raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
+        self.artifacts = {"onnx": {"dense": onnx_dense, "pruned": onnx_pruned},
+                          "module": {"dense": dense_dir, "pruned": tmp / "model"}}
+        self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense},
+                                                max(opt.threads), tol, self.log)
+        self.report["verified"] = True
+
+    def time(self, tmp: Path) -> None:
+        """Stage 6: latency per engine (a fresh worker process per engine and thread count), and TensorRT."""
+        opt, macs = self.opt, self.report["macs"]
+        self.report["latency"] = time_engines(opt.engines, self.artifacts, opt.batch, opt.threads, self.shape,
+                                              opt.bench_seconds, macs["dense"] / macs["pruned"], self.log)
+        if opt.trt:
+            trt = build_tensorrt(tmp, self.artifacts["onnx"]["pruned"], INPUT_NAME, self.shape, opt.batch, self.log)
+            self.report["engines"]["tensorrt"] = {
+                "runtime": "tensorrt", "device": "cuda", **trt,
+                **({"status": "skipped", "reason": trt["skipped"]} if "skipped" in trt else {"status": "built"})}
+
+    def measure_accuracy(self) -> None:
+        """Stage 7: top-1/top-5 of dense and pruned (ONNX Runtime) on ``--data``."""
+        opt = self.opt
+        if not opt.data:
+            return
+        onnx = self.artifacts["onnx"]
+        runners = {"dense": OrtRunner(onnx["dense"], threads=max(opt.threads)), "pruned": OrtRunner(onnx["pruned"], threads=max(opt.threads))}
+        with self.log.stage("accuracy", f"accuracy on {opt.data}"):
+            n = len(list_images(opt.data, self.num_classes)[:opt.limit])
+            with self.log.bar("images", n) as bar:
+                acc = evaluate(runners, opt.data, self.transform, self.num_classes, limit=opt.limit, progress=bar)
+        self.report["accuracy"] = {
+            "n": acc["n"], "runtime": "onnxruntime", "transform": "timm eval transform of the model",
+            **{k: acc[k] for k in ("dense_top1", "pruned_top1", "dense_top5", "pruned_top5", "top1_agreement")},
+        }
+
+    # ------------------------------------------------------------------------------------- the run
+
+    def write(self, tmp: Path) -> None:
+        """Stage 8: spec.json (and import.json), report.json, report.md and the plots into ``tmp``."""
+        with self.log.stage("report", "write report"):
+            save_spec(self.spec, tmp / "spec.json")
+            if self.imported is not None:
+                (tmp / "import.json").write_text(json.dumps(self.report["import"], indent=1) + "\n")
+            self.report["timings_s"] = self.log.timings
+            self.report["peak_rss_gb"] = self.log.peak_rss_gb  # process peak resident memory after each stage
+            write_report(self.report, tmp)
+
+    def run(self) -> dict:
+        """Every stage in order; the output directory appears only when all passed. Returns the report."""
+        self.read_inputs()
+        self.check_fidelity()
+        tmp, created_parent = prepare_output(self.out)
+        work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
+        try:
+            self.prune()
+            self.lay_out(work)
+            self.check_exactness(tmp)
+            self.count()
+            self.export(tmp, work)
+            self.time(tmp)
+            self.measure_accuracy()
+            self.write(tmp)
+            commit_output(tmp, self.out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if created_parent is not None:
+                shutil.rmtree(created_parent, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self.log.info(f"[bold green]wrote[/] {self.out}/ (report.md, report.json, widths.png, latency.png, model.onnx, model/, spec.json)")
+        return self.report
+
+
+def compile_model(model_name: str, spec: str | Path | None = None, out: str | Path | None = None,
+                  options: Optional[CompileOptions] = None, **kwargs) -> dict:
+    """Compile ``model_name`` pruned as ``spec`` says into the directory ``out`` (``vitshrink compile``).
+
+    Stages: import, import fidelity, passes + codegen, exactness against the masked dense reference
+    (max abs diff on logits, fp32), ONNX export (dense and pruned) checked in ONNX Runtime, latency
+    (dense and pruned interleaved; ms, speed-up and realization = speed-up / MACs ratio), accuracy
+    (:class:`CompileJob`).
+
+    Example::
+
+        report = vitshrink.compile_model("deit_tiny_patch16_224", "spec.json", "out/",
+                                         checkpoint="deit_tiny.safetensors", batch=(1, 8), threads=2)
+        report["latency"][0]["speedup"]
+
+    Args:
+        model_name: a timm model name (ViT/DeiT or Swin), e.g. ``"deit_small_patch16_224"``.
+        spec: mask spec v1 file (``.json`` or ``.safetensors``); None: ``checkpoint`` is a checkpoint
+            pruned by another tool (Torch-Pruning, torch.nn.utils.prune, NNI, zeroed structure), imported
+            with its masks (see :mod:`vitshrink.importers`) and checked against what the source computes.
+        out: output directory; written atomically (built in a temporary sibling, then moved).
+        options: a :class:`~vitshrink.pipeline.options.CompileOptions`; or give its fields as
+            keyword arguments (``checkpoint=``, ``data=``, ``batch=``, ``threads=``, ``bench_seconds=``, ``limit=``,
+            ``layout=``, ``token_layout=``, ``tolerance=``, ``verify_images=``, ``trt=``, ``progress=``),
+            which override the fields of ``options``.
+    Returns:
+        The report, a dict (the content of ``out/report.json``; fields in :mod:`vitshrink.report.schema`).
+    Raises:
+        VitshrinkError: bad input (spec, checkpoint, model, data, an unknown keyword) -- nothing is written.
+        VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
+    """
+    return CompileJob(model_name, spec, out, with_overrides(options, kwargs)).run()
+
+
+def _referenced_tensors(resolved, tensors: dict) -> dict:
+    """The checkpoint tensors a resolved spec reads: exit classifier and token predictor weights."""
+    prefixes = [r.predictor.prefix for r in resolved.dynamic.values() if r.predictor is not None]
+    e = resolved.exit
+    if e is not None:
+        prefixes += [p for p in (e.head, e.head_dist, e.norm) if p is not None]
+    return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}

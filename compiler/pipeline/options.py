@@ -1,0 +1,101 @@
+"""The options of a compile (:class:`CompileOptions`): one field per ``vitshrink compile`` flag."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..errors import VitshrinkError
+from ..runtime.engines import parse_engines
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class CompileOptions:
+    """Options of :func:`~vitshrink.pipeline.job.compile_model`; each field is the ``vitshrink compile``
+    flag of the same name.
+
+    Attributes:
+        checkpoint: weights of the model (``.safetensors`` / ``.pth``); None: random weights (latency
+            and exactness stay meaningful, accuracy does not; a warning says so).
+        data: ImageFolder directory for top-1/top-5 of dense and pruned (and 4 real verification images).
+        batch: batch sizes to time (an int or a sequence), e.g. ``(1, 8)``.
+        threads: ONNX Runtime intra-op thread counts to time (an int or a sequence); at most 2 on 2 cores.
+        bench_seconds: timing budget in seconds per (batch, threads) setting; rounds go on past it (up
+            to 3x) while the figure is not yet stable (:func:`vitshrink.runtime.latency.stability`).
+        limit: evaluate only the first ``limit`` images of ``data``.
+        layout: ``"auto"`` (time both on the first requested engine when heads are irregular:
+            :mod:`vitshrink.pipeline.layout_choice`), ``"pad"`` irregular heads to one width per block, or
+            ``"group"`` heads of equal width batched together.
+        token_layout: static tokens as ``"prefix"`` slices (one permutation) or ``"gather"``/scatter.
+        tolerance: max abs diff on logits (fp32) for import fidelity, exactness and export.
+        verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
+        trt: also build a TensorRT fp16 engine (skipped with the reason where TensorRT is missing).
+        progress: stage lines and progress bars on stderr (the CLI's ``--quiet`` turns them off).
+        source_format: without a spec, ``checkpoint`` is a pruned checkpoint of another tool; its format
+            (``--from``), detected when None (:func:`vitshrink.importers.import_checkpoint`).
+        dense_checkpoint: dense weights for formats that hold masks only (NNI).
+        trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
+        import_options: format options (``--import-option KEY=VALUE``), e.g. ``{"exit": "11"}`` (WDPruning).
+        engines: engines to verify and time (``--engines``): names of
+            :data:`vitshrink.runtime.engines.ENGINES` (``ort``, ``openvino``, ``native``, ``torch``, the CUDA
+            ones), ``"all"``, or a comma-separated string; engines that cannot run here are listed in the
+            report as skipped with the reason. ``tensorrt`` implies ``trt``.
+    Raises:
+        VitshrinkError: an unknown engine (named); :meth:`check`: a value out of range (named).
+    """
+
+    checkpoint: Optional[str] = None
+    data: Optional[str] = None
+    batch: Sequence[int] | int = (1,)
+    threads: Sequence[int] | int = (2,)
+    bench_seconds: float = 10.0
+    limit: Optional[int] = None
+    layout: str = "auto"
+    token_layout: str = "prefix"
+    tolerance: float = DEFAULT_TOLERANCE
+    verify_images: int = 4
+    trt: bool = False
+    progress: bool = True
+    source_format: Optional[str] = None
+    dense_checkpoint: Optional[str] = None
+    trust_pickle: bool = False
+    import_options: Optional[dict] = None
+    engines: Sequence[str] | str = ("ort",)
+
+    def __post_init__(self):
+        try:
+            self.engines = parse_engines(self.engines)
+        except ValueError as e:
+            raise VitshrinkError(f"--engines: {e}") from None
+        if "tensorrt" in self.engines:
+            self.trt = True
+        self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
+        self.threads = (self.threads,) if isinstance(self.threads, int) else tuple(self.threads)
+        if self.checkpoint is not None:
+            self.checkpoint = str(self.checkpoint)
+        if self.data is not None:
+            self.data = str(self.data)
+
+    def check(self) -> None:
+        """Raise :class:`VitshrinkError` naming the flag of a value out of range."""
+        if self.layout not in ("auto", "pad", "group"):
+            raise VitshrinkError(f"--layout {self.layout!r}: expected 'auto', 'pad' or 'group'")
+        if self.token_layout not in ("prefix", "gather"):
+            raise VitshrinkError(f"--token-layout {self.token_layout!r}: expected 'prefix' or 'gather'")
+        if any(b < 1 for b in self.batch) or any(t < 1 for t in self.threads):
+            raise VitshrinkError("--batch and --threads take positive integers")
+
+
+def with_overrides(options: Optional[CompileOptions], kwargs: dict) -> CompileOptions:
+    """``options`` (or the defaults) with the keyword arguments of ``compile_model`` applied.
+
+    Raises:
+        VitshrinkError: an unknown keyword (named, with the options).
+    """
+    names = {f.name for f in dataclasses.fields(CompileOptions)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise VitshrinkError(f"compile_model got an unknown option '{unknown[0]}' (options: {', '.join(sorted(names))})")
+    return dataclasses.replace(options or CompileOptions(), **kwargs)

@@ -1,0 +1,225 @@
+"""The masked dense reference for ViT/DeiT: what a pruned model must compute, written as plainly as possible.
+
+It runs the *dense* model (its IR straight from the frontend) with the spec's masks applied the way
+the papers define them, never by slicing:
+
+- heads, q/k channels, v channels, MLP neurons: the masked activations are multiplied by 0;
+- embedding channels (SAViT): the residual stream is multiplied by the mask and every LayerNorm
+  normalises over the kept channels only (mean and variance over kept channels; docs/architecture.md);
+- removed blocks: identity;
+- early exit (WDPruning): stop after the exit block and use its classifier;
+- tokens: the sequence keeps all N token slots (plus one slot per fusing rule) with an *alive* mask
+  per image. Dead tokens are masked out of attention as keys (logit -inf) and never updated; in
+  Patch Slimming's query mode (eq. 2) tokens outside the block's mask stay alive as keys/values but
+  are not updated. Dynamic rules score the alive patch tokens, keep the top ``k`` (ties to the lower
+  position, by sorting in Python), and optionally write the EViT fused token into a fresh slot. The
+  VTC-LFC low-frequency energy uses ``torch.fft`` (float64), not the MatMul form of the compiled model.
+
+It shares no code with codegen (attention is a loop over heads), so agreement between the two is
+evidence, not tautology. Slow; meant for verification on a few images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ir.nodes import LayerNormIR
+from ..ir.vit import ViTIR
+from ..spec.resolved import DynamicRule, ResolvedSpec
+from .common import linear, ln, masked_heads, masked_layer_norm
+
+
+def _low_frequency_energy(xs: Tensor, cutoff: float) -> Tensor:
+    """VTC-LFC eq. 6 for one image: xs [L, D] patch tokens in order -> [L] (FFT along the tokens)."""
+    L = xs.shape[0]
+    spec = torch.fft.fft(xs.double(), dim=0)
+    k = torch.arange(L, dtype=torch.float64)
+    m0, d0 = (L - 1) / 2.0, (L * cutoff / 2.0) ** 2
+    w = 1.0 - torch.exp(-((k - m0) ** 2) / (2.0 * d0))
+    low = torch.fft.ifft(spec * w[:, None], dim=0).abs().sum(1)
+    return (low / xs.double().abs().sum(1).mean()).to(xs.dtype)
+
+
+def _predictor_scores(rule: DynamicRule, xs: Tensor, tensors: Mapping[str, Tensor], e: Tensor) -> Tensor:
+    """A learned scorer on one image's alive patch tokens xs [L, D] -> [L]."""
+    p, t, eps = rule.predictor.prefix, tensors, rule.predictor.eps
+    if rule.predictor.type == "dynamicvit":
+        h = masked_layer_norm(xs, t[f"{p}.in_conv.0.weight"], t[f"{p}.in_conv.0.bias"], eps, e)
+        h = F.gelu(linear(h, t[f"{p}.in_conv.1.weight"], t.get(f"{p}.in_conv.1.bias")))
+        C = h.shape[-1]
+        h = torch.cat([h[:, : C // 2], h[:, C // 2:].mean(0, keepdim=True).expand(h.shape[0], -1)], dim=-1)
+        h = F.gelu(linear(h, t[f"{p}.out_conv.0.weight"], t.get(f"{p}.out_conv.0.bias")))
+        h = F.gelu(linear(h, t[f"{p}.out_conv.2.weight"], t.get(f"{p}.out_conv.2.bias")))
+        logits = linear(h, t[f"{p}.out_conv.4.weight"], t.get(f"{p}.out_conv.4.bias"))
+        return logits[:, 0] - torch.logsumexp(logits, dim=-1)
+    h = masked_layer_norm(xs, t[f"{p}.norm.weight"], t[f"{p}.norm.bias"], eps, e) if rule.predictor.norm else xs
+    n = len(rule.predictor.hidden) + 1
+    for j in range(n):
+        h = linear(h, t[f"{p}.fc{j}.weight"], t.get(f"{p}.fc{j}.bias"))
+        if j + 1 < n:
+            h = F.gelu(h)
+    return h[:, 0]
+
+
+def _attention_scores(rule: DynamicRule, probs: list[Tensor], alive: Tensor, P: int) -> Tensor:
+    """Token scores [B, T] from the attention probabilities of the live heads (each [B, T, T])."""
+    B, T = alive.shape
+    patch = alive.clone()
+    patch[:, :P] = False
+    total = torch.zeros(B, T)
+    for pr in probs:
+        cls_row = pr[:, 0, :]
+        if not rule.head_weighting:
+            total += cls_row
+            continue
+        npatch = patch.sum(1, keepdim=True).float()
+        w = (pr[:, :, 0] * patch).sum(1, keepdim=True) / npatch  # mean over patch queries of attn to cls
+        col = (pr * patch[:, :, None]).sum(1) / npatch  # mean over patch queries of attn to each token
+        total += w * cls_row + pr[:, 0, 0:1] * col
+    return total / len(probs)
+
+
+def _select(rule, x, alive, scores_of, P, next_slot, traced):
+    """Keep the top ``rule.keep`` alive patch tokens of every image; fuse the rest (EViT).
+    A rule that keeps every token present does nothing."""
+    B, T, _ = x.shape
+    if rule.keep >= int(alive[0, P:].sum()):
+        return alive, next_slot
+    new_alive = torch.zeros_like(alive)
+    new_alive[:, :P] = True
+    kept_ids = []
+    for b in range(B):
+        cand = [t for t in range(P, T) if alive[b, t]]  # slots in sequence order
+        s = scores_of(b, cand)
+        order = sorted(range(len(cand)), key=lambda c: (-float(s[c]), c))
+        kept = sorted(cand[c] for c in order[:rule.keep])
+        new_alive[b, kept] = True
+        ids = list(range(P)) + kept
+        if rule.fuse:
+            x[b, next_slot] = sum((s[c] * x[b, cand[c]] for c in order[rule.keep:]), torch.zeros(x.shape[-1]))
+            new_alive[b, next_slot] = True
+            ids.append(next_slot)
+        kept_ids.append(ids)
+    traced.append(torch.tensor(kept_ids))
+    return new_alive, next_slot + int(rule.fuse)
+
+
+@torch.no_grad()
+def reference_forward(
+    dense: ViTIR,
+    spec: ResolvedSpec,
+    images: Tensor,
+    tensors: Optional[Mapping[str, Tensor]] = None,
+    trace: bool = False,
+    residuals: Optional[list] = None,
+):
+    """Logits [B, num_classes] of the dense ViT ``dense`` under the masks of ``spec``.
+
+    Args:
+        dense: the unpruned IR (as imported; original coordinates).
+        spec: validated masks (:func:`vitshrink.resolve_spec`).
+        images: [B, in_chans, H, W] float32.
+        tensors: checkpoint tensors for an exit classifier or a token predictor named in the spec.
+        trace: also return, per dynamic rule, the token slots kept [B, P + keep (+1 fused)] (original
+            token ids; fused tokens take slots N, N+1, ... in rule order).
+        residuals: if a list, gets per kept block ``(source block index, residual stream [B, T, D] in
+            original token slots and channels (removed channels zero), live tokens [B, T] bool)``;
+            a token is live while it is still in the sequence (kept by every static and dynamic
+            selection so far).
+    """
+    tensors = tensors or {}
+    D, P, N = dense.embed_dim, dense.num_prefix, dense.num_tokens
+    e = spec.embed.float() if spec.embed is not None else torch.ones(D)
+    stop = spec.last_block(len(dense.blocks))
+    fusing = [i for i, r in spec.dynamic.items() if r.fuse and i <= stop]
+    T = N + len(fusing)
+    B = images.shape[0]
+
+    x0 = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size).flatten(2).transpose(1, 2)
+    prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1) if P else x0[:, :0]
+    x = torch.zeros(B, T, D)
+    x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
+    alive = torch.zeros(B, T, dtype=torch.bool)
+    alive[:, :N] = True
+    static = torch.ones(T, dtype=torch.bool)  # tokens the static masks keep so far
+    static[N:] = False
+    next_slot, traced = N, []
+
+    for blk in dense.blocks:
+        i = blk.source_index
+        if i > stop:
+            break
+        if i in spec.tokens:
+            static[:N] &= spec.tokens[i]
+            if spec.token_mode == "drop":
+                alive &= static  # removed before block i, for good (also before a removed block)
+        if i in spec.removed_blocks:
+            continue
+        update = alive & static if spec.token_mode == "query" else alive.clone()
+        rule = spec.dynamic.get(i)
+        if rule is not None and rule.where == "attn":
+            alive, next_slot = _select(
+                rule, x, alive, lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e),
+                P, next_slot, traced)
+            update = alive.clone()
+
+        a = blk.attn
+        h = ln(x, blk.norm1, e)
+        out = torch.zeros_like(x)
+        heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
+        probs_live = []
+        for hh, q, k, v, mv, sv in masked_heads(h, a, i, heads, spec):
+            logits = (q @ k.transpose(-2, -1)) * a.scale
+            probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
+            out = out + (probs @ v) @ a.proj_weight[:, sv].t()
+            if mv.any():
+                probs_live.append(probs)
+        if a.proj_bias is not None:
+            out = out + a.proj_bias
+        x = x + out * e * update[..., None]
+
+        if rule is not None and rule.where == "mlp":
+            if rule.score == "predictor":
+                scores_of = lambda b, cand: _predictor_scores(rule, x[b, cand], tensors, e)  # noqa: E731
+            else:
+                att = _attention_scores(rule, probs_live, alive, P)
+                if rule.score == "cls_attention_lfe":
+                    scores_of = lambda b, cand: att[b, cand] * _low_frequency_energy(x[b, cand], rule.cutoff)  # noqa: E731
+                else:
+                    scores_of = lambda b, cand: att[b, cand]  # noqa: E731
+            alive, next_slot = _select(rule, x, alive, scores_of, P, next_slot, traced)
+            update = alive.clone()
+
+        m = blk.mlp
+        h = ln(x, blk.norm2, e)
+        z = F.gelu(linear(h, m.fc1_weight, m.fc1_bias))
+        if i in spec.mlp:
+            z = z * spec.mlp[i].float()
+        x = x + linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
+        if residuals is not None:
+            residuals.append((i, x.clone(), alive.clone()))
+
+    norm, heads_w = dense.norm, {c.name: (c.weight, c.bias) for c in dense.heads}
+    if spec.exit is not None:
+        if spec.exit.norm is not None:
+            norm = LayerNormIR(tensors[f"{spec.exit.norm}.weight"], tensors[f"{spec.exit.norm}.bias"],
+                               dense.norm.eps if dense.norm is not None else 1e-6)
+        for name, prefix in (("head", spec.exit.head), ("head_dist", spec.exit.head_dist)):
+            if prefix is not None:
+                heads_w[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
+    if norm is not None:
+        x = ln(x, norm, e)
+    if dense.pool == "avg":  # every patch token is alive: specs with token pruning are refused here
+        pooled = x[:, P:N].mean(1)
+        if dense.fc_norm is not None:
+            pooled = ln(pooled, dense.fc_norm, e)
+        logits = linear(pooled, *heads_w["head"])
+    else:
+        if dense.fc_norm is not None:  # per token; timm applies it to the token it pooled
+            x = ln(x, dense.fc_norm, e)
+        logits = sum(linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
+    return (logits, traced) if trace else logits

@@ -1,0 +1,158 @@
+"""report.md: the human-readable report of a compile run (size, verification, latency, engines,
+accuracy, structure), from the report dict."""
+from __future__ import annotations
+
+
+def fmt_macs(m: float) -> str:
+    return f"{m / 1e9:.3f} G"
+
+
+def _import_lines(imp: dict) -> list[str]:
+    """Verification lines of an imported checkpoint (empty for a spec file)."""
+    if "format" not in imp:
+        return []
+    d = imp.get("source_max_abs_diff")
+    lines = [f"- imported `{imp['format']}` ({imp['detected_because']}; {imp.get('loader')})",
+             "- compiled model vs what the source computes: " + (f"max |diff| = {d:.2e}" if d is not None else "not run")
+             + f" -- {imp.get('source_reference')}",
+             f"- indices: {imp.get('index_history')}"]
+    lines += [f"- not removed: {m}" for m in imp.get("not_removed") or []]
+    un = imp.get("unstructured") or []
+    if un:
+        lines.append(f"- unstructured zeros stay in {len(un)} kept tensors ({sum(u['semi_structured_2_4'] for u in un)} "
+                     f"of them 2:4 semi-structured); no speed-up is claimed for them (import.json lists each)")
+    return lines
+
+
+def _engine_lines(engines: dict) -> list[str]:
+    """The per-engine verification table (``--engines``)."""
+    rows = {k: v for k, v in engines.items() if "status" in v}
+    if not rows:
+        return []
+    out = ["## Engines", "", "Each engine ran the exported model on the verification images; logits compared with torch "
+           "(max abs diff, top-1 agreement), tolerance by precision.", "",
+           "| engine | runtime | version | device | precision | threads | max abs diff (pruned / dense) | top-1 agreement | result |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for name, e in rows.items():
+        if e["status"] == "skipped":
+            out.append(f"| {name} | {e['runtime']} | | {e['device']} | | | | | skipped: {e['reason']} |")
+            continue
+        if e["status"] == "built":
+            out.append(f"| {name} | {e['runtime']} | | {e['device']} | fp16 | | | | built: {e['file']} (not compared) |")
+            continue
+        prec = e["precision"] + (f" (reports {e['precision_reported']})" if e.get("precision_reported") else "")
+        out.append(f"| {name} | {e['runtime']} | {e['version']} | {e['device']} | {prec} | {e['threads']} | "
+                   f"{e['max_abs_diff']:.2e} / {e['dense_max_abs_diff']:.2e} (<= {e['tolerance']:g}) | "
+                   f"{e['top1_agreement']:.3f} | {'pass' if e['passed'] else 'FAIL'} |")
+    return out + [""]
+
+
+def markdown(report: dict) -> str:
+    """The human-readable report."""
+    ok = lambda b: "pass" if b else "FAIL"  # noqa: E731
+    m, p = report["macs"], report["params"]
+    src = report["inputs"]["checkpoint"]
+    lines = [
+        f"# vitshrink report: {report['model']}",
+        "",
+        f"- checkpoint: {src['path'] or '**random weights** (no checkpoint given)'}",
+        (f"- spec: {report['inputs']['spec']['path']} (sha256 {report['inputs']['spec']['sha256'][:12]})"
+         if report["inputs"]["spec"].get("path") else
+         f"- spec: imported from the pruned checkpoint (`{report['import'].get('format')}` format; spec.json, import.json)"),
+        f"- machine: {report['machine']['cpu']}, {report['machine']['cores']} cores",
+        "- toolchain: " + ", ".join(f"{k} {v}" for k, v in report["toolchain"].items()),
+        "",
+        "## Size",
+        "",
+        "| | dense | pruned | ratio |",
+        "|---|---|---|---|",
+        f"| MACs per image | {fmt_macs(m['dense'])} | {fmt_macs(m['pruned'])} | {m['pruned'] / m['dense']:.3f} |",
+        f"| parameters | {p['dense'] / 1e6:.3f} M | {p['pruned'] / 1e6:.3f} M | {p['pruned'] / p['dense']:.3f} |",
+        *([f"| embed_dim | {report['structure']['embed_dim'][0]} | {report['structure']['embed_dim'][1]} | |"]
+          if "stages" not in report["structure"] else
+          [f"| stage {st['stage']} channels ({st['resolution'][0]}x{st['resolution'][1]} tokens) | {st['embed_dim'][0]} | "
+           f"{st['embed_dim'][1]} | |" for st in report["structure"]["stages"]]),
+        "",
+    ]
+    lay = report["layout"]
+    if m["executed"] != m["pruned"]:
+        lines += [f"The exported graph computes {fmt_macs(m['executed'])} MACs: irregular head widths were padded "
+                  f"with zeros to one width per block (layout `{lay.get('chosen', lay['policy'])}`, exact).", ""]
+    if "measured" in lay:
+        t = lay["measured"]
+        per = ", ".join(f"batch {b}: pad {v['pad_ms']:.2f} ms, group {v['group_ms']:.2f} ms" for b, v in t["batches"].items())
+        lines += [f"Head layout `{lay['chosen']}`, chosen by timing both on {t['engine']} ({t['threads']} threads; {per}).", ""]
+    elif lay.get("policy") == "auto" and "not timed" in lay.get("reason", ""):
+        lines += [f"Head layout `{lay['chosen']}`: {lay['reason']}.", ""]
+    if report["structure"]["exit_after"] is not None:
+        lines += [f"Early exit after block {report['structure']['exit_after']}.", ""]
+    lines += [
+        "## Verification",
+        "",
+        f"- import fidelity (codegen of the unpruned model vs timm): max |diff| = {report['import']['max_abs_diff']:.2e} ({ok(report['import']['passed'])})",
+        *_import_lines(report["import"]),
+        f"- exactness (pruned vs masked dense reference, {report['exactness']['inputs']}): max |diff| = "
+        f"{report['exactness']['max_abs_diff']:.2e} <= {report['exactness']['tolerance']:g} ({ok(report['exactness']['passed'])})",
+        f"- reloaded checkpoint vs compiled model: max |diff| = {report['exactness']['reload_max_abs_diff']:.2e}",
+        *([f"- dynamic token rules: kept tokens identical to the reference on every verification image: "
+           f"{report['exactness']['token_ids_identical']}"] if "token_ids_identical" in report["exactness"] else []),
+        f"- ONNX (opset {report['export']['opset']}, dynamic batch) in ONNX Runtime vs torch: pruned "
+        f"{report['export']['onnx_max_abs_diff']:.2e}, dense {report['export']['dense_onnx_max_abs_diff']:.2e} ({ok(report['export']['passed'])})",
+        "",
+        "## Latency",
+        "",
+        "Dense and pruned (same codegen, same runtime) timed interleaved in one run; milliseconds per batch.",
+        "",
+        "| engine | runtime | device | batch | threads | rounds | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up (95% CI) | ideal (MACs) | realization | stable? |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    noisy = []
+    for e in report["latency"]:
+        st = e.get("stability", {})
+        lo, hi = st.get("speedup_ci95", (float("nan"), float("nan")))
+        mark = "yes" if st.get("verdict") == "stable" else "**NO** ⚠"
+        if st.get("verdict") == "noisy":
+            noisy.append(f"- {e.get('engine', e['runtime'])} batch {e['batch']}, {e['threads']} threads: " + "; ".join(st["reasons"]))
+        lines.append(
+            f"| {e.get('engine', e['runtime'])} | {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']} | {e['dense_ms']['p50']:.2f} | "
+            f"{e['pruned_ms']['p50']:.2f} | {e['dense_ms']['p90']:.2f} | {e['pruned_ms']['p90']:.2f} | "
+            f"{e['speedup']:.3f} ({lo:.3f}-{hi:.3f}) | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** | {mark} |")
+    if noisy:
+        lines += ["", "**Not trustworthy** (time longer with `--bench-seconds`, on an idle machine):", "", *noisy]
+    lines += ["", "![latency vs MACs](latency.png)", "", *_engine_lines(report.get("engines", {}))]
+    if "accuracy" in report:
+        a = report["accuracy"]
+        lines += [
+            "## Accuracy",
+            "",
+            f"{a['n']} images from {report['inputs']['data']}, the model's timm eval transform, ONNX Runtime.",
+            "",
+            "| | top-1 | top-5 |",
+            "|---|---|---|",
+            f"| dense | {a['dense_top1']:.4f} | {a['dense_top5']:.4f} |",
+            f"| pruned | {a['pruned_top1']:.4f} | {a['pruned_top5']:.4f} |",
+            "",
+            f"Top-1 agreement between dense and pruned: {a['top1_agreement']:.4f}.",
+            "",
+        ]
+    lines += [
+        "## Structure",
+        "",
+        "| block | kept | heads | q/k channels | v channels | MLP hidden | tokens (keys / queries / MLP) | token rule |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["structure"]["blocks"]:
+        t, rule = r["tokens"], r.get("token_rule")
+        rule_s = "" if not rule else f"{rule['score']} keep {rule['keep']} at {rule['where']}" + (" + fuse" if rule["fuse"] else "")
+        lines.append(f"| {r.get('name', r['block'])} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
+                     f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} | "
+                     f"{t['keys'][1]} / {t['queries'][1]} / {t['mlp'][1]} (dense {t['keys'][0]}) | {rule_s} |")
+    if report["structure"].get("token_mode"):
+        lines += ["", f"Static token masks in `{report['structure']['token_mode']}` mode, "
+                      f"`{report['structure']['token_layout']}` layout."]
+    lines += ["", "![widths per block](widths.png)", ""]
+    eng = report.get("engines", {})
+    if "tensorrt" in eng:
+        t = eng["tensorrt"]
+        lines += ["## TensorRT", "", f"skipped: {t['skipped']}" if "skipped" in t else f"engine: {t['file']}", ""]
+    return "\n".join(lines)

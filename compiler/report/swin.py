@@ -1,0 +1,26 @@
+"""report.json ``structure`` of a Swin: per block widths (named ``layers.{s}.blocks.{j}``) and per stage
+its channels, token grid and window."""
+from __future__ import annotations
+
+from ..ir.swin import SwinIR
+from .rows import block_row
+
+
+def block_table(dense: SwinIR, pruned: SwinIR) -> dict:
+    """Per-block widths, dense vs pruned, and the stages. Every token of a stage's grid is updated; each
+    attends to the A tokens of its window (``keys``)."""
+    rows = []
+    for b in dense.blocks:
+        p = pruned.block(b.source_index)
+        st = dense.stage_of(b.source_index)
+        grid = {"keys": st.window_area, "queries": st.resolution[0] * st.resolution[1],
+                "mlp": st.resolution[0] * st.resolution[1]}
+        row = block_row(b, p, "kept" if p is not None else "removed",
+                        {k: [grid[k], grid[k] if p is not None else 0] for k in ("keys", "queries", "mlp")})
+        row["name"] = dense.block_key(b.source_index)
+        row["token_rule"] = None
+        rows.append(row)
+    stages = [{"stage": d.index, "embed_dim": [d.dim, p.dim], "resolution": list(d.resolution), "window": list(d.window)}
+              for d, p in zip(dense.stages, pruned.stages)]
+    return {"stages": stages, "embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": None,
+            "token_mode": None, "token_layout": "gather", "blocks": rows}
