@@ -69,6 +69,7 @@ def apply_spec(ir: SwinIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Te
 
 
 def lay_out(ir: SwinIR, heads: str = "pad", token_layout: str = "prefix") -> SwinIR:
-    """The exact head layout before codegen: irregular heads padded (``"pad"``) or grouped by width
-    (``"group"``); ``token_layout`` has nothing to lay out (Swin keeps every token)."""
-    return layout.pad_heads(ir) if heads == "pad" else layout.group_heads(ir)
+    """The exact head layout before codegen: irregular heads padded (``"pad"``), grouped by width
+    (``"group"``) or in fused-kernel buckets (``"fused"``) -- :func:`~.layout.lay_out_heads`;
+    ``token_layout`` has nothing to lay out (Swin keeps every token)."""
+    return layout.lay_out_heads(ir, heads)

@@ -92,9 +92,9 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
 
 
 def lay_out(ir: ViTIR, heads: str = "pad", token_layout: str = "prefix") -> ViTIR:
-    """The exact re-layouts before codegen: irregular heads padded (``heads="pad"``,
-    :func:`~.layout.pad_heads`) or grouped by width (``"group"``, :func:`~.layout.group_heads`), and
+    """The exact re-layouts before codegen: irregular heads padded (``heads="pad"``), grouped by width
+    (``"group"``) or in fused-kernel buckets (``"fused"``) -- :func:`~.layout.lay_out_heads` --, and
     static token masks as one permutation after the position embedding (``token_layout="prefix"``,
     :func:`~.tokens.prefix_token_order`) or as gathers per block (``"gather"``)."""
-    ir = layout.pad_heads(ir) if heads == "pad" else layout.group_heads(ir)
+    ir = layout.lay_out_heads(ir, heads)
     return tokens.prefix_token_order(ir) if token_layout == "prefix" else ir

@@ -24,16 +24,21 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from .base import Runner
+from .load import LoadMeter
 
 
 @dataclass
 class LatencyResult:
     """Latencies in milliseconds per runner name, one entry per round (same order across runners).
-    ``thread_pool``: how ONNX Runtime's threads were set up (:func:`measure_onnx`)."""
+    ``thread_pool``: how ONNX Runtime's threads were set up (:func:`measure_onnx`); ``warmup_s``: per
+    runner, seconds of its first (untimed) call -- for ``torch.compile``, the compile; ``load``: what
+    the rest of the machine did during the rounds (:class:`vitshrink.runtime.load.LoadMeter`)."""
 
     batch: int
     ms: dict[str, list[float]] = field(default_factory=dict)
     thread_pool: str = ""
+    warmup_s: dict[str, float] = field(default_factory=dict)
+    load: dict = field(default_factory=dict)
 
     def stats(self, name: str) -> dict[str, float]:
         """``{"p50", "p90", "p99", "mean", "throughput"}``: ms, ms, ms, ms, images/s (from p50)."""
@@ -56,19 +61,23 @@ MIN_ROUNDS = 20
 MAX_CI_HALF_WIDTH = 0.03  # 95% interval of the paired speed-up within +-3% of it
 MAX_P50_PAIRED_GAP = 0.05  # speed-up from p50s and median per-round speed-up within 5%
 MAX_TAIL = 0.5  # p90 at most 50% above p50
+MAX_REALIZATION = 1.02  # faster than the MACs promise by more than 2%: suspect (noise, contention, a broken dense)
 
 
 def stability(res: LatencyResult, num: str = "dense", den: str = "pruned", seed: int = 0) -> dict:
     """Is the speed-up ``num``/``den`` of ``res`` a figure to trust? A verdict with its evidence.
 
-    The 95% confidence interval of the median per-round ratio is a percentile bootstrap
+    The speed-up is the median of the per-round ratios ``ms[num] / ms[den]`` (the two timed in the same
+    round, so drift cancels); its 95% confidence interval is a percentile bootstrap
     (:func:`scipy.stats.bootstrap`, 999 resamples). The figure is ``"noisy"`` when any of: fewer than
     :data:`MIN_ROUNDS` rounds; the interval wider than +-:data:`MAX_CI_HALF_WIDTH` of the ratio; the
-    speed-up from the p50s and the paired one more than :data:`MAX_P50_PAIRED_GAP` apart; a runner's
-    p90 more than :data:`MAX_TAIL` above its p50 (a long tail: another process, throttling).
+    ratio of the p50s and the paired one more than :data:`MAX_P50_PAIRED_GAP` apart; a runner's
+    p90 more than :data:`MAX_TAIL` above its p50 (a long tail: another process, throttling); other
+    processes busy during the rounds (``res.load["contended"]``).
 
     Returns:
-        ``{"verdict": "stable"|"noisy", "reasons": [str], "rounds": int, "speedup_ci95": [lo, hi]}``.
+        ``{"verdict": "stable"|"noisy", "reasons": [str], "rounds": int, "speedup": median ratio,
+        "speedup_ci95": [lo, hi], "contended": bool}``.
     """
     ratios = np.asarray(res.ms[num]) / np.asarray(res.ms[den])
     paired = float(np.median(ratios))
@@ -92,28 +101,56 @@ def stability(res: LatencyResult, num: str = "dense", den: str = "pruned", seed:
         st = res.stats(name)
         if st["p90"] > (1 + MAX_TAIL) * st["p50"]:
             reasons.append(f"{name} p90 is {100 * (st['p90'] / st['p50'] - 1):.0f}% above p50")
-    return {"verdict": "noisy" if reasons else "stable", "reasons": reasons, "rounds": n, "speedup_ci95": [lo, hi]}
+    contended = bool(res.load.get("contended"))
+    if contended:
+        reasons.append(f"contended: other processes used {res.load['other_cores']:.2f} cores on average during the rounds")
+    return {"verdict": "noisy" if reasons else "stable", "reasons": reasons, "rounds": n, "speedup": paired,
+            "speedup_ci95": [lo, hi], "contended": contended}
+
+
+def _ms(st: dict) -> dict:
+    return {k: st[k] for k in ("p50", "p90", "p99", "mean")}
 
 
 def latency_entry(res: LatencyResult, ideal_speedup: float, threads: int, runtime: str = "onnxruntime",
                   device: str = "cpu", provider: Optional[str] = "CPUExecutionProvider") -> dict:
-    """One ``report.json`` latency entry (dense vs pruned) from an interleaved ``res``: p50/p90/p99/mean
-    ms, throughput (images/s), speed-up from the p50s and paired (median per-round ratio), ideal
-    speed-up (MACs ratio), realization (speed-up / ideal), :func:`stability`, and the per-round ms
-    (``rounds_ms``, what ``vitshrink check --baseline`` bootstraps)."""
+    """One ``report.json`` latency entry from an interleaved ``res`` of ``dense`` and ``pruned`` (and,
+    when timed, the user's ``original`` model).
+
+    Speed-up is defined once: the median of the per-round latency ratios (:func:`stability`), with the
+    bootstrap 95% interval around it; realization = speed-up / ``ideal_speedup`` (the MACs ratio). Per
+    runner p50/p90/p99/mean ms and throughput (images/s at p50) are the raw latencies.
+
+    Returns:
+        ``{runtime, device, provider, batch, threads, thread_pool, rounds, load, dense_ms, pruned_ms,
+        dense_throughput, pruned_throughput, speedup, ideal_speedup, realization, stability, suspect,
+        rounds_ms}``; with an original also ``baseline_ms``, ``baseline_throughput``,
+        ``speedup_vs_original``, ``realization_vs_original``, ``stability_vs_original`` and
+        ``dense_vs_original`` (original / dense per round: above 1, vitshrink's dense model is faster).
+    """
     d, p = res.stats("dense"), res.stats("pruned")
-    speedup = d["p50"] / p["p50"]
-    return {
+    st = stability(res, "dense", "pruned")
+    e = {
         "runtime": runtime, "device": device, "provider": provider,
-        "batch": res.batch, "threads": threads, "thread_pool": res.thread_pool, "rounds": res.rounds,
-        "dense_ms": {k: d[k] for k in ("p50", "p90", "p99", "mean")},
-        "pruned_ms": {k: p[k] for k in ("p50", "p90", "p99", "mean")},
-        "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
-        "speedup": speedup, "speedup_paired": res.paired_ratio("dense", "pruned"),
-        "ideal_speedup": ideal_speedup, "realization": speedup / ideal_speedup,
-        "stability": stability(res),
-        "rounds_ms": {k: [round(float(v), 4) for v in res.ms[k]] for k in ("dense", "pruned")},
+        "batch": res.batch, "threads": threads, "thread_pool": res.thread_pool, "rounds": res.rounds, "load": res.load,
+        "dense_ms": _ms(d), "pruned_ms": _ms(p), "dense_throughput": d["throughput"], "pruned_throughput": p["throughput"],
+        "speedup": st["speedup"], "ideal_speedup": ideal_speedup, "realization": st["speedup"] / ideal_speedup,
+        "stability": st,
     }
+    if "original" in res.ms:
+        o, so = res.stats("original"), stability(res, "original", "pruned")
+        e.update(baseline_ms=_ms(o), baseline_throughput=o["throughput"], speedup_vs_original=so["speedup"],
+                 realization_vs_original=so["speedup"] / ideal_speedup, stability_vs_original=so,
+                 dense_vs_original=res.paired_ratio("original", "dense"))
+    # against the dense model of the same codegen, beating the MACs promise means the measurement is off
+    # (against the original it may not: vitshrink's dense can be faster than timm's, see dense_vs_original)
+    e["suspect"] = (f"realization {e['realization']:.3f} > {MAX_REALIZATION} against vitshrink's dense model: faster "
+                    "than the MACs promise -- check the machine's load before trusting it"
+                    if e["realization"] > MAX_REALIZATION else None)
+    if res.warmup_s:
+        e["warmup_s"] = {k: round(v, 3) for k, v in res.warmup_s.items()}
+    e["rounds_ms"] = {k: [round(float(v), 4) for v in res.ms[k]] for k in res.ms}
+    return e
 
 
 def measure_interleaved(
@@ -141,10 +178,15 @@ def measure_interleaved(
     """
     names = list(runners)
     x = np.random.default_rng(seed).standard_normal((batch, *input_shape), dtype=np.float32)
-    for _ in range(warmup):
+    warmup_s = {}
+    for i in range(warmup):
         for n in names:
+            t = time.perf_counter()
             runners[n].run(x)
-    res = LatencyResult(batch, {n: [] for n in names})
+            if i == 0:
+                warmup_s[n] = time.perf_counter() - t
+    res = LatencyResult(batch, {n: [] for n in names}, warmup_s=warmup_s)
+    meter = LoadMeter()
     t0 = time.perf_counter()
     r = 0
     settled = until is None or extend_s <= 0
@@ -163,6 +205,7 @@ def measure_interleaved(
         r += 1
         if progress:
             progress(r, max(min_rounds, r))
+    res.load = meter.stop()
     return res
 
 
@@ -221,7 +264,7 @@ def measure_onnx(
                 elif msg[0] == "pool":
                     pool = msg[1]
                 elif msg[0] == "result":
-                    results[msg[1]] = LatencyResult(msg[1], msg[2], pool)
+                    results[msg[1]] = LatencyResult(msg[1], msg[2], pool, *msg[3:5])
                 elif msg[0] == "error":
                     error = msg[1]
             code = proc.wait()

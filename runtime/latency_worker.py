@@ -8,7 +8,7 @@ Protocol: one JSON object on stdin ``{"paths": {name: onnx file or module dir}, 
 "input_shape": [C, H, W], "budget_s": float, "min_rounds": int, "max_rounds": int, "extend_s": float,
 "engine": name in vitshrink.runtime.engines.ENGINES (default "ort")}``; one JSON line
 per event on stdout: ``["pool", str]``, ``["progress", batch, done, planned]``,
-``["result", batch, {name: [ms, ...]}]``, ``["error", str]``, and finally ``["done"]``.
+``["result", batch, {name: [ms, ...]}, {name: warm-up s}, load]``, ``["error", str]``, and finally ``["done"]``.
 """
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ def run(job: dict) -> None:
                        "torch": f"torch intra-op pool, {threads} threads"}.get(engine, engine))
     runners = {n: make_runner(engine, p, threads, shared_pool=shared) for n, p in job["paths"].items()}
     names = list(runners)
-    until = (lambda res: stability(res, names[0], names[1])["verdict"] == "stable") if len(names) >= 2 else None
+    pair = ("dense", "pruned") if {"dense", "pruned"} <= set(names) else tuple(names[:2])
+    until = (lambda res: stability(res, *pair)["verdict"] == "stable") if len(pair) == 2 else None
     for batch in job["batches"]:
         res = measure_interleaved(
             runners, batch, tuple(job["input_shape"]), min_rounds=job["min_rounds"],
             max_rounds=job["max_rounds"], budget_s=job["budget_s"], extend_s=job.get("extend_s", 0.0), until=until,
             progress=lambda done, planned, b=batch: _send("progress", b, done, planned))
-        _send("result", batch, res.ms)
+        _send("result", batch, res.ms, res.warmup_s, res.load)
 
 
 def main() -> int:

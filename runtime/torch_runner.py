@@ -1,22 +1,31 @@
-"""torch runner: the generated ``nn.Module`` in eager mode, or compiled with ``torch.compile``."""
+"""torch runners: a module in eager mode, compiled with ``torch.compile`` (inductor), or replayed as a
+CUDA graph; in fp32, fp16 or bf16. :func:`module_runner` opens a saved module directory: a generated
+model (``arch.json``, :func:`vitshrink.codegen.load`) or the user's original model (``original.pt``,
+:func:`save_original`) -- the baseline every latency entry also times."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from vitshrink.codegen.checkpoint import load
+from vitshrink.compat import ensure_timm_importable
 
 from .base import Runner
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ORIGINAL = "original.pt"
+
 
 class TorchRunner(Runner):
-    """Runs a module on ``device`` ("cpu" or "cuda") in ``dtype`` (float32 or float16).
+    """Runs a module on ``device`` ("cpu" or "cuda") in ``dtype`` (float32, float16 or bfloat16).
 
     Args:
-        compile: wrap the module with ``torch.compile`` (first calls are slow; warm up before timing).
+        compile: wrap the module with ``torch.compile`` (inductor; the first call per input shape
+            compiles: warm up before timing).
         threads: torch intra-op threads on CPU (``torch.set_num_threads``; process-wide).
     """
 
@@ -94,10 +103,25 @@ class CudaGraphRunner(TorchRunner):
         return (time.perf_counter() - t0) * 1e3
 
 
-def module_runner(directory, device: str = "cpu", precision: str = "fp32", graph: bool = False,
+def save_original(model: nn.Module, directory: Path) -> Path:
+    """The user's original model (a timm module with its weights) pickled into ``directory`` for the
+    torch engines' baseline: a file this compile writes and reads back itself."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model, directory / ORIGINAL)
+    return directory
+
+
+def module_runner(directory, device: str = "cpu", precision: str = "fp32", mode: str = "eager",
                   threads: int | None = None) -> TorchRunner:
-    """A runner over a saved generated module (:func:`vitshrink.codegen.load`): eager, or replayed as a
-    CUDA graph; ``precision`` ``"fp32"`` or ``"fp16"``."""
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-    cls = CudaGraphRunner if graph else TorchRunner
-    return cls(load(directory), device=device, dtype=dtype, threads=threads)
+    """A runner over a saved module directory -- a generated model (:func:`vitshrink.codegen.load`) or an
+    original (:func:`save_original`) --: ``mode`` ``eager``, ``compile`` (``torch.compile``) or
+    ``graph`` (CUDA-graph replay); ``precision`` ``fp32``, ``fp16`` or ``bf16``."""
+    directory = Path(directory)
+    if (directory / ORIGINAL).is_file():
+        ensure_timm_importable()  # the pickle names timm's classes
+        model = torch.load(directory / ORIGINAL, map_location="cpu", weights_only=False)  # written by this compile
+    else:
+        model = load(directory)
+    if mode == "graph":
+        return CudaGraphRunner(model, device=device, dtype=DTYPES[precision])
+    return TorchRunner(model, device=device, dtype=DTYPES[precision], compile=mode == "compile", threads=threads)

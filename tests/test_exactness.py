@@ -17,7 +17,7 @@ from conftest import images
 from vitshrink.families import build_module
 from vitshrink.frontends.timm import create_model, from_timm
 from vitshrink.families import apply_spec
-from vitshrink.passes import group_heads, pad_heads
+from vitshrink.passes import bucket_heads, group_heads, pad_heads
 from vitshrink.families import reference_forward
 from vitshrink.spec import Spec
 from vitshrink.families import resolve_spec
@@ -100,7 +100,7 @@ def check_exact(ir, spec: Spec, tensors=None, x=None):
     pruned = apply_spec(ir, rs, tensors)
     ref_res = []
     ref = reference_forward(ir, rs, x, tensors, residuals=ref_res)
-    for layout in (lambda r: r, pad_heads, group_heads):
+    for layout in (lambda r: r, pad_heads, group_heads, bucket_heads):
         module = build_module(layout(pruned), trace=True)
         with torch.no_grad():
             got, _ = module(x)

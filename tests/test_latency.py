@@ -51,3 +51,28 @@ def test_measure_onnx_in_a_worker(tmp_path, small_model):
                        progress=lambda b, d, p: seen.append((b, d)))
     assert sorted(res) == [1, 2] and res[2].rounds == 3 and res[1].thread_pool in ("global, spinning", "per-session, no spinning")
     assert all(len(v) == 3 and min(v) > 0 for v in res[2].ms.values()) and (2, 3) in seen
+
+
+def test_a_busy_neighbour_is_flagged(small_model, tmp_path):
+    """Issue 18 item 5: another process spinning on the other core while ONNX Runtime (1 thread) is timed
+    is seen -- the entry says how many cores others took, is flagged contended and not stable -- and a
+    realization above 1.02 against the same codegen is flagged as suspect."""
+    import subprocess
+    import sys
+
+    from vitshrink.export import export_onnx
+    from vitshrink.families import build_module
+    from vitshrink.runtime.latency import latency_entry, measure_onnx
+
+    _, ir = small_model
+    path = export_onnx(build_module(ir), tmp_path / "m.onnx", (3, 32, 32))
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 120: pass"])
+    try:
+        res = measure_onnx({"dense": path, "pruned": path}, [1], 1, (3, 32, 32), budget_s=2)[1]
+    finally:
+        busy.kill()
+        busy.wait()
+    e = latency_entry(res, ideal_speedup=0.9, threads=1)
+    assert e["load"]["other_cores"] > 0.5 and e["stability"]["contended"] and e["stability"]["verdict"] == "noisy"
+    assert any("contended" in r for r in e["stability"]["reasons"])
+    assert e["realization"] > 1.02 and "realization" in e["suspect"]  # the same model twice: x1.0 of an ideal x0.9

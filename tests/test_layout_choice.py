@@ -26,7 +26,7 @@ def test_regular_heads_need_no_choice(small_model, tmp_path):
     _, ir = small_model
     pruned = apply_spec(ir, resolve_spec(Spec({"blocks.1.heads": [0, 2]}), ir))
     assert not irregular(pruned)
-    layout, info = choose_layout(pruned, CompileOptions(bench_seconds=5), SHAPE, tmp_path, _Log(False))
+    layout, info, _ = choose_layout(pruned, CompileOptions(bench_seconds=5), SHAPE, tmp_path, _Log(False))
     assert layout == "pad" and "measured" not in info and "same graph" in info["reason"]
 
 
@@ -35,7 +35,7 @@ def test_explicit_layout_and_untimed_default(small_model, tmp_path):
     pruned = _irregular(ir)
     assert irregular(pruned)
     assert choose_layout(pruned, CompileOptions(layout="pad"), SHAPE, tmp_path, _Log(False))[0] == "pad"
-    layout, info = choose_layout(pruned, CompileOptions(bench_seconds=0), SHAPE, tmp_path, _Log(False))
+    layout, info, _ = choose_layout(pruned, CompileOptions(bench_seconds=0), SHAPE, tmp_path, _Log(False))
     assert layout == UNTIMED_DEFAULT and "not timed (--bench-seconds 0)" in info["reason"]
 
 
@@ -56,7 +56,7 @@ def test_the_faster_measured_form_is_chosen(small_model, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(engines, "measure", fake_measure)
     opt = CompileOptions(bench_seconds=5, batch=(1, 8), engines="native,openvino")  # ENGINES order: openvino first
-    layout, info = choose_layout(_irregular(ir), opt, SHAPE, tmp_path, _Log(False))
+    layout, info, _ = choose_layout(_irregular(ir), opt, SHAPE, tmp_path, _Log(False))
     assert layout == faster and info["measured"]["engine"] == "openvino" == seen["name"]
     assert seen["batches"] == [1, 8] and all(p.endswith(".onnx") for p in seen["arts"].values())
     assert info["measured"]["batches"][1][f"{faster}_ms"] == 8.0
@@ -64,6 +64,28 @@ def test_the_faster_measured_form_is_chosen(small_model, tmp_path, monkeypatch, 
 
 def test_real_timing_on_onnx_runtime(small_model, tmp_path):
     _, ir = small_model
-    layout, info = choose_layout(_irregular(ir), CompileOptions(bench_seconds=0.3, batch=(2,)), SHAPE, tmp_path, _Log(False))
+    layout, info, _ = choose_layout(_irregular(ir), CompileOptions(bench_seconds=0.3, batch=(2,)), SHAPE, tmp_path, _Log(False))
     m = info["measured"]["batches"][2]
     assert layout == ("pad" if m["pad_ms"] <= m["group_ms"] else "group") and m["pad_ms"] > 0 and m["group_ms"] > 0
+
+
+def test_gpu_engines_also_time_the_fused_kernel_layout(small_model, tmp_path, monkeypatch):
+    """On a CUDA engine (its status faked: no GPU here) the candidates are pad, group and fused buckets,
+    each saved once; the measured fastest is chosen and its saved module is handed on for reuse."""
+    import vitshrink.runtime.engines as engines
+
+    _, ir = small_model
+    seen = {}
+
+    def fake_measure(name, arts, batches, threads, shape, budget):
+        seen.update(name=name, arts=dict(arts))
+        ms = {"pad": 10.0, "group": 9.0, "fused": 7.0}
+        return {b: LatencyResult(b, {n: [ms[n] * b] * 5 for n in arts}) for b in batches}
+
+    monkeypatch.setattr(engines, "measure", fake_measure)
+    monkeypatch.setattr(engines, "status", lambda name: None)
+    opt = CompileOptions(bench_seconds=5, batch=(1, 4), engines="torch-cuda-graph")
+    layout, info, art = choose_layout(_irregular(ir), opt, SHAPE, tmp_path, _Log(False))
+    assert set(seen["arts"]) == {"pad", "group", "fused"} and seen["name"] == "torch-cuda-graph"
+    assert layout == "fused" and art == {"module": seen["arts"]["fused"]} and (art["module"] / "arch.json").is_file()
+    assert "fused x1.286 faster than group" in info["reason"]

@@ -21,7 +21,7 @@ from vitshrink.frontends.timm import create_model
 from vitshrink.frontends.timm_swin import from_timm as from_timm_swin, TESTED_MODELS
 from vitshrink.ir import replace
 from vitshrink.families import apply_spec
-from vitshrink.passes import group_heads, pad_heads
+from vitshrink.passes import bucket_heads, group_heads, pad_heads
 from vitshrink.families import reference_forward
 from vitshrink.spec import Spec
 from vitshrink.families import mask_shapes, resolve_spec
@@ -76,7 +76,7 @@ def check_swin_exact(ir, spec, x=None):
     rs = resolve_spec(spec, ir)
     pruned = apply_spec(ir, rs)
     ref = reference_forward(ir, rs, x)
-    for layout in (lambda r: r, pad_heads, group_heads):
+    for layout in (lambda r: r, pad_heads, group_heads, bucket_heads):
         with torch.no_grad():
             got = build_module(layout(pruned))(x)
         diff = float((got - ref).abs().max())

@@ -23,7 +23,7 @@ from vitshrink.counting import count_macs
 from vitshrink.errors import SpecError
 from vitshrink.export import export_onnx
 from vitshrink.families import apply_spec
-from vitshrink.passes import group_heads, pad_heads, prefix_token_order
+from vitshrink.passes import bucket_heads, group_heads, pad_heads, prefix_token_order
 from vitshrink.pipeline.inputs import tie_images
 from vitshrink.families import reference_forward
 from vitshrink.runtime.ort import OrtRunner
@@ -59,7 +59,7 @@ def check(ir, spec: Spec, tensors=None, x=None, token_layouts=("prefix", "gather
     ref_res = []
     ref, ref_ids = reference_forward(ir, rs, x, tensors, trace=True, residuals=ref_res)
     for tl in token_layouts:
-        for layout in (pad_heads, group_heads):
+        for layout in (pad_heads, group_heads, bucket_heads):
             lir = layout(pruned)
             if tl == "prefix":
                 lir = prefix_token_order(lir)

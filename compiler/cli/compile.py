@@ -38,9 +38,9 @@ Examples:
 @click.option("--bench-seconds", default=10.0, show_default=True,
               help="Timing budget in seconds per batch/threads setting; extended up to 3x while the speed-up is not yet stable.")
 @click.option("--limit", "limit", type=int, default=None, help="Evaluate only the first N images of --data.")
-@click.option("--layout", type=click.Choice(["auto", "pad", "group"]), default="auto", show_default=True,
-              help="Irregular head widths: time both forms on the first engine (auto), pad to one width per "
-                   "block, or group equal widths.")
+@click.option("--layout", type=click.Choice(["auto", "pad", "group", "fused"]), default="auto", show_default=True,
+              help="Irregular head widths: time the distinct forms on the first engine (auto), pad to one width per "
+                   "block, group equal widths, or pad to fused-kernel widths in at most two groups per block.")
 @click.option("--token-layout", type=click.Choice(["prefix", "gather"]), default="prefix", show_default=True,
               help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
@@ -60,7 +60,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     from ..pipeline import CompileOptions, compile_model  # lazy: as above
 
     thresholds, outputs = split_gate_kwargs(gate_kwargs)
-    gating = any(v not in (None, (), False) for v in thresholds.values()) or outputs["gate_file"]
+    gating = any(v not in (None, (), False) for k, v in thresholds.items() if k != "against") or outputs["gate_file"]
     try:
         gate, baseline = prepare_gate(thresholds, outputs, pyproject=None) if gating else (None, None)
     except VitshrinkError as e:
@@ -95,9 +95,18 @@ def summary(report: dict) -> None:
         elif e.get("status") == "skipped":
             click.echo(f"engine {name}: skipped ({e['reason']})")
     for e in report["latency"]:
-        click.echo(f"{e.get('engine', e['runtime'])} {e['device']} batch {e['batch']} threads {e['threads']}: dense {e['dense_ms']['p50']:.2f} ms, "
-                   f"pruned {e['pruned_ms']['p50']:.2f} ms, speed-up x{e['speedup']:.3f} "
-                   f"(ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f})")
+        where = f"{e.get('engine', e['runtime'])} {e['device']} batch {e['batch']} threads {e['threads']}"
+        flags = [w for w in (("CONTENDED" if e["stability"].get("contended") else "NOISY") if e["stability"]["verdict"] != "stable"
+                             else None, "SUSPECT" if e.get("suspect") else None) if w]
+        flag = f" [{', '.join(flags)}: see report.md]" if flags else ""
+        if "speedup_vs_original" in e:
+            click.echo(f"{where}: timm's original {e['baseline_ms']['p50']:.2f} ms -> pruned {e['pruned_ms']['p50']:.2f} ms, "
+                       f"speed-up x{e['speedup_vs_original']:.3f} (ideal x{e['ideal_speedup']:.3f}, realization "
+                       f"{e['realization_vs_original']:.3f}); vs vitshrink dense {e['dense_ms']['p50']:.2f} ms: "
+                       f"x{e['speedup']:.3f}, realization {e['realization']:.3f}{flag}")
+        else:
+            click.echo(f"{where}: dense {e['dense_ms']['p50']:.2f} ms -> pruned {e['pruned_ms']['p50']:.2f} ms, speed-up "
+                       f"x{e['speedup']:.3f} (ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f}){flag}")
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")

@@ -40,6 +40,8 @@ def gate_options(f: Callable) -> Callable:
         click.option("--max-macs", default=None, help="Max MACs per image of the pruned model, e.g. 0.6G."),
         click.option("--allow-machine-change", is_flag=True, help="Compare with a baseline from another machine."),
         click.option("--absolute", is_flag=True, help="--max-slowdown from the two runs' pruned ms, not relative to dense."),
+        click.option("--against", type=click.Choice(["original", "dense"]), default=None,
+                     help="--min-speedup/--min-realization against the original model (timm's own; default) or vitshrink's dense."),
         click.option("--retime-seconds", type=float, default=10.0, show_default=True,
                      help="--max-slowdown: time the baseline's and the new model.onnx again, interleaved, this long "
                           "(0: compare the two reports' own rounds instead)."),
@@ -52,7 +54,7 @@ def gate_options(f: Callable) -> Callable:
 
 
 THRESHOLD_FLAGS = ("max_abs_diff", "min_top1_agreement", "max_top1_drop", "min_speedup", "min_realization",
-                   "max_slowdown", "max_params", "max_macs", "allow_machine_change", "absolute")
+                   "max_slowdown", "max_params", "max_macs", "allow_machine_change", "absolute", "against")
 OUTPUT_FLAGS = ("gate_file", "baseline", "junit", "markdown", "retime_seconds")
 
 

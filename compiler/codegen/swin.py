@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..ir.swin import SwinIR
-from .layers import Attention, Constant, Mlp, PrunedModel, block_state_dict
+from .attention import Attention
+from .layers import Constant, Mlp, PrunedModel, block_state_dict
 
 ARCH_FORMAT = "vitshrink.swin-arch/1"
 

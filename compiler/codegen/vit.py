@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..ir.vit import ViTIR
-from .layers import Attention, Constant, Mlp, PrunedModel, block_state_dict
+from .attention import Attention
+from .layers import Constant, Mlp, PrunedModel, block_state_dict
 from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
 
 ARCH_FORMAT = "vitshrink.arch/1"

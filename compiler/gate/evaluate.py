@@ -75,6 +75,27 @@ def threshold_for(gate: Gate, key: str, entry: dict) -> Optional[float]:
     return best
 
 
+def _doubts(e: dict) -> list[str]:
+    """What the report says against trusting a latency entry: timed while the machine was busy, or
+    faster than the MACs promise."""
+    out = []
+    if (e.get("stability") or {}).get("contended"):
+        out.append(f"CONTENDED: other processes used {e['load']['other_cores']:.2f} cores while it was timed")
+    if e.get("suspect"):
+        out.append("SUSPECT: " + e["suspect"])
+    return out
+
+
+def _speedup_against(e: dict, against: Optional[str]) -> tuple[float, Optional[list], str, str]:
+    """(speed-up, its 95% interval, the check-name suffix, a note) of a latency entry against the user's
+    original model (the default, when the entry timed one) or vitshrink's dense model."""
+    if against != "dense" and "speedup_vs_original" in e:
+        return e["speedup_vs_original"], e["stability_vs_original"].get("speedup_ci95"), " vs original", ""
+    why = "" if against == "dense" else "no original timed in this report: against vitshrink's dense model"
+    st = e.get("stability") or {}
+    return e.get("speedup_paired", e.get("speedup")), st.get("speedup_ci95"), " vs dense" if against == "dense" else "", why
+
+
 def _verdict(key: str, value: Optional[float], thr: float, interval=None) -> tuple[str, str]:
     """pass/fail; a latency figure fails only when its whole interval is on the wrong side."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -178,13 +199,12 @@ def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=N
             thr = threshold_for(gate, key, e)
             if thr is None:
                 continue
-            value = e.get("speedup_paired", e.get("speedup"))
-            ci = (e.get("stability") or {}).get("speedup_ci95")
+            value, ci, vs, why = _speedup_against(e, gate.against)
             if key == "min_realization":
                 value, ci = value / e["ideal_speedup"], ci and [c / e["ideal_speedup"] for c in ci]
             status, note = _verdict(key, value, thr, tuple(ci) if ci else None)
-            checks.append(Check(f"{key.replace('min_', '')} {entry_label(e)}", key, value, thr, status,
-                                tuple(ci) if ci else None, note))
+            checks.append(Check(f"{key.replace('min_', '')}{vs} {entry_label(e)}", key, value, thr, status,
+                                tuple(ci) if ci else None, "; ".join(n for n in (note, why, *_doubts(e)) if n)))
 
     if "max_slowdown" in v:
         if baseline is None:

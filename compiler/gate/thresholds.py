@@ -20,13 +20,14 @@ THRESHOLDS = {
     "max_abs_diff": ("<=", "max abs diff on logits, compiled vs reference and ONNX Runtime vs torch", ""),
     "min_top1_agreement": (">=", "fraction of images where pruned and dense predict the same class", ""),
     "max_top1_drop": ("<=", "dense top-1 minus pruned top-1", "points"),
-    "min_speedup": (">=", "dense / pruned latency (median of per-round ratios)", "x"),
+    "min_speedup": (">=", "original (or dense) / pruned latency (median of per-round ratios)", "x"),
     "min_realization": (">=", "speed-up / ideal speed-up (MACs ratio)", ""),
     "max_slowdown": ("<=", "pruned latency vs the baseline report, relative", ""),
     "max_params": ("<=", "parameters of the pruned model", ""),
     "max_macs": ("<=", "MACs per image of the pruned model", ""),
 }
 PER_ENTRY = ("min_speedup", "min_realization", "max_slowdown")  # take SELECTOR=VALUE forms
+AGAINST = ("original", "dense")  # what a speed-up is measured against
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 
 
@@ -34,11 +35,14 @@ _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 class Gate:
     """Thresholds: ``values[name]`` is a list of ``(selector, value)``; a selector is ``"*"`` (every
     latency entry), ``"ENGINE"``, ``"ENGINE@BATCH"`` or ``"@BATCH"`` (ENGINE as in ``--engines``:
-    ``ort`` (= ``onnxruntime``), ``openvino``, ``native``, ``torch``, ...)."""
+    ``ort`` (= ``onnxruntime``), ``openvino``, ``native``, ``torch``, ...). ``against``: what
+    ``min_speedup`` / ``min_realization`` compare the pruned model with -- ``"original"`` (default: the
+    user's original model, timm's own, timed in the same rounds) or ``"dense"`` (vitshrink's dense codegen)."""
 
     values: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     allow_machine_change: bool = False
     absolute: bool = False
+    against: Optional[str] = None
 
     def __bool__(self) -> bool:
         return bool(self.values)
@@ -120,11 +124,15 @@ def gate_from_mapping(table: dict, where: str) -> Gate:
             gate.allow_machine_change = bool(value)
         elif key == "absolute":
             gate.absolute = bool(value)
+        elif key == "against":
+            if value not in AGAINST:
+                raise VitshrinkError(f"{where}: gate key 'against' must be one of {', '.join(AGAINST)}, found {value!r}")
+            gate.against = value
         elif key in THRESHOLDS:
             gate.values[key] = _entries(key, value)
         else:
             raise VitshrinkError(f"{where}: unknown gate key '{raw}' (expected {', '.join(THRESHOLDS)}, "
-                                 "allow_machine_change, absolute)")
+                                 "allow_machine_change, absolute, against)")
     return gate
 
 
@@ -159,4 +167,5 @@ def load_gate(cli: dict[str, Any], gate_file: Optional[str] = None, pyproject: O
         gate.values.update(s.values)
         gate.allow_machine_change |= s.allow_machine_change
         gate.absolute |= s.absolute
+        gate.against = s.against or gate.against
     return gate

@@ -69,15 +69,18 @@ def verify_engines(names: Sequence[str], artifacts: dict, x: torch.Tensor, want:
 
 def time_engines(names: Sequence[str], artifacts: dict, batches: Sequence[int], threads_list: Sequence[int], shape,
                  bench_seconds: float, ideal: float, log) -> list[dict]:
-    """Latency entries (``report["latency"]``) of every runnable engine, dense vs pruned interleaved,
-    per thread count and batch size (:func:`vitshrink.runtime.latency.latency_entry`, plus ``engine``
-    and ``precision``). Engines are timed one after another, each in its own worker process."""
+    """Latency entries (``report["latency"]``) of every runnable engine: the user's original model (where
+    ``artifacts`` has one for the engine's artifact kind), vitshrink's dense and the pruned model timed
+    interleaved, per thread count and batch size (:func:`vitshrink.runtime.latency.latency_entry`, plus
+    ``engine``, ``precision`` and ``warmup_s``). Engines are timed one after another, each in its own
+    worker process."""
     entries = []
     for name in names:
         spec = engines.ENGINES[name]
         if name == "tensorrt" or engines.status(name):
             continue
-        paths = {"dense": artifacts[spec.artifact]["dense"], "pruned": artifacts[spec.artifact]["pruned"]}
+        arts = artifacts[spec.artifact]
+        paths = {k: arts[k] for k in ("original", "dense", "pruned") if arts.get(k) is not None}
         for threads in threads_list:
             label = f"latency {name} {spec.device}, {threads} threads, batch {','.join(map(str, batches))}"
             with log.stage(f"latency_{name}_t{threads}", label), log.bar(f"{name} {threads} threads", 10 * len(batches)) as bar:
@@ -88,7 +91,7 @@ def time_engines(names: Sequence[str], artifacts: dict, batches: Sequence[int], 
                     bar(sum(v[0] for v in done.values()), sum(v[1] for v in done.values()) + 10 * (len(batches) - len(done)))
 
                 results = engines.measure(name, paths, batches, threads, shape, budget_s=bench_seconds,
-                                  extend_s=2 * bench_seconds, progress=tick)
+                                          extend_s=2 * bench_seconds, progress=tick)
             for b in batches:
                 provider = {"ort": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}.get(name)
                 e = latency_entry(results[b], ideal, threads=threads, runtime=spec.runtime, device=spec.device, provider=provider)

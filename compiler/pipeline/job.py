@@ -41,9 +41,11 @@ from ..importers import import_checkpoint
 from ..importers.verify import import_report, source_logits
 from ..report.schema import FORMAT as REPORT_FORMAT
 from ..report.write import write_report
+from ..runtime import engines
 from ..runtime.accuracy import evaluate, list_images
 from ..runtime.machine import machine
 from ..runtime.ort import OrtRunner
+from ..runtime.torch_runner import save_original
 from ..spec.format import load_spec, save_spec
 from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
 from .inputs import verification_images
@@ -107,13 +109,16 @@ class CompileJob:
                                      dense_ir.patch_size)
         self.timm_model, self.dense_ir = timm_model, dense_ir
 
-    def check_fidelity(self) -> None:
-        """Stage 2: the codegen of the unpruned IR against timm's own forward (then the timm model is
-        dropped: the IR holds the weights); for an import, what the source computes."""
+    def check_fidelity(self, work: Path) -> None:
+        """Stage 2: the codegen of the unpruned IR against timm's own forward; for an import, what the
+        source computes; then the original model is kept for the latency baseline
+        (:meth:`save_original`) and dropped: the IR holds the weights."""
         opt = self.opt
         with self.log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
-            fidelity = _max_diff(self.family.codegen.build_module(self.dense_ir, share=True)(self.x), self.timm_model(self.x))
+            timm_logits = self.timm_model(self.x)
+            fidelity = _max_diff(self.family.codegen.build_module(self.dense_ir, share=True)(self.x), timm_logits)
             self.source = source_logits(self.imported, self.model_name, self.x) if self.imported is not None else None
+        self.save_original(work, timm_logits)
         self.timm_model = None
         if fidelity > opt.tolerance:
             raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
@@ -132,6 +137,39 @@ class CompileJob:
         if self.imported is not None:
             self.report["import"].update(import_report(self.imported))
 
+    def save_original(self, work: Path, timm_logits: torch.Tensor) -> None:
+        """The user's original model -- timm's own module with this compile's weights (for an import, the
+        source's dense-layout weights) -- made ready for every engine that will be timed: timm's module
+        exported by ``torch.onnx.export`` for the ONNX engines (checked against timm's logits), the module
+        itself for the torch engines. It is what every latency entry compares with first."""
+        opt, self.originals = self.opt, {}
+        timed = [e for e in opt.engines if e != "tensorrt" and not engines.status(e)] if opt.bench_seconds > 0 else []
+        kinds = {engines.ENGINES[e].artifact for e in timed}
+        info: dict = {"model": f"timm's own {self.model_name}" + (" with the imported weights in the dense layout"
+                                                                   if self.imported is not None else "")}
+        if not kinds:
+            self.report["original"] = {**info, "status": "not timed", "reason": "no latency timed (--bench-seconds 0 "
+                                       "or no engine runs here)"}
+            return
+        with self.log.stage("original", "export the original model (timm's own) as the latency baseline"):
+            if "onnx" in kinds:
+                try:
+                    path = export_onnx(self.timm_model, work / "original.onnx", self.shape)
+                except VerificationError as e:  # timm's model would not export: time without it, say why
+                    info["onnx"] = {"status": "skipped", "reason": str(e)}
+                else:
+                    d = onnx_max_abs_diff(path, self.x, timm_logits, threads=max(opt.threads))
+                    info["onnx"] = {"status": "ok", "how": "torch.onnx.export (dynamo) of timm's module, opset 20",
+                                    "max_abs_diff": d}
+                    if d <= opt.tolerance:
+                        self.originals["onnx"] = path
+                    else:
+                        info["onnx"].update(status="skipped", reason=f"timm's export differs from timm by {d:.3g}")
+            if "module" in kinds:
+                self.originals["module"] = save_original(self.timm_model, work / "original_module")
+                info["module"] = {"status": "ok", "how": "timm's nn.Module, as the user runs it"}
+        self.report["original"] = {**info, "status": "ok"}
+
     # ------------------------------------------------------------------------------ 3-4 the model
 
     def prune(self) -> None:
@@ -142,7 +180,7 @@ class CompileJob:
     def lay_out(self, work: Path) -> None:
         """Stage 3b: the head layout (timed on the first engine with ``--layout auto``), the exact
         re-layouts and codegen."""
-        layout, self.report["layout"] = choose_layout(self.pruned_ir, self.opt, self.shape, work, self.log)
+        layout, self.report["layout"], self.timed_layout = choose_layout(self.pruned_ir, self.opt, self.shape, work, self.log)
         with self.log.stage("codegen", f"layout ({layout}) + codegen"):
             self.laid_out = self.family.passes.lay_out(self.pruned_ir, layout, self.opt.token_layout)
             self.pruned = self.family.codegen.build_module(self.laid_out)
@@ -218,7 +256,10 @@ class CompileJob:
         opt, tol, x = self.opt, self.opt.tolerance, self.x
         with self.log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"), torch.no_grad():
             want_pruned, want_dense = self.logits, self.dense(x)
-            onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
+            if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
+                onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
+            else:
+                onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
             self.pruned = None
             onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape)
             dense_dir = save_dense_module(self.dense, work) if any(e.startswith("torch") for e in opt.engines) else None
@@ -232,8 +273,8 @@ class CompileJob:
         }
         if not self.report["export"]["passed"]:
             raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
-        self.artifacts = {"onnx": {"dense": onnx_dense, "pruned": onnx_pruned},
-                          "module": {"dense": dense_dir, "pruned": tmp / "model"}}
+        self.artifacts = {"onnx": {"original": self.originals.get("onnx"), "dense": onnx_dense, "pruned": onnx_pruned},
+                          "module": {"original": self.originals.get("module"), "dense": dense_dir, "pruned": tmp / "model"}}
         self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense},
                                                 max(opt.threads), tol, self.log)
         self.report["verified"] = True
@@ -279,11 +320,12 @@ class CompileJob:
 
     def run(self) -> dict:
         """Every stage in order; the output directory appears only when all passed. Returns the report."""
-        self.read_inputs()
-        self.check_fidelity()
-        tmp, created_parent = prepare_output(self.out)
         work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
+        tmp = created_parent = None
         try:
+            self.read_inputs()
+            self.check_fidelity(work)
+            tmp, created_parent = prepare_output(self.out)
             self.prune()
             self.lay_out(work)
             self.check_exactness(tmp)
@@ -294,7 +336,8 @@ class CompileJob:
             self.write(tmp)
             commit_output(tmp, self.out)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             if created_parent is not None:
                 shutil.rmtree(created_parent, ignore_errors=True)
             raise

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..errors import VitshrinkError
+from ..passes.layout import HEAD_LAYOUTS
 from ..runtime.engines import parse_engines
 
 DEFAULT_TOLERANCE = 1e-4
@@ -25,9 +26,10 @@ class CompileOptions:
         bench_seconds: timing budget in seconds per (batch, threads) setting; rounds go on past it (up
             to 3x) while the figure is not yet stable (:func:`vitshrink.runtime.latency.stability`).
         limit: evaluate only the first ``limit`` images of ``data``.
-        layout: ``"auto"`` (time both on the first requested engine when heads are irregular:
-            :mod:`vitshrink.pipeline.layout_choice`), ``"pad"`` irregular heads to one width per block, or
-            ``"group"`` heads of equal width batched together.
+        layout: ``"auto"`` (time the distinct head layouts on the first requested engine:
+            :mod:`vitshrink.pipeline.layout_choice`), ``"pad"`` irregular heads to one width per block,
+            ``"group"`` heads of equal width batched together, or ``"fused"`` heads padded to the widths
+            fused attention kernels take, in at most two groups per block (:func:`vitshrink.passes.layout.bucket_heads`).
         token_layout: static tokens as ``"prefix"`` slices (one permutation) or ``"gather"``/scatter.
         tolerance: max abs diff on logits (fp32) for import fidelity, exactness and export.
         verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
@@ -80,8 +82,8 @@ class CompileOptions:
 
     def check(self) -> None:
         """Raise :class:`VitshrinkError` naming the flag of a value out of range."""
-        if self.layout not in ("auto", "pad", "group"):
-            raise VitshrinkError(f"--layout {self.layout!r}: expected 'auto', 'pad' or 'group'")
+        if self.layout not in ("auto", *HEAD_LAYOUTS):
+            raise VitshrinkError(f"--layout {self.layout!r}: expected auto, {', '.join(HEAD_LAYOUTS)}")
         if self.token_layout not in ("prefix", "gather"):
             raise VitshrinkError(f"--token-layout {self.token_layout!r}: expected 'prefix' or 'gather'")
         if any(b < 1 for b in self.batch) or any(t < 1 for t in self.threads):

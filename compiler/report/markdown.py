@@ -47,6 +47,52 @@ def _engine_lines(engines: dict) -> list[str]:
     return out + [""]
 
 
+def _trust(st: dict) -> str:
+    return "yes" if st.get("verdict") == "stable" else ("**contended** ⚠" if st.get("contended") else "**NO** ⚠")
+
+
+def _latency_lines(report: dict) -> list[str]:
+    """The latency table: per entry a row against the user's original model (timm's own, when timed)
+    first, then against vitshrink's dense model; the reasons of untrusted figures below it."""
+    entries = report["latency"]
+    if not entries:
+        return ["Not timed (`--bench-seconds 0`, or no engine runs here).", ""]
+    has_original = any("speedup_vs_original" in e for e in entries)
+    lines = [("Each round runs " + ("timm's own model (what you run today), " if has_original else "")
+              + "vitshrink's dense codegen and the pruned model, in rotating order, in one process. "
+              "Milliseconds per batch (p50). Speed-up: the median of the per-round ratios, with its bootstrap "
+              "95% interval; realization: speed-up / MACs ratio (the ideal)."), "",
+             "| engine | device | batch | threads | rounds | against | baseline p50 | pruned p50 | speed-up (95% CI) | ideal | realization | trustworthy? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for e in entries:
+        eng = e.get("engine", e["runtime"])
+        rows = []
+        if "speedup_vs_original" in e:
+            rows.append(("timm's original", e["baseline_ms"]["p50"], e["speedup_vs_original"], e["realization_vs_original"],
+                         e["stability_vs_original"]))
+        st = e.get("stability", {})
+        rows.append(("vitshrink dense", e["dense_ms"]["p50"], e["speedup"], e["realization"], st))
+        for k, (against, base, sp, real, s_) in enumerate(rows):
+            lo, hi = s_.get("speedup_ci95", (float("nan"), float("nan")))
+            head = f"| {eng} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']}" if k == 0 else "| | | | |"
+            lines.append(f"{head} | {against} | {base:.2f} | {e['pruned_ms']['p50']:.2f} | x{sp:.3f} ({lo:.3f}-{hi:.3f}) | "
+                         f"x{e['ideal_speedup']:.3f} | **{real:.3f}** | {_trust(s_)} |")
+        where = f"- {eng} batch {e['batch']}, {e['threads']} threads: "
+        reasons = list(dict.fromkeys(r for _, _, _, _, s_ in rows for r in s_.get("reasons", [])))
+        if reasons:
+            notes.append(where + "; ".join(reasons))
+        if e.get("suspect"):
+            notes.append(where + "suspect: " + e["suspect"])
+    if notes:
+        lines += ["", "**Not trustworthy as they stand** (time longer with `--bench-seconds`, on an idle machine):", "", *notes]
+    orig = report.get("original") or {}
+    if has_original:
+        lines += ["", f"timm's original: {orig.get('model', 'timm')}; ONNX engines run timm's own `torch.onnx.export`, "
+                      "torch engines timm's module."]
+    return lines
+
+
 def markdown(report: dict) -> str:
     """The human-readable report."""
     ok = lambda b: "pass" if b else "FAIL"  # noqa: E731
@@ -80,7 +126,8 @@ def markdown(report: dict) -> str:
                   f"with zeros to one width per block (layout `{lay.get('chosen', lay['policy'])}`, exact).", ""]
     if "measured" in lay:
         t = lay["measured"]
-        per = ", ".join(f"batch {b}: pad {v['pad_ms']:.2f} ms, group {v['group_ms']:.2f} ms" for b, v in t["batches"].items())
+        per = "; ".join(f"batch {b}: " + ", ".join(f"{k.removesuffix('_ms')} {ms:.2f} ms" for k, ms in v.items())
+                        for b, v in t["batches"].items())
         lines += [f"Head layout `{lay['chosen']}`, chosen by timing both on {t['engine']} ({t['threads']} threads; {per}).", ""]
     elif lay.get("policy") == "auto" and "not timed" in lay.get("reason", ""):
         lines += [f"Head layout `{lay['chosen']}`: {lay['reason']}.", ""]
@@ -101,24 +148,8 @@ def markdown(report: dict) -> str:
         "",
         "## Latency",
         "",
-        "Dense and pruned (same codegen, same runtime) timed interleaved in one run; milliseconds per batch.",
-        "",
-        "| engine | runtime | device | batch | threads | rounds | dense p50 | pruned p50 | dense p90 | pruned p90 | speed-up (95% CI) | ideal (MACs) | realization | stable? |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_latency_lines(report),
     ]
-    noisy = []
-    for e in report["latency"]:
-        st = e.get("stability", {})
-        lo, hi = st.get("speedup_ci95", (float("nan"), float("nan")))
-        mark = "yes" if st.get("verdict") == "stable" else "**NO** ⚠"
-        if st.get("verdict") == "noisy":
-            noisy.append(f"- {e.get('engine', e['runtime'])} batch {e['batch']}, {e['threads']} threads: " + "; ".join(st["reasons"]))
-        lines.append(
-            f"| {e.get('engine', e['runtime'])} | {e['runtime']} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']} | {e['dense_ms']['p50']:.2f} | "
-            f"{e['pruned_ms']['p50']:.2f} | {e['dense_ms']['p90']:.2f} | {e['pruned_ms']['p90']:.2f} | "
-            f"{e['speedup']:.3f} ({lo:.3f}-{hi:.3f}) | {e['ideal_speedup']:.3f} | **{e['realization']:.3f}** | {mark} |")
-    if noisy:
-        lines += ["", "**Not trustworthy** (time longer with `--bench-seconds`, on an idle machine):", "", *noisy]
     lines += ["", "![latency vs MACs](latency.png)", "", *_engine_lines(report.get("engines", {}))]
     if "accuracy" in report:
         a = report["accuracy"]
