@@ -13,6 +13,8 @@ Public API (``__all__``; imported on first use so ``import vitshrink`` stays che
 - :func:`import_checkpoint` -- a checkpoint pruned by another tool -> spec + dense-layout weights.
 - :func:`apply_spec` -- the structural passes; :func:`build_module` -- IR -> nn.Module.
 - :func:`reference_forward` -- the masked dense reference.
+- :func:`ensure_timm_importable` -- call it before ``import timm`` / ``transformers`` in a script: on a CPU-only
+  torch beside the CUDA build of torchvision (the only one pip has for torch 2.13) it lets them import.
 - :class:`VitshrinkError` (bad input, CLI exit 2), :class:`VerificationError` (a broken promise,
   exit 1), :class:`SpecError`, :class:`CheckpointError`, :class:`ModelError`.
 """
@@ -43,12 +45,14 @@ _LAZY = {
     "apply_spec": ("vitshrink.families", "apply_spec"),
     "reference_forward": ("vitshrink.families", "reference_forward"),
     "count_macs": ("vitshrink.counting", "count_macs"),
+    "ensure_timm_importable": ("vitshrink.compat", "ensure_timm_importable"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never executed)
     from .codegen import PrunedViT, load, save  # noqa: F401
+    from .compat import ensure_timm_importable  # noqa: F401
     from .counting import count_macs  # noqa: F401
     from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError  # noqa: F401
     from .families import apply_spec, build_module, import_model, reference_forward, resolve_spec  # noqa: F401

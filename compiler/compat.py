@@ -8,7 +8,12 @@ finish. ViT, DeiT and Swin never call these ops; calling one would raise "no ker
 
 The schemas are defined only when torchvision's compiled extension cannot be loaded into this torch
 (tried first): where torch and torchvision match, torchvision registers its own ops and this is a no-op.
-Everything in vitshrink that imports timm calls :func:`ensure_timm_importable` first.
+Everything in vitshrink that imports timm calls :func:`ensure_timm_importable` first; a script that imports
+timm or transformers itself calls it before those imports (it is ``vitshrink.ensure_timm_importable``)::
+
+    import vitshrink
+    vitshrink.ensure_timm_importable()
+    import timm
 """
 from __future__ import annotations
 
@@ -48,7 +53,9 @@ def _needs_shim() -> bool:
 
 
 def ensure_timm_importable() -> None:
-    """Define ``torchvision::nms``/``qnms`` schemas when (and only when) torchvision needs them."""
+    """Define ``torchvision::nms``/``qnms`` schemas when (and only when) torchvision needs them: after this,
+    ``import timm`` (and ``import torchvision``) work on a CPU torch beside a CUDA torchvision. Idempotent;
+    a no-op where torch and torchvision match or torchvision is absent, or once torchvision is imported."""
     global _LIBRARY
     if _LIBRARY is not None or not _needs_shim():
         return

@@ -15,6 +15,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import subprocess
+import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from .codegen.attention import attention_form
+from .compat import ensure_timm_importable
 from .errors import VerificationError
 from .passes.onnx_cleanup import cleanup
 from .runtime.ort import OrtRunner
@@ -51,14 +56,18 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink), torch.no_grad(), \
                 attention_form(model, fused_attention):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model.eval(), (example,), str(path), dynamo=True, opset_version=opset,
+            program = torch.onnx.export(
+                model.eval(), (example,), None, dynamo=True, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), external_data=False, verbose=False, report=False,
+                dynamic_shapes=({0: batch},), verbose=False, report=False,
             )
+            proto = program.model_proto  # in memory: the file is written once, after the cleanup
+        del program
     except Exception as e:  # noqa: BLE001 - report any exporter failure as a broken promise
         raise VerificationError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    onnx.save(cleanup(onnx.load(str(path))), str(path))
+    proto = cleanup(proto)
+    onnx.save(proto, str(path))
+    del proto
     try:
         onnx.checker.check_model(str(path), full_check=True)  # from the file: no second in-memory copy
     except Exception as e:  # noqa: BLE001
@@ -70,3 +79,57 @@ def onnx_max_abs_diff(onnx_path: str | Path, images: torch.Tensor, expected: tor
     """max |ONNX Runtime(images) - expected| over the logits (fp32, CPU); ``expected`` = torch's logits."""
     got = OrtRunner(onnx_path, threads=threads).run(images.numpy())
     return float(np.abs(got - expected.numpy()).max())
+
+
+class BackgroundExport:
+    """:func:`export_onnx` of a pickled module (``torch.save``; e.g. the user's original timm model) in a
+    child process, so that it runs on the other core while the compile goes on: on the 2-core build
+    machine a deit_base export is ~12 s of single-threaded Python. :meth:`wait` returns the file."""
+
+    def __init__(self, module_file: Path, path: Path, input_shape: tuple[int, int, int]):
+        self.path, self.t0 = Path(path), time.perf_counter()
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vitshrink.export", str(module_file), str(path),
+                                      *map(str, input_shape)], stdout=subprocess.DEVNULL, stderr=self.err)
+
+    def wait(self) -> Path:
+        """The exported file, once the child is done.
+
+        Raises:
+            VerificationError: the child failed (its last error line).
+        """
+        code = self.proc.wait()
+        self.seconds = time.perf_counter() - self.t0
+        self.err.seek(0)
+        tail = [ln for ln in self.err.read().splitlines() if ln.strip()][-1:]
+        self.err.close()
+        if code != 0:
+            raise VerificationError(tail[0] if tail else f"ONNX export of the original model: exit {code}")
+        return self.path
+
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (the compile failed before it was needed)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not self.err.closed:
+            self.err.close()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vitshrink.export MODULE.pt OUT.onnx C H W`` (what :class:`BackgroundExport` runs): the
+    pickled module written by this compile is loaded (timm's classes: the compat shim first) and exported."""
+    src, out, *shape = argv
+    ensure_timm_importable()
+    model = torch.load(src, map_location="cpu", weights_only=False)  # written by this compile, not a user file
+    try:
+        export_onnx(model, out, tuple(int(v) for v in shape))
+    except VerificationError as e:
+        print(f"{e}".splitlines()[0], file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -41,6 +41,8 @@ from .spec.format import Spec
 from .spec.resolved import ResolvedSpec
 
 IR = Union[ViTIR, SwinIR]
+#: the seed of a model's random weights when no checkpoint is given (recorded in report.json)
+RANDOM_INIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         name: timm model name (any family of :data:`FAMILIES`).
         checkpoint: a weights file (safetensors or a pickled state dict).
         state_dict: weights already in memory (e.g. from :func:`vitshrink.importers.import_checkpoint`);
-            neither: random weights, with a warning.
+            neither: random weights drawn with seed :data:`RANDOM_INIT_SEED`, with a warning.
         configure: called on the timm model before translation (an importer's
             :meth:`~vitshrink.importers.base.ImportResult.configure`: e.g. the source's LayerNorm eps).
     Returns:
@@ -119,15 +121,18 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         ModelError: unknown name, a family vitshrink does not handle, an option it refuses (named);
         CheckpointError: unreadable checkpoint, a missing key or a shape mismatch (named).
     """
-    model = create_model(name)
+    random = state_dict is None and checkpoint is None
+    with torch.random.fork_rng():  # random weights are seeded (two compiles agree); the caller's RNG is untouched
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = create_model(name)
     family = family_of(model)
     extras: dict[str, Tensor] = {}
     if state_dict is not None:
         extras = load_state(model, state_dict, f"imported weights for {name}")
-    elif checkpoint is None:
+    elif random:
         warnings.warn(
-            f"no checkpoint given: {name} has RANDOM weights (latency and exactness are meaningful, accuracy is not)",
-            stacklevel=2,
+            f"no checkpoint given: {name} has RANDOM weights (seed {RANDOM_INIT_SEED}; latency and exactness are "
+            "meaningful, accuracy is not)", stacklevel=2,
         )
     else:
         extras = load_checkpoint(model, checkpoint)

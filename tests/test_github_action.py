@@ -62,3 +62,43 @@ def test_action_script_runs_locally(tmp_path):
         assert (out / f).is_file(), f
     summary = (tmp_path / "summary.md").read_text()
     assert "### vitshrink gate" in summary and "**FAIL**" in summary and "<details><summary>vitshrink report" in summary
+
+
+def _venv_over_ours(path: Path) -> Path:
+    """A fresh venv that sees this environment's packages (torch, timm, ...) on its path -- as a runner has
+    them once pip installed them -- but not its vitshrink (an editable install needs its own .pth hook)."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=True).create(path)
+    site = next(path.glob("lib/python*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return path / "bin"
+
+
+def test_action_installs_vitshrink_from_its_own_checkout(tmp_path):
+    """The install step as the runner runs it, from a clone of this repository (what `uses: ...@ref`
+    checks out): `install: auto` pip-installs the clone itself (not a package index name), pinned torch
+    in the same command; the installed vitshrink is the clone's and compiles. A requirement that cannot
+    install is its own failure: exit code 4 recorded, not 2 (bad input)."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    bin_dir = _venv_over_ours(tmp_path / "venv")
+    base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+            "VITSHRINK_MODEL": "deit_tiny_patch16_224", "VITSHRINK_TORCH_INDEX": "", "VITSHRINK_BENCH_SECONDS": "0",
+            "VITSHRINK_SPEC": str(REPO / "compiler" / "examples" / "deit_tiny_example.json")}
+    base.pop("VIRTUAL_ENV", None)
+    env = {**base, "VITSHRINK_INSTALL": "auto", "VITSHRINK_OUT": str(tmp_path / "out"), "GITHUB_OUTPUT": str(tmp_path / "o1")}
+    script = clone / ".github" / "actions" / "vitshrink" / "gate.sh"
+    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"pip install torch==2.13.0 torchvision==0.28.0 {clone}" in proc.stdout
+    where = subprocess.run([str(bin_dir / "python"), "-c", "import vitshrink; print(vitshrink.__file__)"], env=base,
+                           capture_output=True, text=True)
+    assert str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
+    assert (tmp_path / "o1").read_text().splitlines()[0] == "exit-code=0" and (tmp_path / "out" / "report.json").is_file()
+
+    env = {**base, "VITSHRINK_INSTALL": str(tmp_path / "no-such-checkout"), "GITHUB_OUTPUT": str(tmp_path / "o2")}
+    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (tmp_path / "o2").read_text().splitlines() == ["exit-code=4"]
+    assert "could not be installed" in proc.stderr

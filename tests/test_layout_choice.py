@@ -62,10 +62,19 @@ def test_the_faster_measured_form_is_chosen(small_model, tmp_path, monkeypatch, 
     assert info["measured"]["batches"][1][f"{faster}_ms"] == 8.0
 
 
-def test_real_timing_on_onnx_runtime(small_model, tmp_path):
+def test_known_winner_is_not_timed_again(small_model, tmp_path):
+    """ONNX Runtime at batch 1..8: group won at every batch size of benchmarks/layout.py -- no export, no timing."""
     _, ir = small_model
-    layout, info, _ = choose_layout(_irregular(ir), CompileOptions(bench_seconds=0.3, batch=(2,)), SHAPE, tmp_path, _Log(False))
-    m = info["measured"]["batches"][2]
+    layout, info, art = choose_layout(_irregular(ir), CompileOptions(bench_seconds=5, batch=(1, 8)), SHAPE, tmp_path, _Log(False))
+    assert layout == "group" and "not timed" in info["reason"] and "measured" not in info and art == {}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_real_timing_on_onnx_runtime(small_model, tmp_path):
+    """Outside the batch sizes the benchmark measured, the candidates are timed."""
+    _, ir = small_model
+    layout, info, _ = choose_layout(_irregular(ir), CompileOptions(bench_seconds=0.3, batch=(16,)), SHAPE, tmp_path, _Log(False))
+    m = info["measured"]["batches"][16]
     assert layout == ("pad" if m["pad_ms"] <= m["group_ms"] else "group") and m["pad_ms"] > 0 and m["group_ms"] > 0
 
 

@@ -15,6 +15,7 @@ one line ``error: ...`` on stderr, and no output directory left behind; 3 a gate
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import click
@@ -24,7 +25,27 @@ from . import gate, imports, masks, run, runner
 from .common import EXIT_CODES, one_line_warning
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES)
+class _OneLineErrors(click.Group):
+    """click's group, but a bad option or argument is one ``error: ...`` line on stderr (exit 2), as every
+    other bad input is -- not click's usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            click.echo(f"error: {e.format_message().splitlines()[0]}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message().splitlines()[0]}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES)
 @click.version_option(package_name="vitshrink")
 def main() -> None:
     """vitshrink: make pruned vision transformers (ViT/DeiT, Swin) physically smaller, verified exact, and faster."""

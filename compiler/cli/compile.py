@@ -30,6 +30,7 @@ Examples:
 @click.option("--from", "source_format", default=None, help="Format of a pruned --checkpoint (skip detection).")
 @click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
 @click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
+@click.option("--allow-model-mismatch", is_flag=True, help="Compile a spec whose meta.model names another model.")
 @click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
               help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
 @click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
@@ -51,8 +52,8 @@ Examples:
                    "listed as skipped with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
-def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, import_options, data, batches, threads, bench_seconds, limit, layout, token_layout,
-                tolerance, trt, engines, quiet, **gate_kwargs):
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, import_options,
+                data, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
     the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
@@ -69,7 +70,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
                           dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
-                          engines=engines)
+                          engines=engines, allow_model_mismatch=allow_model_mismatch)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:
@@ -85,7 +86,11 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
 
 def summary(report: dict) -> None:
     """The compile's result in a few lines on stdout: MACs, exactness, engines, latency, accuracy."""
-    m = report["macs"]
+    m, imp = report["macs"], report["import"]
+    if "format" in imp:
+        d = imp.get("source_max_abs_diff")
+        click.echo(f"imported {imp['format']} ({imp['detected_because']}); compiled vs the source: "
+                   + (f"max abs diff {d:.1e}" if d is not None else f"not run -- {imp.get('source_reference')}"))
     click.echo(f"MACs {m['dense'] / 1e9:.3f} G -> {m['pruned'] / 1e9:.3f} G (x{m['dense'] / m['pruned']:.2f}); "
                f"exactness {report['exactness']['max_abs_diff']:.1e}; ONNX {report['export']['onnx_max_abs_diff']:.1e}")
     for name, e in report.get("engines", {}).items():
@@ -125,11 +130,13 @@ Example:
 @click.option("--engines", default="ort", show_default=True, callback=engines_option,
               help="Engines to time (as compile --engines), e.g. ort,openvino,native or all.")
 @click.option("--json", "json_out", default=None, help="Also write the latency entries to this JSON file.")
-def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, engines, json_out):
+@click.option("--allow-model-mismatch", is_flag=True, help="Time a spec whose meta.model names another model.")
+def bench_cmd(model, spec, checkpoint, batches, threads, bench_seconds, engines, json_out, allow_model_mismatch):
     """Latency benchmark: compile MODEL with SPEC into a temporary directory and time dense vs pruned."""
     from ..pipeline import CompileOptions, compile_model  # lazy: the compile stack loads only for commands that use it
 
-    opts = CompileOptions(checkpoint=checkpoint, batch=batches, threads=threads, bench_seconds=bench_seconds, engines=engines)
+    opts = CompileOptions(checkpoint=checkpoint, batch=batches, threads=threads, bench_seconds=bench_seconds, engines=engines,
+                          allow_model_mismatch=allow_model_mismatch)
     try:
         with tempfile.TemporaryDirectory(prefix="vitshrink-bench-") as d:
             report = compile_model(model, spec, os.path.join(d, "out"), opts)

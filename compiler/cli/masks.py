@@ -59,8 +59,9 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, ca
             spec.masks.update(token_masks)
             spec.settings.update(settings)
             spec.meta["tokens"] = {"schedule": tokens, "calibration": {"dir": calib, "n": int(images.shape[0])} if images is not None else None}
+        spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
         tmp = out_path.with_name(f".{out_path.name}.tmp")
-        save_spec(spec, tmp, resolved_shapes=family.spec.mask_shapes(ir))
+        save_spec(spec, tmp, resolved_shapes=family.spec.mask_shapes(ir), form=out_path.suffix.lstrip("."))
         os.replace(tmp, out_path)
     except VitshrinkError as e:
         fail(e)

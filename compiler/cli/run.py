@@ -26,7 +26,7 @@ Exit codes (the worst entry: 1 > 2 > 3 > 0):
 
 
 def _markdown(rows: list[dict]) -> str:
-    cols = ["entry", "model", "exit", "MACs", "top-1 drop", "speed-up", "gate", "host", "s", "error"]
+    cols = ["entry", "model", "exit", "MACs", "top-1 drop", "speed-up (vs original)", "gate", "host", "s", "error"]
     out = ["### vitshrink run", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(_cells(r)).replace("\n", " ") + " |")
@@ -78,7 +78,7 @@ def run_cmd(runfile, out, ray_address, trust_pickle, quiet):
         fail(e)
     rows = summary_rows(results)
     table = Table(title=f"vitshrink run: {runfile}")
-    for c in ["entry", "model", "exit", "MACs", "top-1 drop", "speed-up", "gate", "host", "s", "error"]:
+    for c in ["entry", "model", "exit", "MACs", "top-1 drop", "speed-up (vs original)", "gate", "host", "s", "error"]:
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*map(escape, _cells(r)))

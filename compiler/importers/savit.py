@@ -57,11 +57,15 @@ def _convert_savit(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 def _probe_savit_deployed(obj: Any, ctx: ImportContext) -> Optional[str]:
+    """Its own signature: every key of the dense model present, none wider, some narrower (a key that is
+    missing -- ``weight`` stored as ``weight_orig`` + ``weight_mask`` -- is not a shrunk one)."""
     sd = as_state_dict(obj)
     if sd is None or "cls_token" not in sd or any("gate" in k for k in sd) or (isinstance(obj, dict) and "dim_cfg" in obj):
         return None
     own = ctx.model.state_dict()
-    if all(k in sd and sd[k].shape == v.shape for k, v in own.items()):
+    if any(k not in sd or sd[k].dim() != v.dim() or any(a > b for a, b in zip(sd[k].shape, v.shape)) for k, v in own.items()):
+        return None  # a key missing or wider: not the dense model shrunk
+    if all(sd[k].shape == v.shape for k, v in own.items()):
         return None  # dense shapes: not shrunk
     hd = ctx.dims()[0][1]
     qkv = [sd[k].shape[0] for k in sd if k.endswith("attn.qkv.weight")]

@@ -22,6 +22,7 @@ A failed verification raises :class:`~vitshrink.errors.VerificationError` (CLI e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -34,7 +35,7 @@ import torch
 from .. import families
 from ..codegen.checkpoint import load, save
 from ..counting import count_macs
-from ..errors import VerificationError, VitshrinkError
+from ..errors import SpecError, VerificationError, VitshrinkError
 from ..export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
 from ..importers import import_checkpoint
@@ -45,12 +46,12 @@ from ..runtime import engines
 from ..runtime.accuracy import evaluate, list_images
 from ..runtime.machine import machine
 from ..runtime.ort import OrtRunner
-from ..runtime.torch_runner import save_original
 from ..spec.format import load_spec, save_spec
 from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
 from .inputs import verification_images
 from .layout_choice import choose_layout
 from .options import CompileOptions, with_overrides
+from .original import OriginalBaseline
 from .output import check_output, commit_output, prepare_output, sha256, toolchain
 from .progress import Log
 
@@ -75,6 +76,7 @@ class CompileJob:
         check_output(self.out)
         self.log = Log(opt.progress)
         self.report: dict = {}
+        self.original: Optional[OriginalBaseline] = None
 
     # ------------------------------------------------------------------------------------ 1-2 inputs
 
@@ -94,6 +96,7 @@ class CompileJob:
                         self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure)
                 else:
                     self.spec = load_spec(self.spec_path)
+                    _check_model(self.spec, self.model_name, opt.allow_model_mismatch)
                     timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint)
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
@@ -112,13 +115,15 @@ class CompileJob:
     def check_fidelity(self, work: Path) -> None:
         """Stage 2: the codegen of the unpruned IR against timm's own forward; for an import, what the
         source computes; then the original model is kept for the latency baseline
-        (:meth:`save_original`) and dropped: the IR holds the weights."""
+        (:class:`~.original.OriginalBaseline`) and dropped: the IR holds the weights."""
         opt = self.opt
         with self.log.stage("fidelity", "import fidelity (IR codegen vs timm)"), torch.no_grad():
             timm_logits = self.timm_model(self.x)
             fidelity = _max_diff(self.family.codegen.build_module(self.dense_ir, share=True)(self.x), timm_logits)
             self.source = source_logits(self.imported, self.model_name, self.x) if self.imported is not None else None
-        self.save_original(work, timm_logits)
+        self.original = OriginalBaseline(self.timm_model, self.model_name, self.imported is not None, self.opt,
+                                         self.shape, work, timm_logits, self.log)
+        self.report["original"] = self.original.info
         self.timm_model = None
         if fidelity > opt.tolerance:
             raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
@@ -128,7 +133,8 @@ class CompileJob:
             "inputs": {
                 "spec": ({"path": str(spec_path), "sha256": sha256(spec_path)} if spec_path is not None
                          else {"path": None, "imported_from": str(ckpt)}),
-                "checkpoint": {"path": str(ckpt), "sha256": sha256(ckpt)} if ckpt else {"path": None, "random_init": True},
+                "checkpoint": ({"path": str(ckpt), "sha256": sha256(ckpt)} if ckpt else
+                               {"path": None, "random_init": True, "seed": families.RANDOM_INIT_SEED}),
                 "data": opt.data,
             },
             "toolchain": toolchain(), "machine": machine(),
@@ -136,39 +142,6 @@ class CompileJob:
         })
         if self.imported is not None:
             self.report["import"].update(import_report(self.imported))
-
-    def save_original(self, work: Path, timm_logits: torch.Tensor) -> None:
-        """The user's original model -- timm's own module with this compile's weights (for an import, the
-        source's dense-layout weights) -- made ready for every engine that will be timed: timm's module
-        exported by ``torch.onnx.export`` for the ONNX engines (checked against timm's logits), the module
-        itself for the torch engines. It is what every latency entry compares with first."""
-        opt, self.originals = self.opt, {}
-        timed = [e for e in opt.engines if e != "tensorrt" and not engines.status(e)] if opt.bench_seconds > 0 else []
-        kinds = {engines.ENGINES[e].artifact for e in timed}
-        info: dict = {"model": f"timm's own {self.model_name}" + (" with the imported weights in the dense layout"
-                                                                   if self.imported is not None else "")}
-        if not kinds:
-            self.report["original"] = {**info, "status": "not timed", "reason": "no latency timed (--bench-seconds 0 "
-                                       "or no engine runs here)"}
-            return
-        with self.log.stage("original", "export the original model (timm's own) as the latency baseline"):
-            if "onnx" in kinds:
-                try:
-                    path = export_onnx(self.timm_model, work / "original.onnx", self.shape)
-                except VerificationError as e:  # timm's model would not export: time without it, say why
-                    info["onnx"] = {"status": "skipped", "reason": str(e)}
-                else:
-                    d = onnx_max_abs_diff(path, self.x, timm_logits, threads=max(opt.threads))
-                    info["onnx"] = {"status": "ok", "how": "torch.onnx.export (dynamo) of timm's module, opset 20",
-                                    "max_abs_diff": d}
-                    if d <= opt.tolerance:
-                        self.originals["onnx"] = path
-                    else:
-                        info["onnx"].update(status="skipped", reason=f"timm's export differs from timm by {d:.3g}")
-            if "module" in kinds:
-                self.originals["module"] = save_original(self.timm_model, work / "original_module")
-                info["module"] = {"status": "ok", "how": "timm's nn.Module, as the user runs it"}
-        self.report["original"] = {**info, "status": "ok"}
 
     # ------------------------------------------------------------------------------ 3-4 the model
 
@@ -247,36 +220,45 @@ class CompileJob:
     # ---------------------------------------------------------------------------- 5-7 the engines
 
     def export(self, tmp: Path, work: Path) -> None:
-        """Stage 5: ONNX of the pruned model (``tmp/model.onnx``) and of the dense baseline (``work``),
-        each checked in ONNX Runtime against torch, then every requested engine against torch.
+        """Stage 5: ONNX of the pruned model (``tmp/model.onnx``) and of the dense baseline (``work``; when
+        an ONNX engine or ``--data`` needs it), each checked in ONNX Runtime against torch -- through the
+        ``ort`` engine's verification when that engine is requested --, then every engine against torch.
 
         Raises:
             VerificationError: the exporter, onnx.checker, ONNX Runtime or an engine disagrees.
         """
         opt, tol, x = self.opt, self.opt.tolerance, self.x
-        with self.log.stage("export", "export ONNX (dense baseline + pruned) and check with ONNX Runtime"), torch.no_grad():
+        onnx_engines = any(engines.ENGINES[e].artifact == "onnx" for e in opt.engines)
+        with self.log.stage("export", "export ONNX (dense baseline + pruned)"), torch.no_grad():
             want_pruned, want_dense = self.logits, self.dense(x)
             if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
                 onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
             else:
                 onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
             self.pruned = None
-            onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape)
+            onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape) if onnx_engines or opt.data else None
             dense_dir = save_dense_module(self.dense, work) if any(e.startswith("torch") for e in opt.engines) else None
             self.dense = None
+            self.original.finish(self.x)
+        originals = self.original.artifacts
+        self.artifacts = {"onnx": {"original": originals.get("onnx"), "dense": onnx_dense, "pruned": onnx_pruned},
+                          "module": {"original": originals.get("module"), "dense": dense_dir, "pruned": tmp / "model"}}
+        self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense},
+                                                max(opt.threads), tol, self.log)
+        ort = self.report["engines"].get("ort", {})
+        if ort.get("status") == "ok":  # the same check, done once
+            d_pruned, d_dense = ort["max_abs_diff"], ort["dense_max_abs_diff"]
+        else:
             d_pruned = onnx_max_abs_diff(onnx_pruned, x, want_pruned, threads=max(opt.threads))
-            d_dense = onnx_max_abs_diff(onnx_dense, x, want_dense, threads=max(opt.threads))
+            d_dense = onnx_max_abs_diff(onnx_dense, x, want_dense, threads=max(opt.threads)) if onnx_dense else None
         self.report["export"] = {
             "onnx_max_abs_diff": d_pruned, "dense_onnx_max_abs_diff": d_dense, "tolerance": tol,
-            "passed": d_pruned <= tol and d_dense <= tol, "opset": OPSET, "input": INPUT_NAME,
+            "passed": d_pruned <= tol and (d_dense is None or d_dense <= tol), "opset": OPSET, "input": INPUT_NAME,
             "dynamic_batch": True, "file": "model.onnx", "bytes": onnx_pruned.stat().st_size,
         }
         if not self.report["export"]["passed"]:
-            raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by {max(d_pruned, d_dense):.3g} > {tol:g}")
-        self.artifacts = {"onnx": {"original": self.originals.get("onnx"), "dense": onnx_dense, "pruned": onnx_pruned},
-                          "module": {"original": self.originals.get("module"), "dense": dense_dir, "pruned": tmp / "model"}}
-        self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense},
-                                                max(opt.threads), tol, self.log)
+            raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by "
+                                    f"{max(d_pruned, d_dense or 0):.3g} > {tol:g}")
         self.report["verified"] = True
 
     def time(self, tmp: Path) -> None:
@@ -320,7 +302,7 @@ class CompileJob:
 
     def run(self) -> dict:
         """Every stage in order; the output directory appears only when all passed. Returns the report."""
-        work = Path(tempfile.mkdtemp(prefix="vitshrink-work-"))
+        work = Path(tempfile.mkdtemp(prefix="vitshrink-work-", dir=_scratch()))
         tmp = created_parent = None
         try:
             self.read_inputs()
@@ -342,6 +324,8 @@ class CompileJob:
                 shutil.rmtree(created_parent, ignore_errors=True)
             raise
         finally:
+            if self.original is not None:
+                self.original.cancel()
             shutil.rmtree(work, ignore_errors=True)
         self.log.info(f"[bold green]wrote[/] {self.out}/ (report.md, report.json, widths.png, latency.png, model.onnx, model/, spec.json)")
         return self.report
@@ -379,6 +363,29 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
         VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
     """
     return CompileJob(model_name, spec, out, with_overrides(options, kwargs)).run()
+
+
+def _scratch() -> Optional[str]:
+    """Where the scratch files go (the dense and original ONNX files, saved modules): ``/dev/shm`` -- memory,
+    faster to write and read than a disk -- when it has room for them (4 GB), else the temporary directory."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if st.f_bavail * st.f_frsize > 4 * 1024**3 else None
+
+
+def _check_model(spec, model_name: str, allowed: bool) -> None:
+    """A spec that names the model it was written for (``meta.model``, as ``vitshrink masks`` records it)
+    must be compiled for that model: its index lists would fit any larger one.
+
+    Raises:
+        SpecError: ``meta.model`` names another model and ``allowed`` is off (both are named).
+    """
+    named = spec.meta.get("model") if isinstance(spec.meta, dict) else None
+    if named and named != model_name and not allowed:
+        raise SpecError("meta.model", f"{spec.source} was written for {named}, not {model_name} "
+                                      "(pass --allow-model-mismatch to compile it anyway)")
 
 
 def _referenced_tensors(resolved, tensors: dict) -> dict:

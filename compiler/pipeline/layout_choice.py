@@ -8,8 +8,9 @@ faster depends on the engine and the batch size -- measured in ``benchmarks/layo
 (realization pad / group): ONNX Runtime 0.79 / 0.84 at batch 1 and 0.83 / 0.91 at batch 8, OpenVINO
 0.82 / 0.77 and 0.81 / 0.93, torch 0.83 / 0.98 and 0.80 / 0.98. So ``auto`` builds the candidates of
 the first requested engine (``--engines``, in the order of :data:`vitshrink.runtime.engines.ENGINES`),
-drops those that are the same graph as another (regular heads: all of them), and -- when more than one
-is left -- exports each once and times them interleaved at every requested batch size, keeping the one
+drops those that are the same graph as another (regular heads: all of them), takes the known winner on
+engines where one layout won at every batch size measured (:data:`KNOWN`), and otherwise -- when more
+than one is left -- exports each once and times them interleaved at every requested batch size, keeping the one
 with the smaller geometric mean of latency ratios. The chosen candidate's export is handed on, so the
 compile does not export it again.
 """
@@ -27,6 +28,10 @@ from ..runtime import engines
 #: here): the faster one on ONNX Runtime at batch 1 and 8 and on every engine at batch 8 (benchmarks/layout.py)
 UNTIMED_DEFAULT = "group"
 SECONDS = 3.0  # timing budget per batch size for the choice (at most --bench-seconds)
+#: engines on which one layout won at every batch size measured (``benchmarks/layout.py`` on deit_small,
+#: batch 1 and 8: ONNX Runtime group by 7% and 10%, torch group by 16% and 21%), and that range of batch
+#: sizes: there the choice is known and not timed again (openvino and native split: pad at 1, group at 8)
+KNOWN = {"ort": ("group", 1, 8), "torch": ("group", 1, 8)}
 
 
 def candidates(engine: str) -> tuple[str, ...]:
@@ -72,6 +77,11 @@ def choose_layout(pruned_ir, opt, shape: tuple[int, int, int], work: Path, log) 
                       "reason": "regular heads: every layout is the same graph" if not irregular(pruned_ir) else
                       "every layout is the same graph here"}, {}
     why_not = "--bench-seconds 0" if opt.bench_seconds <= 0 else engines.status(engine)
+    known = KNOWN.get(engine)
+    if not why_not and known and known[0] in (n for n, _ in forms.values()) and all(known[1] <= b <= known[2] for b in opt.batch):
+        return known[0], {"policy": "auto", "chosen": known[0],
+                          "reason": f"not timed: {known[0]} was faster on {engine} at every batch size from {known[1]} to "
+                                    f"{known[2]} in benchmarks/layout.py"}, {}
     if why_not:
         return UNTIMED_DEFAULT, {"policy": "auto", "chosen": UNTIMED_DEFAULT,
                                  "reason": f"not timed ({why_not}): {UNTIMED_DEFAULT}, the faster form in benchmarks/layout.py"}, {}

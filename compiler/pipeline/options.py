@@ -44,6 +44,8 @@ class CompileOptions:
             :data:`vitshrink.runtime.engines.ENGINES` (``ort``, ``openvino``, ``native``, ``torch``, the CUDA
             ones), ``"all"``, or a comma-separated string; engines that cannot run here are listed in the
             report as skipped with the reason. ``tensorrt`` implies ``trt``.
+        allow_model_mismatch: compile a spec whose ``meta.model`` names another model (masks index lists
+            that fit any larger model; refused by default).
     Raises:
         VitshrinkError: an unknown engine (named); :meth:`check`: a value out of range (named).
     """
@@ -65,6 +67,7 @@ class CompileOptions:
     trust_pickle: bool = False
     import_options: Optional[dict] = None
     engines: Sequence[str] | str = ("ort",)
+    allow_model_mismatch: bool = False
 
     def __post_init__(self):
         try:

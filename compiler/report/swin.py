@@ -7,14 +7,15 @@ from .rows import block_row
 
 
 def block_table(dense: SwinIR, pruned: SwinIR) -> dict:
-    """Per-block widths, dense vs pruned, and the stages. Every token of a stage's grid is updated; each
-    attends to the A tokens of its window (``keys``)."""
+    """Per-block widths, dense vs pruned, and the stages. Token counts are per image, as for a ViT: every
+    token of a stage's grid is a key, a query and goes through the MLP (each query meets the keys of its
+    own window: the stage's ``window``)."""
     rows = []
     for b in dense.blocks:
         p = pruned.block(b.source_index)
         st = dense.stage_of(b.source_index)
-        grid = {"keys": st.window_area, "queries": st.resolution[0] * st.resolution[1],
-                "mlp": st.resolution[0] * st.resolution[1]}
+        L = st.resolution[0] * st.resolution[1]
+        grid = {"keys": L, "queries": L, "mlp": L}
         row = block_row(b, p, "kept" if p is not None else "removed",
                         {k: [grid[k], grid[k] if p is not None else 0] for k in ("keys", "queries", "mlp")})
         row["name"] = dense.block_key(b.source_index)

@@ -85,7 +85,11 @@ def _load_safetensors(path: Path) -> Spec:
         raise SpecError("settings", f"{path}: metadata 'settings' is not JSON ({e})") from e
     if not isinstance(settings, dict):
         raise SpecError("settings", f"{path}: metadata 'settings' must be a JSON object")
-    return Spec(masks, settings, str(path))
+    try:
+        meta = json.loads(meta.get("meta", "{}"))
+    except json.JSONDecodeError as e:
+        raise SpecError("meta", f"{path}: metadata 'meta' is not JSON ({e})") from e
+    return Spec(masks, settings, str(path), meta if isinstance(meta, dict) else {})
 
 
 def to_index_form(value: Any) -> Any:
@@ -99,14 +103,20 @@ def to_index_form(value: Any) -> Any:
     return value
 
 
-def save_spec(spec: Spec, path: str | Path, *, resolved_shapes: Optional[dict[str, tuple]] = None) -> Path:
-    """Write ``spec`` as JSON (index lists) or safetensors (bool tensors), chosen by the suffix.
+def save_spec(spec: Spec, path: str | Path, *, resolved_shapes: Optional[dict[str, tuple]] = None,
+              form: Optional[str] = None) -> Path:
+    """Write ``spec`` as JSON (index lists) or safetensors (bool tensors): ``form`` ``"json"`` or
+    ``"safetensors"``, by default chosen by the suffix of ``path``.
 
     The safetensors form needs full-shape bool tensors: masks given as index lists are expanded
     with ``resolved_shapes[name]``.
+
+    Raises:
+        SpecError: an index-list mask without its shape in ``resolved_shapes`` (safetensors form).
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
+    form = form or ("safetensors" if path.suffix == ".safetensors" else "json")
+    if form == "safetensors":
         tensors = {}
         for k, v in spec.masks.items():
             if not isinstance(v, Tensor):

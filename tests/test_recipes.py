@@ -1,0 +1,31 @@
+"""The README's recipes as a user types them (issue 18 item 6): a script that imports timm itself works
+after ``vitshrink.ensure_timm_importable()`` (and fails without it where torchvision does not match
+torch); the Torch-Pruning recipe prunes a DeiT and ``vitshrink compile`` takes its file in one command."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, need
+
+BIN = str(Path(sys.executable).with_name("vitshrink"))
+
+
+def test_the_public_workaround_lets_a_script_import_timm(tmp_path):
+    code = "import vitshrink\nvitshrink.ensure_timm_importable()\nimport timm, torchvision\nprint(timm.__version__)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-1000:]
+    assert "ensure_timm_importable" in __import__("vitshrink").__all__
+
+
+def test_torch_pruning_recipe_runs_as_written(tmp_path):
+    need("torch_pruning")
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "torch_pruning_deit.py"), "--model", "deit_tiny_patch16_224",
+                           "--out", "tp.pth"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "tp.pth").is_file()  # a bare file name, where the example's os.makedirs('') failed
+    proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", "tp.pth", "--out", "runs/tp",
+                           "--bench-seconds", "0", "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "imported torch-pruning" in proc.stdout and "compiled vs the source: max abs diff" in proc.stdout
