@@ -39,7 +39,7 @@ def compile_import(result, dense_model):
 
 
 def diff(a, b):
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 # ------------------------------------------------------------------------------------ Torch-Pruning

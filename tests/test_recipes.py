@@ -28,4 +28,6 @@ def test_torch_pruning_recipe_runs_as_written(tmp_path):
     proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", "tp.pth", "--out", "runs/tp",
                            "--bench-seconds", "0", "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "imported torch-pruning" in proc.stdout and "compiled vs the source: max abs diff" in proc.stdout
+    # Torch-Pruning's example prunes the embedding too: the source's LayerNorms then normalise over the kept
+    # channels, which timm's dense model cannot run -- the terminal says so (the masked reference checks it)
+    assert "imported torch-pruning" in proc.stdout and "compiled vs the source: not run -- the embedding was pruned" in proc.stdout

@@ -4,8 +4,7 @@ Heads of equal widths (a *group*, :func:`head_groups`) run as one call of
 ``torch.nn.functional.scaled_dot_product_attention`` (SDPA) with the model's own softmax scale: on a
 GPU that is FlashAttention / memory-efficient / cuDNN attention, as timm's own modules use it; a
 bias on the logits (Swin's relative position bias and shifted-window mask) goes in as the additive
-``attn_mask``. Which kernel runs depends on the group's widths and the mask (GPU.md of the shared
-docs): flash needs equal q/k and v widths (a multiple of 8, at most 256) and no float mask; the
+``attn_mask``. Which kernel runs depends on the group's widths and the mask (``docs/gpu.md``): flash needs equal q/k and v widths (a multiple of 8, at most 256) and no float mask; the
 layout pass :func:`vitshrink.passes.layout.bucket_heads` makes irregular heads such groups.
 
 Two blocks read the attention probabilities themselves:

@@ -1,7 +1,7 @@
 """timm frontend for ``SwinTransformer`` -> :class:`~vitshrink.ir.swin.SwinIR`.
 
 Covers ``swin_{tiny,small,base}_patch4_window7_224`` and any timm Swin built from the same options
-(facts: ``docs/SWIN.md`` of the shared docs). Options the IR cannot represent exactly are refused with
+(what is refused: ``docs/limits.md``). Options the IR cannot represent exactly are refused with
 a :class:`~vitshrink.errors.ModelError` naming the option.
 """
 from __future__ import annotations

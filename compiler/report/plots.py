@@ -1,4 +1,5 @@
-"""The plots of report.md: kept width per block (widths.png) and latency against MACs (latency.png)."""
+"""The plots of report.md: kept width per block (widths.png) and latency per engine against the original
+model and vitshrink's dense one (latency.png)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ def plot_widths(report: dict, path: Path) -> None:
     idx = [r["block"] for r in rows]
     panels = (("heads", "attention heads"), ("qk", "q/k channels (all heads)"), ("v", "v channels (all heads)"),
               ("mlp", "MLP hidden neurons"))
-    fig, axes = plt.subplots(1, 5, figsize=(21, 3.9))
+    fig, grid = plt.subplots(2, 3, figsize=(13, 6.6))  # readable where report.md shows it (1300 x 660 px)
+    axes = [grid[0][0], grid[0][1], grid[0][2], grid[1][0], grid[1][1]]
+    grid[1][2].axis("off")  # the legend's place
     for ax, (key, title) in zip(axes, panels):
         ax.bar(idx, [r[key][0] for r in rows], color="#d0d7de")
         ax.bar(idx, [r[key][1] for r in rows], color="#1f6feb")
@@ -51,56 +54,69 @@ def plot_widths(report: dict, path: Path) -> None:
                plt.Line2D([], [], color="#1a7f37", lw=2, linestyle="--", label="tokens through the MLP")]
     handles += [Patch(color=c, alpha=0.25, label=f"block {s}") for s, c in _STATUS_COLOR.items()
                 if any(r["status"] == s for r in rows)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    grid[1][2].legend(handles=handles, loc="center", fontsize=9, frameon=False,
+                      title="tokens per image" if "stages" in report["structure"] else None)
     st = report["structure"]
     if "stages" in st:
         dims = " -> ".join("/".join(str(x["embed_dim"][k]) for x in st["stages"]) for k in (0, 1))
         fig.suptitle(f"{report['model']}: kept width per block (stage channels {dims})")
     else:
         fig.suptitle(f"{report['model']}: kept width per block (embed_dim {st['embed_dim'][0]} -> {st['embed_dim'][1]})")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def plot_latency(report: dict, path: Path) -> None:
-    """Per-image p50 latency against MACs per image: one line dense -> pruned per (engine, batch,
-    threads) -- one colour per engine, one line style per batch size when there are several engines --
-    its ideal (latency proportional to MACs) dotted. Point labels only when there are few lines (the
-    report's table has every number)."""
+    """One panel per engine; per batch size three bars -- the user's original model (timm's own, where
+    timed), vitshrink's dense codegen and the pruned model -- in milliseconds per image (the p50 of a
+    batch divided by its size; the table in report.md gives ms per batch), a black tick at the ideal
+    pruned latency (the baseline divided by the MACs ratio), and the speed-up and realization against
+    the baseline above the pruned bar. A log scale when the panel spans more than 20x."""
     entries = report["latency"]
     engines = list(dict.fromkeys(e.get("engine", e["runtime"]) for e in entries))
-    batches = sorted({e["batch"] for e in entries})
-    multi = len(engines) > 1
-    styles = ["-", "--", "-.", (0, (1, 1))]
-    fig, ax = plt.subplots(figsize=(8, 4.5 + (0.12 * len(entries) + 0.4 if len(entries) > 3 else 0)))
-    md, mp = report["macs"]["dense"] / 1e9, report["macs"]["pruned"] / 1e9
-    for i, e in enumerate(entries):
-        d, p = e["dense_ms"]["p50"] / e["batch"], e["pruned_ms"]["p50"] / e["batch"]
-        noisy = "" if e.get("stability", {}).get("verdict", "stable") == "stable" else ", NOISY"
-        eng = e.get("engine", e["runtime"])
-        color = f"C{engines.index(eng) % 10}" if multi else f"C{i % 10}"
-        ls = styles[batches.index(e["batch"]) % len(styles)] if multi else "-"
-        label = (f"{eng + ', ' if multi else ''}batch {e['batch']}, {e['threads']} threads: x{e['speedup']:.2f}, "
-                 f"realization {e['realization']:.2f}{noisy}")
-        ax.plot([md, mp], [d, p], marker="o", ls=ls, color=color, label=label)
-        ax.plot([md, mp], [d, d * mp / md], ":", color=color, alpha=0.6)
-        if len(entries) <= 3:
-            ax.annotate(f"dense {d:.2f} ms", (md, d), textcoords="offset points", xytext=(8, 0), ha="left", va="center",
-                        fontsize=8, color=color)
-            ax.annotate(f"pruned {p:.2f} ms", (mp, p), textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
-                        fontsize=8, color=color)
-    ax.plot([], [], ":", color="grey", label="ideal: latency proportional to MACs")
-    ax.set_xlabel("GMACs per image")
-    ax.set_ylabel("ms per image (p50 latency / batch)")
-    ax.set_title(f"{report['model']}: latency vs MACs" + (f" on {len(engines)} engines" if multi else ""))
-    ax.set_xlim(mp - 0.35 * (md - mp), md + 0.35 * (md - mp))
-    ax.set_ylim(0, 1.3 * max(e["dense_ms"]["p50"] / e["batch"] for e in entries))
-    if len(entries) <= 3:
-        ax.legend(fontsize=8, loc="upper left")
-    else:  # many lines: the legend goes under the axes, not over the lines
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    cols = min(3, len(engines))
+    rows_n = -(-len(engines) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols + 0.6, 3.8 * rows_n + 0.6), squeeze=False)
+    has_original = any("baseline_ms" in e for e in entries)
+    colors = {"original": "#8c959f", "dense": "#9ecae1", "pruned": "#1f6feb"}
+    for k, eng in enumerate(engines):
+        ax = axes[k // cols][k % cols]
+        mine = sorted((e for e in entries if e.get("engine", e["runtime"]) == eng), key=lambda e: (e["batch"], e["threads"]))
+        values = []
+        for i, e in enumerate(mine):
+            per = {"original": e["baseline_ms"]["p50"] / e["batch"] if "baseline_ms" in e else None,
+                   "dense": e["dense_ms"]["p50"] / e["batch"], "pruned": e["pruned_ms"]["p50"] / e["batch"]}
+            for j, (name, v) in enumerate(per.items()):
+                if v is not None:
+                    ax.bar(i + (j - 1) * 0.27, v, 0.25, color=colors[name])
+                    values.append(v)
+            base = per["original"] if per["original"] is not None else per["dense"]
+            ideal = base / e["ideal_speedup"]
+            ax.plot([i + 0.27 - 0.13, i + 0.27 + 0.13], [ideal, ideal], color="k", lw=2)
+            sp, real = ((e["speedup_vs_original"], e["realization_vs_original"]) if "speedup_vs_original" in e
+                        else (e["speedup"], e["realization"]))
+            flag = "" if (e.get("stability") or {}).get("verdict", "stable") == "stable" else "?"
+            ax.annotate(f"x{sp:.2f}{flag}\n({real:.2f})", (i + 0.27, per["pruned"]), textcoords="offset points",
+                        xytext=(0, 3), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(mine)), [f"batch {e['batch']}" + (f"\n{e['threads']} thr" if len(mine) > len({e['batch'] for e in mine}) else "")
+                                         for e in mine], fontsize=8)
+        if values and max(values) / max(min(values), 1e-9) > 20:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.25 * max(values or [1]))
+        ax.set_title(f"{eng} ({mine[0]['device']})", fontsize=10)
+        ax.set_ylabel("ms per image (p50 / batch)", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for k in range(len(engines), rows_n * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles = ([Patch(color=colors["original"], label="timm's original model")] if has_original else []) + [
+        Patch(color=colors["dense"], label="vitshrink dense"), Patch(color=colors["pruned"], label="pruned"),
+        plt.Line2D([], [], color="k", lw=2, label="ideal (baseline / MACs ratio)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=len(handles), fontsize=8, frameon=False)
+    against = "timm's original" if has_original else "vitshrink's dense model"
+    fig.suptitle(f"{report['model']}: latency per engine; label: speed-up vs {against} (realization; ? = not stable)",
+                 fontsize=9, y=0.99)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     fig.savefig(path, dpi=110)
     plt.close(fig)

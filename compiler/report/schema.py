@@ -16,13 +16,19 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   ``exactness.passed``, ``exactness.reload_max_abs_diff``, ``exactness.token_ids_identical`` (dynamic
   rules: the kept tokens of compiled model and reference agree on every verification image); ``export.onnx_max_abs_diff`` (ONNX
   Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff``, ``export.passed``; ``verified``
-- ``latency``: entries with ``runtime``, ``device``, ``batch``, ``threads``, ``rounds``,
-  ``dense_ms.{p50,p90,p99,mean}``, ``pruned_ms.{...}``, ``dense_throughput``/``pruned_throughput``
-  (images/s at p50), ``speedup`` (dense p50 / pruned p50), ``speedup_paired`` (median of per-round
-  ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup / ideal_speedup), ``stability``
-  (``verdict`` stable/noisy, ``reasons``, ``rounds``, ``speedup_ci95``: bootstrap interval of the
-  paired speed-up; see :func:`vitshrink.runtime.latency.stability`), ``rounds_ms.{dense,pruned}``
-  (per-round latencies, what ``vitshrink check --baseline`` bootstraps)
+- ``layout``: ``policy`` (``--layout``), ``chosen``, ``reason`` (and the timings when ``auto`` timed the
+  candidates), ``padded``
+- ``latency``: entries with ``runtime``, ``engine``, ``precision``, ``device``, ``batch``, ``threads``,
+  ``rounds``, ``load`` (other processes' CPU use while timing: ``contended``), ``dense_ms.{p50,p90,p99,mean}``,
+  ``pruned_ms.{...}``, ``dense_throughput``/``pruned_throughput`` (images/s at p50), ``speedup`` (median
+  of the per-round dense/pruned ratios), ``ideal_speedup`` (MACs ratio), ``realization`` (speedup /
+  ideal_speedup), ``stability`` (``verdict`` stable/noisy, ``reasons``, ``rounds``, ``speedup_ci95``:
+  bootstrap interval of the paired speed-up; see :func:`vitshrink.runtime.latency.stability`),
+  ``suspect`` (realization above 1.02 against the dense model: the measurement is off), ``rounds_ms``
+  (per-round latencies, what ``vitshrink check --baseline`` bootstraps); against the user's original
+  model (timm's own module or its ``torch.onnx.export``, timed in the same rounds): ``baseline_ms``,
+  ``baseline_throughput``, ``speedup_vs_original``, ``realization_vs_original``,
+  ``stability_vs_original``, ``dense_vs_original``
 - ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
   ``pruned_top5``, ``top1_agreement`` (fractions)
 - ``engines``: per engine of ``--engines`` (:mod:`vitshrink.runtime.engines`): ``status`` (ok / skipped
