@@ -2,11 +2,15 @@
 
     python benchmarks/compile_cost.py deit_base_patch16_224 --spec SPEC [compile options...]
 
-Peak memory is the child's maximum resident set size (getrusage), which includes torch, timm,
-the ONNX exporter and both ONNX Runtime sessions.
+Peak memory is the largest maximum resident set size of the compile's processes (getrusage of the
+children: the compile and the child that exports the original model), which includes torch, timm,
+the ONNX exporter and the ONNX Runtime sessions. Prints wall time, peak and report.json's
+``timings_s`` (seconds per stage), and writes them with the machine to
+benchmarks/results/compile_cost.json.
 """
 from __future__ import annotations
 
+import json
 import resource
 import subprocess
 import sys
@@ -25,8 +29,16 @@ def main(argv: list[str]) -> int:
         t0 = time.perf_counter()
         rc = subprocess.call(cmd)
         wall = time.perf_counter() - t0
+        report = Path(d) / "out" / "report.json"
+        report = json.loads(report.read_text()) if report.exists() else {}
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # Linux: KiB
-    print(f"compile {argv[0]}: exit {rc}, wall {wall:.1f} s, peak RSS {peak_gb:.2f} GB")
+    timings = report.get("timings_s", {})
+    print(f"compile {argv[0]}: exit {rc}, wall {wall:.1f} s, peak RSS {peak_gb:.2f} GB, "
+          f"stages {sum(timings.values()):.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    out = Path(__file__).resolve().parent / "results" / "compile_cost.json"
+    out.write_text(json.dumps({"command": ["vitshrink", "compile", *argv], "exit": rc, "wall_s": round(wall, 2),
+                               "peak_rss_gb": round(peak_gb, 3), "timings_s": timings,
+                               "machine": report.get("machine"), "toolchain": report.get("toolchain")}, indent=1))
     return rc
 
 

@@ -7,8 +7,11 @@ after another, each in its own process; dense and pruned interleaved inside each
   removed blocks)
 - deit_small, EViT tokens keep 0.7 at blocks 4, 7, 10 (dynamic, constant-K TopK + Gather)
 
-Random weights (latency does not depend on them). Writes benchmarks/results/engines.json and
-engines.png (realization per engine and case at each batch size), and prints the table.
+Each engine times three models interleaved: the user's original (timm's own module, or its own ONNX
+export for the ONNX engines), vitshrink's dense codegen and the pruned model. Random weights (latency
+does not depend on them). Writes benchmarks/results/engines.json and engines.png (realization per
+engine and case at each batch size: bars against the original, dots against vitshrink's dense), and
+prints the table.
 
     python benchmarks/engines.py [--seconds 10] [--batch 1,8] [--threads 2] [--only small_heads_mlp]
 """
@@ -65,16 +68,22 @@ def main() -> int:
                 rows.append({"case": name, "model": model, "engine": e["engine"], "batch": e["batch"], "threads": e["threads"],
                              "dense_ms": e["dense_ms"]["p50"], "pruned_ms": e["pruned_ms"]["p50"], "speedup": e["speedup"],
                              "ideal": e["ideal_speedup"], "realization": e["realization"],
-                             "ci95": e["stability"]["speedup_ci95"], "stable": e["stability"]["verdict"], "rounds": e["rounds"]})
+                             "ci95": e["stability"]["speedup_ci95"], "stable": e["stability"]["verdict"], "rounds": e["rounds"],
+                             "original_ms": e.get("baseline_ms", {}).get("p50"), "speedup_vs_original": e.get("speedup_vs_original"),
+                             "realization_vs_original": e.get("realization_vs_original"),
+                             "ci95_vs_original": e.get("stability_vs_original", {}).get("speedup_ci95")})
             machine, toolchain = r["machine"], r["toolchain"]
     out = {"machine": machine, "toolchain": toolchain, "bench_seconds": a.seconds, "threads": a.threads,
            "engines": engines, "rows": rows}
     Path(a.out).write_text(json.dumps(out, indent=1))
-    print("| case | engine | batch | dense ms | pruned ms | speed-up | ideal | realization | stable |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | engine | batch | original ms | dense ms | pruned ms | ideal | speed-up (realization) vs original "
+          "| vs dense | stable |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['engine']} | {r['batch']} | {r['dense_ms']:.2f} | {r['pruned_ms']:.2f} | "
-              f"x{r['speedup']:.3f} | x{r['ideal']:.3f} | {r['realization']:.3f} | {r['stable']} |")
+        orig = (f"{r['original_ms']:.2f}", f"x{r['speedup_vs_original']:.3f} ({r['realization_vs_original']:.3f})") \
+            if r["original_ms"] else ("-", "-")
+        print(f"| {r['case']} | {r['engine']} | {r['batch']} | {orig[0]} | {r['dense_ms']:.2f} | {r['pruned_ms']:.2f} | "
+              f"x{r['ideal']:.3f} | {orig[1]} | x{r['speedup']:.3f} ({r['realization']:.3f}) | {r['stable']} |")
     plot(out, Path(a.out).with_suffix(".png"))
     return 0
 
@@ -93,23 +102,30 @@ def plot(out: dict, path: Path) -> None:
     w = 0.8 / max(1, len(engine_names))
     for ax, b in zip(axes[0], batches):
         for k, eng in enumerate(engine_names):
-            xs, ys, errs = [], [], []
+            xs, ys, errs, dense = [], [], [], []
             for i, c in enumerate(case_names):
                 r = next((r for r in rows if r["case"] == c and r["engine"] == eng and r["batch"] == b), None)
                 if r is None:
                     continue
                 xs.append(i + (k - (len(engine_names) - 1) / 2) * w)
-                ys.append(r["realization"])
-                lo, hi = (v / r["ideal"] for v in r["ci95"])
-                errs.append((max(0.0, r["realization"] - lo), max(0.0, hi - r["realization"])))  # p50 speed-up vs paired CI
-            ax.bar(xs, ys, w, label=eng, yerr=list(zip(*errs)) if errs else None, capsize=2)
+                key, ci = ("realization_vs_original", "ci95_vs_original") if r.get("realization_vs_original") \
+                    else ("realization", "ci95")
+                ys.append(r[key])
+                lo, hi = (v / r["ideal"] for v in r[ci])
+                errs.append((max(0.0, r[key] - lo), max(0.0, hi - r[key])))
+                dense.append(r["realization"])
+            bars = ax.bar(xs, ys, w, label=eng, yerr=list(zip(*errs)) if errs else None, capsize=2)
+            ax.plot(xs, dense, "o", ms=4, color="k", mfc=bars.patches[0].get_facecolor() if bars.patches else "w",
+                    label="vs vitshrink dense" if k == 0 else None)
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         ax.set_xticks(range(len(case_names)), case_names, fontsize=8)
         ax.set_title(f"batch {b}, {out['threads']} threads")
         ax.set_ylabel("realization = speed-up / MACs ratio")
+        ax.set_ylim(0, 1.25)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"dense vs pruned per engine ({out['machine']['cpu']}, {out['machine']['cores']} cores); bars: 95% CI")
+    fig.suptitle(f"pruned vs timm's original model per engine (bars, 95% CI), vs vitshrink's dense (dots); "
+                 f"{out['machine']['cpu']}, {out['machine']['cores']} cores", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
