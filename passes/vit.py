@@ -19,7 +19,8 @@ def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
 
     Shrinks the patch embedding, prefix tokens, position embedding, every LayerNorm (which then
     normalises over the kept channels only -- the reference semantics of SAViT), the inputs of
-    q/k/v and fc1, the outputs of proj and fc2, and the classifier inputs. ``embed``: [D] bool.
+    q/k/v and fc1, the outputs of proj and fc2, the classifier inputs, and the key/value inputs of an
+    attention pool (whose own output width, and the classifier after it, stay). ``embed``: [D] bool.
     """
     keep = keep_positions(ir.embed_ids, embed)
     return replace(
@@ -31,7 +32,10 @@ def prune_embed(ir: ViTIR, embed: Tensor) -> ViTIR:
         blocks=tuple(embed_block(b, keep) for b in ir.blocks),
         norm=None if ir.norm is None else layer_norm_keep(ir.norm, keep),
         fc_norm=None if ir.fc_norm is None else layer_norm_keep(ir.fc_norm, keep),
-        heads=tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
+        norm_pre=None if ir.norm_pre is None else layer_norm_keep(ir.norm_pre, keep),
+        attn_pool=None if ir.attn_pool is None else replace(
+            ir.attn_pool, k_weight=cols(ir.attn_pool.k_weight, keep), v_weight=cols(ir.attn_pool.v_weight, keep)),
+        heads=ir.heads if ir.attn_pool is not None else tuple(replace(h, weight=cols(h.weight, keep)) for h in ir.heads),
     )
 
 

@@ -57,16 +57,30 @@ class Constant(nn.Module):
         return self.bias if self.bias is not None else x.new_zeros(())
 
 
-class Mlp(nn.Module):
-    """fc1 [hidden, D] -> exact GELU -> fc2 [D, hidden]."""
+def quick_gelu(x: Tensor) -> Tensor:
+    """OpenAI CLIP's QuickGELU, ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
 
-    def __init__(self, dim: int, hidden: int, bias1: bool, bias2: bool):
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU's tanh approximation (timm ``GELUTanh``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACT = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}  # MlpIR.act -> function
+
+
+class Mlp(nn.Module):
+    """fc1 [hidden, D] -> activation (``act``: exact GELU, its tanh form or QuickGELU) -> fc2 [D, hidden]."""
+
+    def __init__(self, dim: int, hidden: int, bias1: bool, bias2: bool, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias1)
         self.fc2 = nn.Linear(hidden, dim, bias=bias2)
+        self.act = ACT[act]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def block_state_dict(b, p: str, split: bool = False) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..ir.vit import ViTIR
 from .attention import Attention
 from .layers import Constant, Mlp, PrunedModel, block_state_dict
+from .pool import AttentionPool, pool_architecture, pool_state_dict
 from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
 
 ARCH_FORMAT = "vitshrink.arch/1"
@@ -58,7 +59,7 @@ class Block(nn.Module):
             self.attn = Constant(dim, cfg["proj_bias"])
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
         if cfg["mlp_hidden"]:
-            self.mlp = Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"])
+            self.mlp = Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"], cfg.get("act", "gelu"))
         else:
             self.mlp = Constant(dim, cfg["fc2_bias"])
 
@@ -120,7 +121,8 @@ class Block(nn.Module):
 class PrunedViT(PrunedModel):
     """A ViT/DeiT classifier of arbitrary (pruned) widths and token schedules, built from ``arch``.
 
-    forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes]. With ``trace=True`` it
+    forward: images [B, in_chans, H, W] float32 -> logits [B, num_classes] (a feature extractor: the
+    pooled features [B, feature_dim], removed embedding channels as zeros). With ``trace=True`` it
     returns ``(logits, [ids after each dynamic selection])`` (original token ids, fused tokens
     numbered from N on) -- used to check that kept tokens are identical everywhere -- and keeps
     ``residuals``: per block, ``(source block index, residual stream [B, n_out, D_kept], original
@@ -140,6 +142,8 @@ class PrunedViT(PrunedModel):
         self.num_prefix = P
         self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D)) if P else None
         self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
+        pre_eps = arch.get("norm_pre_eps")
+        self.norm_pre = nn.LayerNorm(D, eps=pre_eps) if pre_eps is not None else None
         order = arch.get("token_order")
         if order is not None:
             self.register_buffer("token_order", torch.tensor(order, dtype=torch.long, device="cpu"), persistent=False)
@@ -148,10 +152,18 @@ class PrunedViT(PrunedModel):
         self.pool = arch.get("pool", "token")
         fc_eps = arch.get("fc_norm_eps")
         self.fc_norm = nn.LayerNorm(D, eps=fc_eps) if fc_eps is not None else None
+        pool_cfg = arch.get("attn_pool")
+        self.attn_pool = AttentionPool(pool_cfg, D) if pool_cfg is not None else None
+        self.attn_pool_prefix = bool(pool_cfg and pool_cfg["include_prefix"])
         C = arch["num_classes"]
-        self.heads = nn.ModuleList(nn.Linear(D, C, bias=h["bias"]) for h in arch["heads"])
-        self.head_tokens = [h["token"] for h in arch["heads"]]
+        width = pool_cfg["out_features"] if pool_cfg is not None else D
+        self.heads = nn.ModuleList(nn.Linear(width, C, bias=h["bias"]) for h in arch["heads"])
+        self.head_tokens = [h["token"] for h in arch["heads"]] or [0]
         self.num_read = max(self.head_tokens) + 1
+        scatter = arch.get("feature_index")  # a feature extractor with pruned embedding channels
+        if scatter is not None:
+            self.register_buffer("feature_index", torch.tensor(scatter, dtype=torch.long, device="cpu"), persistent=False)
+        self.scatter = scatter is not None
 
     def forward_features(self, x: Tensor):
         """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D] -- or, with average
@@ -160,6 +172,8 @@ class PrunedViT(PrunedModel):
         if self.prefix_tokens is not None:
             x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.pos_embed
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
         ids = None
         if self.trace:
             ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
@@ -180,6 +194,9 @@ class PrunedViT(PrunedModel):
             if self.trace:
                 self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
         x = x.reshape(-1, N, D)
+        if self.pool == "map":  # attention pool over the patch tokens after the final norm
+            x = x if self.norm is None else self.norm(x)
+            return self.attn_pool(x if self.attn_pool_prefix else x[:, self.num_prefix:]).unsqueeze(1), traced
         if self.pool == "avg":  # timm global_pool='avg': patch tokens, after the final norm, then fc_norm
             x = x if self.norm is None else self.norm(x)
             x = x[:, self.num_prefix:].mean(1, keepdim=True)
@@ -190,6 +207,11 @@ class PrunedViT(PrunedModel):
 
     def forward(self, x: Tensor):
         x, traced = self.forward_features(x)
+        if not len(self.heads):  # a feature extractor: the pooled feature, in its original channels
+            f = x[:, 0]
+            if self.scatter:  # kept channels back to their places, removed ones 0: [f | 0] gathered
+                f = torch.cat([f, f.new_zeros(f.shape[0], 1)], dim=1).index_select(1, self.feature_index)
+            return (f, traced) if self.trace else f
         logits = self.heads[0](x[:, self.head_tokens[0]])
         for head, t in zip(self.heads[1:], self.head_tokens[1:]):
             logits = logits + head(x[:, t])
@@ -269,6 +291,7 @@ def architecture(ir: ViTIR) -> dict:
             "mlp_hidden": m.hidden,
             "fc1_bias": m.fc1_bias is not None,
             "fc2_bias": m.fc2_bias is not None,
+            "act": m.act,
             "norm1_eps": b.norm1.eps,
             "norm2_eps": b.norm2.eps,
             **plan,
@@ -298,9 +321,23 @@ def architecture(ir: ViTIR) -> dict:
         "norm_eps": None if ir.norm is None else ir.norm.eps,
         "pool": ir.pool,
         "fc_norm_eps": None if ir.fc_norm is None else ir.fc_norm.eps,
+        "norm_pre_eps": None if ir.norm_pre is None else ir.norm_pre.eps,
+        "attn_pool": pool_architecture(ir.attn_pool),
+        "feature_dim": ir.feature_dim,
+        "feature_index": _feature_index(ir),
         "heads": [{"name": h.name, "token": h.token, "bias": h.bias is not None} for h in ir.heads],
         "exit_after": ir.exit_after,
     }
+
+
+def _feature_index(ir: ViTIR) -> Optional[list[int]]:
+    """For a feature extractor whose output channels are the (pruned) residual channels: for each
+    original channel, its position among the kept ones, or ``embed_dim`` (a zero column) if removed;
+    None when nothing needs to be put back."""
+    if ir.heads or ir.attn_pool is not None or ir.embed_dim == ir.feature_dim:
+        return None
+    where = {c: p for p, c in enumerate(ir.embed_ids)}
+    return [where.get(c, ir.embed_dim) for c in range(ir.feature_dim)]
 
 
 def state_dict(ir: ViTIR) -> dict[str, Tensor]:
@@ -328,6 +365,10 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
         sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
     if ir.fc_norm is not None:
         sd["fc_norm.weight"], sd["fc_norm.bias"] = ir.fc_norm.weight, ir.fc_norm.bias
+    if ir.norm_pre is not None:
+        sd["norm_pre.weight"], sd["norm_pre.bias"] = ir.norm_pre.weight, ir.norm_pre.bias
+    if ir.attn_pool is not None:
+        sd.update(pool_state_dict(ir.attn_pool, "attn_pool."))
     for k, h in enumerate(ir.heads):
         sd[f"heads.{k}.weight"] = h.weight
         if h.bias is not None:

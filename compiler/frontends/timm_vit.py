@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
-from ..ir.vit import PrefixTokenIR, ViTIR
+from ..ir.vit import AttentionPoolIR, PrefixTokenIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
 
 #: The models the test suite covers. Other timm models pass if they use only supported options.
@@ -48,7 +48,7 @@ def timm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _check_supported(model: nn.Module) -> None:
     timm_ = timm()
-    from timm.layers import Mlp, PatchEmbed  # timm: lazy, after the compat shim
+    from timm.layers import PatchEmbed  # timm: lazy, after the compat shim
     from timm.layers.attention import Attention  # lazy: after the compat shim
     from timm.models.vision_transformer import Block, LayerScale, VisionTransformer  # lazy: after the compat shim
 
@@ -57,8 +57,8 @@ def _check_supported(model: nn.Module) -> None:
             f"unsupported model class {type(model).__name__}: the timm frontend handles VisionTransformer "
             f"(DeiT/ViT) models only (timm {timm_.__version__})"
         )
-    if model.global_pool not in ("token", "avg"):
-        refuse("global_pool", model.global_pool, "'token' (class token) and 'avg' pooling are supported")
+    if model.global_pool not in ("token", "avg", "map"):
+        refuse("global_pool", model.global_pool, "'token' (class token), 'avg' and 'map' pooling are supported")
     if model.global_pool == "avg" and getattr(model, "pool_include_prefix", False):
         refuse("pool_include_prefix", True, "average pooling over the patch tokens only is supported")
     if model.global_pool == "token" and (not getattr(model, "has_class_token", True) or model.cls_token is None):
@@ -69,16 +69,16 @@ def _check_supported(model: nn.Module) -> None:
         refuse("dynamic_img_size", True)
     if model.pos_embed is None:
         refuse("pos_embed", "none")
-    if not is_identity(model.norm_pre):
-        refuse("pre_norm", True)
+    if not (is_identity(model.norm_pre) or isinstance(model.norm_pre, nn.LayerNorm)):
+        refuse("pre_norm", type(model.norm_pre).__name__, "a LayerNorm (or none) after the position embedding")
     if not (is_identity(getattr(model, "fc_norm", None)) or isinstance(model.fc_norm, nn.LayerNorm)):
         refuse("fc_norm", type(model.fc_norm).__name__)
-    if getattr(model, "attn_pool", None) is not None:
-        refuse("global_pool", model.global_pool)
+    if model.global_pool == "map":
+        _check_attn_pool(model)
     if not is_identity(model.patch_drop):
         refuse("patch_drop_rate", model.patch_drop.prob)
-    if not isinstance(model.head, nn.Linear):
-        refuse("num_classes", 0, "a classifier head is required")
+    if not (isinstance(model.head, nn.Linear) or is_identity(model.head)):
+        refuse("head", type(model.head).__name__, "a Linear classifier or none (num_classes=0) is required")
     if not (isinstance(model.norm, nn.LayerNorm) or is_identity(model.norm)):
         refuse("final_norm", type(model.norm).__name__)
     pe = model.patch_embed
@@ -104,14 +104,48 @@ def _check_supported(model: nn.Module) -> None:
             refuse("scale_attn_norm", True)
         if getattr(a, "gate", None) is not None:
             refuse("gated", True)
-        m = blk.mlp
-        if type(m) is not Mlp or not is_identity(getattr(m, "norm", None)):
-            refuse("mlp_layer", type(m).__name__)
-        if not isinstance(m.fc1, nn.Linear):
-            refuse("mlp_layer", "conv (use_conv)")
-        act = m.act
-        if not (isinstance(act, nn.GELU) and act.approximate == "none"):
-            refuse("act_layer", type(act).__name__, "only exact (erf) GELU is supported")
+        _activation(blk.mlp)
+
+
+def _activation(m) -> str:
+    """The IR name of a timm ``Mlp``'s activation (refused by name: another MLP or activation)."""
+    from timm.layers import GELUTanh, Mlp, QuickGELU  # timm: lazy, after the compat shim
+
+    if type(m) is not Mlp or not is_identity(getattr(m, "norm", None)):
+        refuse("mlp_layer", type(m).__name__)
+    if not isinstance(m.fc1, nn.Linear):
+        refuse("mlp_layer", "conv (use_conv)")
+    act = m.act
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return "gelu"
+    if (isinstance(act, nn.GELU) and act.approximate == "tanh") or isinstance(act, GELUTanh):
+        return "gelu_tanh"
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    refuse("act_layer", type(act).__name__, "exact (erf) GELU, GELUTanh and QuickGELU are supported")
+
+
+def _check_attn_pool(model: nn.Module) -> None:
+    """``global_pool='map'``: timm's ``AttentionPoolLatent`` without its own position embedding or q/k norm."""
+    from timm.layers import AttentionPoolLatent  # timm: lazy, after the compat shim
+
+    p = model.attn_pool
+    if type(p) is not AttentionPoolLatent:
+        refuse("attn_pool", type(p).__name__, "timm's AttentionPoolLatent is supported")
+    if p.pos_embed is not None:
+        refuse("attn_pool.pos_embed", "abs")
+    if not (is_identity(p.q_norm) and is_identity(p.k_norm)):
+        refuse("attn_pool.qk_norm", True)
+    if not isinstance(p.q, nn.Linear) or not isinstance(p.proj, nn.Linear):
+        refuse("attn_pool.q_proj", False, "a query projection and an output projection are required")
+    if p.pool not in ("token", "avg"):
+        refuse("attn_pool.pool_type", p.pool)
+    if not (is_identity(p.norm) or isinstance(p.norm, nn.LayerNorm)):
+        refuse("attn_pool.norm", type(p.norm).__name__)
+    if p.mlp is not None:
+        _activation(p.mlp)
+    if not is_identity(getattr(model, "fc_norm", None)):
+        refuse("fc_norm", type(model.fc_norm).__name__, "with global_pool='map'")
 
 
 def _gamma(ls) -> Optional[torch.Tensor]:
@@ -129,10 +163,13 @@ def _scaled(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[
 def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     """Translate a timm ViT/DeiT into the IR (a copy of its weights; the model is not changed).
 
-    LayerScale (DeiT-III, ``init_values``) is folded exactly into attn.proj and mlp.fc2 (rows scaled by
-    gamma); register tokens (``reg_tokens``) become prefix tokens after the class token, never pruned;
-    ``no_embed_class`` position embeddings become zero rows for the prefix tokens; ``global_pool='avg'``
-    (with or without a class token, with ``fc_norm`` or a final norm) pools the patch tokens.
+    LayerScale (DeiT-III, DINOv2, ``init_values``) is folded exactly into attn.proj and mlp.fc2 (rows
+    scaled by gamma); register tokens (``reg_tokens``) become prefix tokens after the class token, never
+    pruned; ``no_embed_class`` position embeddings become zero rows for the prefix tokens;
+    ``global_pool='avg'`` (with or without a class token, with ``fc_norm`` or a final norm) pools the
+    patch tokens, ``'map'`` (SigLIP) through the attention pool; ``pre_norm`` (CLIP) is the IR's
+    ``norm_pre``; QuickGELU MLPs keep their activation; ``num_classes=0`` (DINOv2, CLIP/SigLIP towers)
+    gives a feature extractor (no heads; ``feature_dim`` is the output width).
 
     Raises:
         ModelError: the model uses an option the IR cannot represent (the option is named).
@@ -162,6 +199,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
             hidden_ids=tuple(range(m.fc1.out_features)),
             fc1_weight=m.fc1.weight.detach().clone(), fc1_bias=clone(m.fc1.bias),
             **dict(zip(("fc2_weight", "fc2_bias"), _scaled(m.fc2.weight, m.fc2.bias, _gamma(blk.ls2)))),
+            act=_activation(m),
         )
         blocks.append(BlockIR(i, layer_norm(blk.norm1), attn, layer_norm(blk.norm2), mlp))
 
@@ -169,8 +207,10 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     reg = getattr(model, "reg_token", None)
     if reg is not None:  # timm's order: class token, register tokens, patches
         prefix += [PrefixTokenIR(f"reg{j}", t.clone()) for j, t in enumerate(reg.detach().reshape(-1, D))]
-    avg = model.global_pool == "avg"
-    heads = [ClassifierIR("head", -1 if avg else 0, model.head.weight.detach().clone(), clone(model.head.bias))]
+    avg = model.global_pool in ("avg", "map")  # the one head reads the pooled feature
+    heads = [] if is_identity(model.head) else [
+        ClassifierIR("head", -1 if avg else 0, model.head.weight.detach().clone(), clone(model.head.bias))]
+    attn_pool = _attn_pool(model.attn_pool) if model.global_pool == "map" else None
     if isinstance(model, VisionTransformerDistilled):
         prefix.append(PrefixTokenIR("dist", model.dist_token.detach().reshape(D).clone()))
         heads.append(ClassifierIR("head_dist", 1, model.head_dist.weight.detach().clone(), clone(model.head_dist.bias)))
@@ -191,10 +231,32 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         meta={"frontend": "timm"},
         pool=model.global_pool,
         fc_norm=None if is_identity(getattr(model, "fc_norm", None)) else layer_norm(model.fc_norm),
+        norm_pre=None if is_identity(model.norm_pre) else layer_norm(model.norm_pre),
+        attn_pool=attn_pool,
+        feature_dim=0 if heads else (attn_pool.out_features if attn_pool is not None else D),
     )
     if ir.pos_embed.shape[0] != ir.num_tokens:
         refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
     return ir
+
+
+def _attn_pool(p) -> AttentionPoolIR:
+    """timm's ``AttentionPoolLatent`` as IR (its fused ``kv`` split into k and v)."""
+    E = p.kv.out_features // 2
+    kb = p.kv.bias.detach() if p.kv.bias is not None else None
+    m = p.mlp
+    return AttentionPoolIR(
+        latent=p.latent.detach().reshape(p.latent_len, -1).clone(),
+        q_weight=p.q.weight.detach().clone(), q_bias=clone(p.q.bias),
+        k_weight=p.kv.weight.detach()[:E].clone(), k_bias=None if kb is None else kb[:E].clone(),
+        v_weight=p.kv.weight.detach()[E:].clone(), v_bias=None if kb is None else kb[E:].clone(),
+        num_heads=int(p.num_heads), scale=float(p.scale),
+        proj_weight=p.proj.weight.detach().clone(), proj_bias=clone(p.proj.bias),
+        norm=None if is_identity(p.norm) else layer_norm(p.norm),
+        mlp=None if m is None else MlpIR(tuple(range(m.fc1.out_features)), m.fc1.weight.detach().clone(), clone(m.fc1.bias),
+                                         m.fc2.weight.detach().clone(), clone(m.fc2.bias), act=_activation(m)),
+        pool=p.pool,
+    )
 
 
 def _pos_embed(model: nn.Module, num_prefix: int, D: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 PAD = -1  # id of a zero-padded unit
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP activations the IR represents (MlpIR.act)
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,12 @@ class AttentionIR:
 
 @dataclass(frozen=True)
 class MlpIR:
-    """fc1 -> GELU (exact, erf) -> fc2. ``fc1_weight`` [hidden, D], ``fc2_weight`` [D, hidden].
+    """fc1 -> activation -> fc2. ``fc1_weight`` [hidden, D], ``fc2_weight`` [D, hidden].
 
     ``hidden_ids``: original index of each kept hidden neuron. hidden may be 0 (the MLP is then the
-    constant ``fc2_bias``).
+    constant ``fc2_bias``). ``act``: one of :data:`ACTIVATIONS` -- ``"gelu"`` (exact, erf),
+    ``"gelu_tanh"`` (the tanh approximation, SigLIP) or ``"quick_gelu"`` (OpenAI CLIP's
+    ``x * sigmoid(1.702 x)``); each acts per neuron, so pruning neurons is exact for all.
     """
 
     hidden_ids: tuple[int, ...]
@@ -90,6 +93,7 @@ class MlpIR:
     fc1_bias: Optional[Tensor]
     fc2_weight: Tensor
     fc2_bias: Optional[Tensor]
+    act: str = "gelu"
 
     @property
     def hidden(self) -> int:

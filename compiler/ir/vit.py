@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from .nodes import BlockIR, ClassifierIR, LayerNormIR, iter_tensors
+from .nodes import BlockIR, ClassifierIR, LayerNormIR, MlpIR, iter_tensors
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,53 @@ class PrefixTokenIR:
 
 
 @dataclass(frozen=True)
+class AttentionPoolIR:
+    """Attention pooling with learned latent queries (timm ``AttentionPoolLatent``, ``global_pool='map'``:
+    SigLIP). ``latent`` [L, Dl] queries the tokens: ``q = latent q_weight^T + q_bias`` [L, E];
+    ``k``/``v`` from the tokens with ``k_weight``/``v_weight`` [E, D] (their input columns are the
+    residual channels, the only axis pruning touches here); ``num_heads`` heads of E / num_heads
+    channels at softmax ``scale``; then ``proj`` [O, E], and ``x + mlp(norm(x))`` over O (``mlp`` None:
+    no MLP); finally the latents are pooled: ``"token"`` (the first) or ``"avg"``. The pool's own
+    widths are not pruned."""
+
+    latent: Tensor
+    q_weight: Tensor
+    q_bias: Optional[Tensor]
+    k_weight: Tensor
+    k_bias: Optional[Tensor]
+    v_weight: Tensor
+    v_bias: Optional[Tensor]
+    num_heads: int
+    scale: float
+    proj_weight: Tensor
+    proj_bias: Optional[Tensor]
+    norm: Optional[LayerNormIR]
+    mlp: Optional[MlpIR]
+    pool: str = "token"
+    include_prefix: bool = False
+
+    @property
+    def out_features(self) -> int:
+        return int(self.proj_weight.shape[0])
+
+
+@dataclass(frozen=True)
 class ViTIR:
     """A ViT/DeiT classifier.
 
     ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
     as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
-    ``pool``: ``"token"`` -- each head reads its prefix token after the final ``norm`` -- or ``"avg"``
+    ``norm_pre``: a LayerNorm right after the position embedding (CLIP towers, timm ``pre_norm=True``),
+    or None.
+    ``pool``: ``"token"`` -- each head reads its prefix token after the final ``norm`` --, ``"avg"``
     (timm ``global_pool='avg'``): the mean of the patch tokens after ``norm`` (None: timm's Identity),
-    then ``fc_norm`` (None: Identity), then the one head (its ``token`` is -1). Prefix tokens may be
+    then ``fc_norm`` (None: Identity), then the one head (its ``token`` is -1), or ``"map"``: the
+    ``attn_pool`` (:class:`AttentionPoolIR`) over the patch tokens after ``norm``. Prefix tokens may be
     absent (``class_token=False``).
+    ``heads`` may be empty: a feature extractor (timm ``num_classes=0``: DINOv2, CLIP and SigLIP towers)
+    whose output is the pooled feature [B, ``feature_dim``]; with pruned embedding channels the kept
+    channels are written back to their original positions (the removed ones are 0, as in the masked
+    reference), so the output keeps its promised width.
     ``exit_after``: source index of the last block when an early exit was applied, else None.
     ``token_mode``: how static block ``tokens`` apply (``drop`` or ``query``).
     ``token_order``: set by the layout pass :func:`vitshrink.passes.prefix_token_order`: the original
@@ -53,6 +91,9 @@ class ViTIR:
     meta: dict = field(default_factory=dict)
     pool: str = "token"
     fc_norm: Optional[LayerNormIR] = None
+    norm_pre: Optional[LayerNormIR] = None
+    attn_pool: Optional[AttentionPoolIR] = None
+    feature_dim: int = 0
 
     @property
     def embed_dim(self) -> int:
@@ -77,7 +118,13 @@ class ViTIR:
 
     @property
     def num_classes(self) -> int:
-        return int(self.heads[0].weight.shape[0])
+        """Classes of the classifier; 0 for a feature extractor (no heads)."""
+        return int(self.heads[0].weight.shape[0]) if self.heads else 0
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output: classes, or the feature width of a feature extractor."""
+        return self.num_classes if self.heads else self.feature_dim
 
     def block(self, source_index: int) -> Optional[BlockIR]:
         """The block that was ``blocks.{source_index}`` in the original model, or None if removed."""

@@ -17,8 +17,11 @@ def embed_scores(ir: ViTIR) -> Tensor:
     s = ir.patch_weight.abs().flatten(1).sum(1)
     for b in ir.blocks:
         s = s + block_channel_l1(b)
-    for h in ir.heads:
-        s = s + h.weight.abs().sum(0)
+    if ir.attn_pool is not None:  # the pool's keys and values read the residual channels; its head does not
+        s = s + ir.attn_pool.k_weight.abs().sum(0) + ir.attn_pool.v_weight.abs().sum(0)
+    else:
+        for h in ir.heads:
+            s = s + h.weight.abs().sum(0)
     return s
 
 

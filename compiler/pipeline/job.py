@@ -35,7 +35,7 @@ import torch
 from .. import families
 from ..codegen.checkpoint import load, save
 from ..counting import count_macs
-from ..errors import SpecError, VerificationError, VitshrinkError
+from ..errors import ModelError, SpecError, VerificationError, VitshrinkError
 from ..export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
 from ..importers import import_checkpoint
@@ -101,6 +101,9 @@ class CompileJob:
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
             self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)
+            if opt.data and not dense_ir.num_classes:
+                raise ModelError(f"--data: {self.model_name} is a feature extractor (num_classes=0, output "
+                                 f"[B, {dense_ir.num_outputs}]); top-1 accuracy needs a classifier")
             if opt.data:
                 list_images(opt.data, dense_ir.num_classes)
             self.transform = eval_transform(timm_model)

@@ -117,7 +117,8 @@ def reference_forward(
     trace: bool = False,
     residuals: Optional[list] = None,
 ):
-    """Logits [B, num_classes] of the dense ViT ``dense`` under the masks of ``spec``.
+    """Logits [B, num_classes] of the dense ViT ``dense`` under the masks of ``spec`` (a feature
+    extractor: its pooled features [B, feature_dim], removed embedding channels 0).
 
     Args:
         dense: the unpruned IR (as imported; original coordinates).
@@ -143,6 +144,8 @@ def reference_forward(
     prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1) if P else x0[:, :0]
     x = torch.zeros(B, T, D)
     x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
+    if dense.norm_pre is not None:  # CLIP's pre-norm, over the kept channels like every LayerNorm
+        x[:, :N] = ln(x[:, :N], dense.norm_pre, e)
     alive = torch.zeros(B, T, dtype=torch.bool)
     alive[:, :N] = True
     static = torch.ones(T, dtype=torch.bool)  # tokens the static masks keep so far
@@ -196,7 +199,7 @@ def reference_forward(
 
         m = blk.mlp
         h = ln(x, blk.norm2, e)
-        z = F.gelu(linear(h, m.fc1_weight, m.fc1_bias))
+        z = _act(m.act, linear(h, m.fc1_weight, m.fc1_bias))
         if i in spec.mlp:
             z = z * spec.mlp[i].float()
         x = x + linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
@@ -213,13 +216,49 @@ def reference_forward(
                 heads_w[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
     if norm is not None:
         x = ln(x, norm, e)
-    if dense.pool == "avg":  # every patch token is alive: specs with token pruning are refused here
+    if dense.pool == "map":  # every patch token is alive: specs with token pruning are refused here
+        pooled = _attention_pool(dense.attn_pool, x[:, :N] if dense.attn_pool.include_prefix else x[:, P:N])
+    elif dense.pool == "avg":  # likewise
         pooled = x[:, P:N].mean(1)
         if dense.fc_norm is not None:
             pooled = ln(pooled, dense.fc_norm, e)
-        logits = linear(pooled, *heads_w["head"])
     else:
         if dense.fc_norm is not None:  # per token; timm applies it to the token it pooled
             x = ln(x, dense.fc_norm, e)
+        pooled = x[:, 0]
+    if not dense.heads:  # a feature extractor: the pooled feature (removed channels are 0 here)
+        return (pooled, traced) if trace else pooled
+    if dense.pool in ("map", "avg"):
+        logits = linear(pooled, *heads_w["head"])
+    else:
         logits = sum(linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
     return (logits, traced) if trace else logits
+
+
+def _act(name: str, z: Tensor) -> Tensor:
+    """The MLP activation by its IR name: exact GELU, its tanh approximation (written out), or CLIP's
+    QuickGELU ``z * sigmoid(1.702 z)``."""
+    if name == "quick_gelu":
+        return z / (1.0 + torch.exp(-1.702 * z))
+    if name == "gelu_tanh":
+        return 0.5 * z * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
+    return F.gelu(z)
+
+
+def _attention_pool(p, x: Tensor) -> Tensor:
+    """timm's ``AttentionPoolLatent`` on tokens x [B, T, D] (removed channels 0) -> [B, O], a loop over
+    heads with the full-width weights (its inputs' removed channels contribute nothing)."""
+    q = linear(p.latent, p.q_weight, p.q_bias)  # [L, E]
+    k, v = linear(x, p.k_weight, p.k_bias), linear(x, p.v_weight, p.v_bias)  # [B, T, E]
+    d = q.shape[-1] // p.num_heads
+    outs = []
+    for hh in range(p.num_heads):
+        s = slice(hh * d, (hh + 1) * d)
+        probs = torch.softmax((q[:, s] @ k[..., s].transpose(-2, -1)) * p.scale, dim=-1)  # [B, L, T]
+        outs.append(probs @ v[..., s])
+    o = linear(torch.cat(outs, -1), p.proj_weight, p.proj_bias)  # [B, L, O]
+    if p.mlp is not None:
+        m = p.mlp
+        h = o if p.norm is None else F.layer_norm(o, (o.shape[-1],), p.norm.weight, p.norm.bias, p.norm.eps)
+        o = o + linear(_act(m.act, linear(h, m.fc1_weight, m.fc1_bias)), m.fc2_weight, m.fc2_bias)
+    return o[:, 0] if p.pool == "token" else o.mean(1)

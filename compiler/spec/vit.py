@@ -117,6 +117,8 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
     if mode not in ("drop", "query"):
         raise SpecError("token_mode", f"must be \"drop\" or \"query\", found {mode!r}")
     out.token_mode = mode
+    if "exit" in spec.settings and not ir.heads:
+        raise SpecError("exit", "a feature extractor (num_classes=0) has no classifier to exit to")
     if "exit" in spec.settings:
         out.exit = _resolve_exit(spec.settings["exit"], ir, tensors)
     for key in sorted(spec.masks):
@@ -142,8 +144,8 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
         else:
             getattr(out, kind)[i] = m
     out.removed_blocks = frozenset(removed)
-    if ir.pool == "avg":  # the pooled set would change with the tokens; an exit needs a class token
-        why = "does not apply to an average-pooled model (global_pool='avg' pools every patch token)"
+    if ir.pool in ("avg", "map"):  # the pooled set would change with the tokens; an exit needs a class token
+        why = (f"does not apply to a model pooled over every patch token (global_pool={ir.pool!r})")
         if out.tokens:
             raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
         for key in ("dynamic_tokens", "exit"):
