@@ -31,7 +31,7 @@ PATTERNS = ("vit_*", "deit*", "swin*", "eva*", "cait*", "beit*", "xcit*", "flexi
 MAX_PARAMS = 120e6
 TOL = 1e-4
 #: model class -> image size used with --small (the class must take ``img_size``); others: default size
-SMALL_SIZE = {"VisionTransformer": 4, "VisionTransformerDistilled": 4}  # in patches per side
+SMALL_SIZE = {"VisionTransformer": 4, "VisionTransformerDistilled": 4, "Eva": 4}  # in patches per side
 
 
 def timm():
@@ -101,8 +101,8 @@ def check(name: str, small: bool = False, seed: int = 0) -> dict:
 
 #: refusal reason -> what supporting it needs (the README table's last column)
 NEEDS = {
-    "unsupported model class Eva": "rotary position embedding on q/k (prune rotation pairs or whole heads), SwiGLU MLP, "
-                                   "q/v bias without k bias",
+    "scale_attn_inner=True": "a LayerNorm over the heads' outputs before proj (normalising over kept v channels)",
+    "norm='RmsNorm'": "RMSNorm (and its masked form for embedding pruning)",
     "unsupported model class Xcit": "cross-covariance attention (over channels), local patch interaction, class-attention layers",
     "unsupported model class VisionTransformerRelPos": "a relative position bias per block over the whole grid",
     "unsupported model class SwinTransformerV2": "cosine attention with a per-head logit scale, the continuous position "

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
-from .frontends import timm_swin, timm_vit
+from .frontends import timm_eva, timm_swin, timm_vit
 from .frontends.timm import create_model, load_checkpoint, load_state
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
@@ -81,8 +81,14 @@ VIT = Family(name="vit", title="ViT/DeiT", ir=ViTIR, frontend=timm_vit, spec=spe
              codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit, token_pruning=True)
 SWIN = Family(name="swin", title="Swin", ir=SwinIR, frontend=timm_swin, spec=spec_swin, passes=passes_swin,
               codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
-#: every family vitshrink compiles, in the order a timm model is offered to their frontends
-FAMILIES: tuple[Family, ...] = (VIT, SWIN)
+#: timm's ``Eva`` class (EVA-02, DINOv3, Perception Encoder, ``vit_*_rope_*``): the ViT IR with rotary
+#: position embedding -- its own frontend, every other layer the ViT one
+EVA = Family(name="eva", title="Eva (EVA-02, DINOv3, RoPE ViTs)", ir=ViTIR, frontend=timm_eva, spec=spec_vit,
+             passes=passes_vit, codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit,
+             token_pruning=False)
+#: every family vitshrink compiles, in the order a timm model is offered to their frontends (an IR or an
+#: arch.json finds the first family of its class: the ViT one for Eva)
+FAMILIES: tuple[Family, ...] = (VIT, SWIN, EVA)
 
 
 def family_of(obj: Any) -> Family:

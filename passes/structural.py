@@ -106,7 +106,8 @@ def prune_heads(ir, heads: Mapping[int, Tensor]):
 
 def prune_mlp(ir, mlp: Mapping[int, Tensor]):
     """Remove MLP hidden neurons (all width methods; S2ViTE ranks by fc1-row L1): fc1 output rows and
-    fc2 input columns. Exact because GELU(0) = 0 for a zeroed neuron. ``mlp``: source block -> [hidden] bool."""
+    fc2 input columns (a gated MLP's gate rows too; an MLP LayerNorm keeps the kept units' parameters).
+    Exact because a zeroed neuron contributes nothing to fc2. ``mlp``: source block -> [hidden] bool."""
 
     def fn(b: BlockIR, mask: Tensor):
         m = b.mlp
@@ -115,6 +116,8 @@ def prune_mlp(ir, mlp: Mapping[int, Tensor]):
             m, hidden_ids=tuple(m.hidden_ids[p] for p in keep),
             fc1_weight=rows(m.fc1_weight, keep), fc1_bias=rows(m.fc1_bias, keep),
             fc2_weight=cols(m.fc2_weight, keep),
+            gate_weight=rows(m.gate_weight, keep), gate_bias=rows(m.gate_bias, keep),
+            norm=None if m.norm is None else layer_norm_keep(m.norm, keep),
         ))
 
     return _map_blocks(ir, fn, mlp)
@@ -134,7 +137,8 @@ def embed_block(b: BlockIR, keep: list[int]) -> BlockIR:
         a, q_weight=cols(a.q_weight, keep), k_weight=cols(a.k_weight, keep), v_weight=cols(a.v_weight, keep),
         proj_weight=rows(a.proj_weight, keep), proj_bias=rows(a.proj_bias, keep),
     )
-    mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep))
+    mlp = replace(m, fc1_weight=cols(m.fc1_weight, keep), fc2_weight=rows(m.fc2_weight, keep), fc2_bias=rows(m.fc2_bias, keep),
+                  gate_weight=None if m.gate_weight is None else cols(m.gate_weight, keep))
     select = b.select
     if select is not None and select.predictor is not None:  # a token scorer reads the residual stream
         pr = select.predictor

@@ -158,7 +158,7 @@ UNSUPPORTED = [
     (dict(qk_norm=True), "qk_norm"),
     (dict(global_pool="map", class_token=False, fc_norm=True), "fc_norm"),
     (dict(dynamic_img_size=True), "dynamic_img_size"),
-    (dict(act_layer="silu"), "act_layer"),
+    (dict(act_layer="relu"), "act_layer"),
 ]
 
 

@@ -15,6 +15,9 @@ Two blocks read the attention probabilities themselves:
   class token and the mean attention every token receives, i.e. each row's softmax normaliser and
   every column: the whole [N, N] matrix, so such a block computes ``softmax(q k^T) v`` explicitly.
 
+Rotary position embedding (EVA-02, DINOv3, ``vit_*_rope_*``) rotates q and k of each group after the
+projection, with constant tables per group (:mod:`.rope`).
+
 ``fused=False`` (:func:`attention_form`) is the explicit form everywhere: the ONNX export uses
 whichever form measures faster on the CPU engines (:mod:`vitshrink.export`).
 """
@@ -26,6 +29,8 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .rope import rotate
 
 
 def head_groups(heads: list[list[int]]) -> list[tuple[int, int, int]]:
@@ -54,7 +59,7 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool,
-                 split: bool = False, score: Optional[str] = None, num_prefix: int = 1):
+                 split: bool = False, score: Optional[str] = None, num_prefix: int = 1, rope: Optional[dict] = None):
         super().__init__()
         self.groups = head_groups(heads)
         self.num_heads = len(heads)
@@ -72,6 +77,17 @@ class Attention(nn.Module):
         self.score = score
         self.num_prefix = num_prefix
         self.fused = True
+        self.rope_skip = None if rope is None else rope["skip"]
+        for g, (h, dq, _) in enumerate(self.groups if rope else []):  # RoPE tables per group (.rope)
+            self.register_buffer(f"rope_sin_{g}", torch.zeros(h, rope["tokens"], dq))
+            self.register_buffer(f"rope_cos_{g}", torch.zeros(h, rope["tokens"], dq))
+
+    def _rope(self, q: Tensor, k: Tensor, g: int) -> tuple[Tensor, Tensor]:
+        """Rotary position embedding of group ``g`` on q and k [B, h, N, d] (paired channels)."""
+        if self.rope_skip is None:
+            return q, k
+        sin, cos = getattr(self, f"rope_sin_{g}"), getattr(self, f"rope_cos_{g}")
+        return rotate(q, sin, cos, self.rope_skip), rotate(k, sin, cos, self.rope_skip)
 
     def _score(self, probs: Tensor) -> Tensor:
         """Sum over this group's heads of the per-head token score; probs [B, h, Nq, N] -> [B, N - P]."""
@@ -134,12 +150,14 @@ class Attention(nn.Module):
         if self.uniform and not self.split:
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
+            q, k = self._rope(q, k, 0)
             o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, h * d)
         else:
             outs, h0 = [], 0
-            for h, dq, dv in self.groups:
+            for g, (h, dq, dv) in enumerate(self.groups):
                 q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
                 k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
+                q, k = self._rope(q, k, g)
                 v = yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
                 hb = None if bias is None else bias[..., h0:h0 + h, :, :]
                 outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, h * dv))

@@ -67,20 +67,46 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACT = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu}  # MlpIR.act -> function
+ACT = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu, "silu": F.silu}  # MlpIR.act -> function
 
 
 class Mlp(nn.Module):
-    """fc1 [hidden, D] -> activation (``act``: exact GELU, its tanh form or QuickGELU) -> fc2 [D, hidden]."""
+    """fc1 [hidden, D] -> activation (``act``: exact GELU, its tanh form, QuickGELU or SiLU) -> fc2 [D, hidden].
 
-    def __init__(self, dim: int, hidden: int, bias1: bool, bias2: bool, act: str = "gelu"):
+    ``gated`` (SwiGLU / GluMlp): fc1 is [2 hidden, D], values then gates, one Gemm; hidden unit j is
+    ``act(gate_j) * value_j``. ``norm_eps``: a LayerNorm over the hidden units before fc2 (None: none)."""
+
+    def __init__(self, dim: int, hidden: int, bias1: bool, bias2: bool, act: str = "gelu", gated: bool = False,
+                 norm_eps: Optional[float] = None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden, bias=bias1)
+        self.hidden, self.gated = hidden, gated
+        self.fc1 = nn.Linear(dim, 2 * hidden if gated else hidden, bias=bias1)
+        self.norm = nn.LayerNorm(hidden, eps=norm_eps) if norm_eps is not None else None
         self.fc2 = nn.Linear(hidden, dim, bias=bias2)
         self.act = ACT[act]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        y = self.fc1(x)
+        if self.gated:
+            value, gate = y.split(self.hidden, dim=-1)
+            y = self.act(gate) * value
+        else:
+            y = self.act(y)
+        return self.fc2(y if self.norm is None else self.norm(y))
+
+
+def mlp_config(m) -> dict:
+    """The JSON-serialisable form of an :class:`~vitshrink.ir.nodes.MlpIR` that :func:`mlp_module` reads."""
+    return {"mlp_hidden": m.hidden, "fc1_bias": m.fc1_bias is not None, "fc2_bias": m.fc2_bias is not None,
+            "act": m.act, "gated": m.gate_weight is not None, "mlp_norm_eps": None if m.norm is None else m.norm.eps}
+
+
+def mlp_module(dim: int, cfg: dict) -> nn.Module:
+    """The MLP of a block config (:func:`mlp_config`), or its bias alone when no neuron is left."""
+    if not cfg["mlp_hidden"]:
+        return Constant(dim, cfg["fc2_bias"])
+    return Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"], cfg.get("act", "gelu"), cfg.get("gated", False),
+               cfg.get("mlp_norm_eps"))
 
 
 def block_state_dict(b, p: str, split: bool = False) -> dict[str, Tensor]:
@@ -107,9 +133,13 @@ def block_state_dict(b, p: str, split: bool = False) -> dict[str, Tensor]:
     elif a.proj_bias is not None:
         sd[p + "attn.bias"] = a.proj_bias
     if m.hidden:
-        sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc2.weight"] = m.fc1_weight, m.fc2_weight
+        gated = m.gate_weight is not None
+        sd[p + "mlp.fc1.weight"] = torch.cat([m.fc1_weight, m.gate_weight]) if gated else m.fc1_weight
+        sd[p + "mlp.fc2.weight"] = m.fc2_weight
         if m.fc1_bias is not None:
-            sd[p + "mlp.fc1.bias"] = m.fc1_bias
+            sd[p + "mlp.fc1.bias"] = torch.cat([m.fc1_bias, m.gate_bias]) if gated else m.fc1_bias
+        if m.norm is not None:
+            sd[p + "mlp.norm.weight"], sd[p + "mlp.norm.bias"] = m.norm.weight, m.norm.bias
         if m.fc2_bias is not None:
             sd[p + "mlp.fc2.bias"] = m.fc2_bias
     elif m.fc2_bias is not None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..ir.swin import SwinIR
 from .attention import Attention
-from .layers import Constant, Mlp, PrunedModel, block_state_dict
+from .layers import Constant, PrunedModel, block_state_dict, mlp_config, mlp_module
 
 ARCH_FORMAT = "vitshrink.swin-arch/1"
 
@@ -101,7 +101,7 @@ class SwinBlock(nn.Module):
         else:
             self.mask = None
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
-        self.mlp = Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"]) if cfg["mlp_hidden"] else Constant(dim, cfg["fc2_bias"])
+        self.mlp = mlp_module(dim, cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, L, C] in the previous block's order -> [B, L, C] in this block's window order."""
@@ -198,7 +198,7 @@ def architecture(ir: SwinIR) -> dict:
                 "reorder": _reorder(order, target),
                 "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)], "scale": a.scale,
                 "qkv_bias": a.q_bias is not None, "proj_bias": a.proj_bias is not None,
-                "mlp_hidden": m.hidden, "fc1_bias": m.fc1_bias is not None, "fc2_bias": m.fc2_bias is not None,
+                **mlp_config(m),
                 "norm1_eps": b.norm1.eps, "norm2_eps": b.norm2.eps,
                 "ids": {"heads": list(a.head_ids), "qk": [list(c) for c in a.qk_ids], "v": [list(c) for c in a.v_ids],
                         "mlp": list(m.hidden_ids)},

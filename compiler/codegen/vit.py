@@ -13,9 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from ..ir.vit import ViTIR
-from .attention import Attention
-from .layers import Constant, Mlp, PrunedModel, block_state_dict
+from ..ir.nodes import replace
+from .attention import Attention, head_groups
+from .layers import Constant, PrunedModel, block_state_dict, mlp_config, mlp_module
 from .pool import AttentionPool, pool_architecture, pool_state_dict
+from .rope import paired, rope_config, rope_state_dict
 from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
 
 ARCH_FORMAT = "vitshrink.arch/1"
@@ -54,14 +56,11 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
         if cfg["heads"]:
             self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
-                                  split=self.query is not None, score=score, num_prefix=num_prefix)
+                                  split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"))
         else:
             self.attn = Constant(dim, cfg["proj_bias"])
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
-        if cfg["mlp_hidden"]:
-            self.mlp = Mlp(dim, cfg["mlp_hidden"], cfg["fc1_bias"], cfg["fc2_bias"], cfg.get("act", "gelu"))
-        else:
-            self.mlp = Constant(dim, cfg["fc2_bias"])
+        self.mlp = mlp_module(dim, cfg)
 
     def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
         N, P = self.select.tokens, self.num_prefix
@@ -286,12 +285,10 @@ def architecture(ir: ViTIR) -> dict:
             "source_index": b.source_index,
             "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)],
             "scale": a.scale,
+            "rope": rope_config(a),
             "qkv_bias": a.q_bias is not None,
             "proj_bias": a.proj_bias is not None,
-            "mlp_hidden": m.hidden,
-            "fc1_bias": m.fc1_bias is not None,
-            "fc2_bias": m.fc2_bias is not None,
-            "act": m.act,
+            **mlp_config(m),
             "norm1_eps": b.norm1.eps,
             "norm2_eps": b.norm2.eps,
             **plan,
@@ -352,7 +349,9 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     sd["pos_embed"] = ir.pos_embed.reshape(1, -1, D)
     for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
         p = f"blocks.{j}."
+        b = replace(b, attn=paired(b.attn))  # RoPE: q/k channels in rotation-pair order (.rope)
         sd.update(block_state_dict(b, p, split=bool(plan["query"])))
+        sd.update(rope_state_dict(b.attn, head_groups([[qk, v] for qk, v in zip(b.attn.qk_dims, b.attn.v_dims)]), p))
         if plan["select"] is not None and b.select.predictor is not None:
             pr = b.select.predictor
             if pr.norm is not None:

@@ -13,8 +13,9 @@ from torch import nn
 
 from ..errors import ModelError
 from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
-from ..ir.vit import AttentionPoolIR, PrefixTokenIR, ViTIR
+from ..ir.vit import PrefixTokenIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
+from .timm_parts import activation, attn_pool, check_attn_pool, gamma, scaled
 
 #: The models the test suite covers. Other timm models pass if they use only supported options.
 TESTED_MODELS = (
@@ -74,7 +75,7 @@ def _check_supported(model: nn.Module) -> None:
     if not (is_identity(getattr(model, "fc_norm", None)) or isinstance(model.fc_norm, nn.LayerNorm)):
         refuse("fc_norm", type(model.fc_norm).__name__)
     if model.global_pool == "map":
-        _check_attn_pool(model)
+        check_attn_pool(model)
     if not is_identity(model.patch_drop):
         refuse("patch_drop_rate", model.patch_drop.prob)
     if not (isinstance(model.head, nn.Linear) or is_identity(model.head)):
@@ -104,60 +105,7 @@ def _check_supported(model: nn.Module) -> None:
             refuse("scale_attn_norm", True)
         if getattr(a, "gate", None) is not None:
             refuse("gated", True)
-        _activation(blk.mlp)
-
-
-def _activation(m) -> str:
-    """The IR name of a timm ``Mlp``'s activation (refused by name: another MLP or activation)."""
-    from timm.layers import GELUTanh, Mlp, QuickGELU  # timm: lazy, after the compat shim
-
-    if type(m) is not Mlp or not is_identity(getattr(m, "norm", None)):
-        refuse("mlp_layer", type(m).__name__)
-    if not isinstance(m.fc1, nn.Linear):
-        refuse("mlp_layer", "conv (use_conv)")
-    act = m.act
-    if isinstance(act, nn.GELU) and act.approximate == "none":
-        return "gelu"
-    if (isinstance(act, nn.GELU) and act.approximate == "tanh") or isinstance(act, GELUTanh):
-        return "gelu_tanh"
-    if isinstance(act, QuickGELU):
-        return "quick_gelu"
-    refuse("act_layer", type(act).__name__, "exact (erf) GELU, GELUTanh and QuickGELU are supported")
-
-
-def _check_attn_pool(model: nn.Module) -> None:
-    """``global_pool='map'``: timm's ``AttentionPoolLatent`` without its own position embedding or q/k norm."""
-    from timm.layers import AttentionPoolLatent  # timm: lazy, after the compat shim
-
-    p = model.attn_pool
-    if type(p) is not AttentionPoolLatent:
-        refuse("attn_pool", type(p).__name__, "timm's AttentionPoolLatent is supported")
-    if p.pos_embed is not None:
-        refuse("attn_pool.pos_embed", "abs")
-    if not (is_identity(p.q_norm) and is_identity(p.k_norm)):
-        refuse("attn_pool.qk_norm", True)
-    if not isinstance(p.q, nn.Linear) or not isinstance(p.proj, nn.Linear):
-        refuse("attn_pool.q_proj", False, "a query projection and an output projection are required")
-    if p.pool not in ("token", "avg"):
-        refuse("attn_pool.pool_type", p.pool)
-    if not (is_identity(p.norm) or isinstance(p.norm, nn.LayerNorm)):
-        refuse("attn_pool.norm", type(p.norm).__name__)
-    if p.mlp is not None:
-        _activation(p.mlp)
-    if not is_identity(getattr(model, "fc_norm", None)):
-        refuse("fc_norm", type(model.fc_norm).__name__, "with global_pool='map'")
-
-
-def _gamma(ls) -> Optional[torch.Tensor]:
-    """LayerScale's per-channel gamma [D], or None (Identity)."""
-    return None if is_identity(ls) else ls.gamma.detach()
-
-
-def _scaled(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor]):
-    """(gamma * W, gamma * b): LayerScale after a Linear folded into it, ``gamma*(Wy+b) = (gamma W)y + gamma b``."""
-    if gamma is None:
-        return weight.detach().clone(), clone(bias)
-    return (weight.detach() * gamma[:, None]).clone(), None if bias is None else (bias.detach() * gamma).clone()
+        activation(blk.mlp)
 
 
 def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
@@ -191,15 +139,15 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
             qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
             v_ids=tuple(tuple(range(hd)) for _ in range(H)),
             q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-            **dict(zip(("proj_weight", "proj_bias"), _scaled(a.proj.weight, a.proj.bias, _gamma(blk.ls1)))),
+            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, gamma(blk.ls1)))),
             scale=float(a.scale),
         )
         m = blk.mlp
         mlp = MlpIR(
             hidden_ids=tuple(range(m.fc1.out_features)),
             fc1_weight=m.fc1.weight.detach().clone(), fc1_bias=clone(m.fc1.bias),
-            **dict(zip(("fc2_weight", "fc2_bias"), _scaled(m.fc2.weight, m.fc2.bias, _gamma(blk.ls2)))),
-            act=_activation(m),
+            **dict(zip(("fc2_weight", "fc2_bias"), scaled(m.fc2.weight, m.fc2.bias, gamma(blk.ls2)))),
+            act=activation(m),
         )
         blocks.append(BlockIR(i, layer_norm(blk.norm1), attn, layer_norm(blk.norm2), mlp))
 
@@ -210,7 +158,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     avg = model.global_pool in ("avg", "map")  # the one head reads the pooled feature
     heads = [] if is_identity(model.head) else [
         ClassifierIR("head", -1 if avg else 0, model.head.weight.detach().clone(), clone(model.head.bias))]
-    attn_pool = _attn_pool(model.attn_pool) if model.global_pool == "map" else None
+    pool_ir = attn_pool(model.attn_pool) if model.global_pool == "map" else None
     if isinstance(model, VisionTransformerDistilled):
         prefix.append(PrefixTokenIR("dist", model.dist_token.detach().reshape(D).clone()))
         heads.append(ClassifierIR("head_dist", 1, model.head_dist.weight.detach().clone(), clone(model.head_dist.bias)))
@@ -232,31 +180,12 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         pool=model.global_pool,
         fc_norm=None if is_identity(getattr(model, "fc_norm", None)) else layer_norm(model.fc_norm),
         norm_pre=None if is_identity(model.norm_pre) else layer_norm(model.norm_pre),
-        attn_pool=attn_pool,
-        feature_dim=0 if heads else (attn_pool.out_features if attn_pool is not None else D),
+        attn_pool=pool_ir,
+        feature_dim=0 if heads else (pool_ir.out_features if pool_ir is not None else D),
     )
     if ir.pos_embed.shape[0] != ir.num_tokens:
         refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
     return ir
-
-
-def _attn_pool(p) -> AttentionPoolIR:
-    """timm's ``AttentionPoolLatent`` as IR (its fused ``kv`` split into k and v)."""
-    E = p.kv.out_features // 2
-    kb = p.kv.bias.detach() if p.kv.bias is not None else None
-    m = p.mlp
-    return AttentionPoolIR(
-        latent=p.latent.detach().reshape(p.latent_len, -1).clone(),
-        q_weight=p.q.weight.detach().clone(), q_bias=clone(p.q.bias),
-        k_weight=p.kv.weight.detach()[:E].clone(), k_bias=None if kb is None else kb[:E].clone(),
-        v_weight=p.kv.weight.detach()[E:].clone(), v_bias=None if kb is None else kb[E:].clone(),
-        num_heads=int(p.num_heads), scale=float(p.scale),
-        proj_weight=p.proj.weight.detach().clone(), proj_bias=clone(p.proj.bias),
-        norm=None if is_identity(p.norm) else layer_norm(p.norm),
-        mlp=None if m is None else MlpIR(tuple(range(m.fc1.out_features)), m.fc1.weight.detach().clone(), clone(m.fc1.bias),
-                                         m.fc2.weight.detach().clone(), clone(m.fc2.bias), act=_activation(m)),
-        pool=p.pool,
-    )
 
 
 def _pos_embed(model: nn.Module, num_prefix: int, D: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 PAD = -1  # id of a zero-padded unit
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the MLP activations the IR represents (MlpIR.act)
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "silu")  # the MLP activations the IR represents (MlpIR.act)
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,39 @@ class LayerNormIR:
     weight: Tensor
     bias: Tensor
     eps: float
+
+
+@dataclass(frozen=True)
+class RopeIR:
+    """Rotary position embedding (RoFormer, Su et al. 2021, eq. 34; EVA-02, DINOv3, timm's ``vit_*_rope_*``)
+    on q and k of every token after the first ``skip`` (the prefix tokens are not rotated).
+
+    In *original* coordinates: ``sin``, ``cos`` [H0 or 1, Np, hd0] (one table for all heads, or one per
+    head: RoPE-Mixed); channel c is rotated with its partner :meth:`partner` --
+    ``q'[c] = q[c] cos[c] + sign(c) q[partner(c)] sin[c]`` -- pairs (2i, 2i+1) (``half=False``) or
+    (i, i + hd0/2) (``half=True``). Pruning q/k channels must keep or remove a pair together.
+    """
+
+    sin: Tensor
+    cos: Tensor
+    half: bool
+    skip: int
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.sin.shape[-1])
+
+    def partner(self, c: int) -> tuple[int, float]:
+        """(the channel rotated with original channel ``c``, the sign of its term)."""
+        if self.half:
+            m = self.head_dim // 2
+            return (c + m, -1.0) if c < m else (c - m, 1.0)
+        return (c + 1, -1.0) if c % 2 == 0 else (c - 1, 1.0)
+
+    def table(self, head: int) -> tuple[Tensor, Tensor]:
+        """(sin, cos) [Np, hd0] of original head ``head``."""
+        h = head if self.sin.shape[0] > 1 else 0
+        return self.sin[h], self.cos[h]
 
 
 @dataclass(frozen=True)
@@ -49,6 +82,7 @@ class AttentionIR:
 
     ``rel_bias``: a per-head constant added to the attention logits, [num_heads, A, A] over the A tokens
     of a window (Swin's relative position bias after the table lookup), or None.
+    ``rope``: rotary position embedding applied to q and k (:class:`RopeIR`, original coordinates), or None.
     """
 
     head_ids: tuple[int, ...]
@@ -64,6 +98,7 @@ class AttentionIR:
     proj_bias: Optional[Tensor]
     scale: float
     rel_bias: Optional[Tensor] = None
+    rope: Optional[RopeIR] = None
 
     @property
     def num_heads(self) -> int:
@@ -84,8 +119,13 @@ class MlpIR:
 
     ``hidden_ids``: original index of each kept hidden neuron. hidden may be 0 (the MLP is then the
     constant ``fc2_bias``). ``act``: one of :data:`ACTIVATIONS` -- ``"gelu"`` (exact, erf),
-    ``"gelu_tanh"`` (the tanh approximation, SigLIP) or ``"quick_gelu"`` (OpenAI CLIP's
-    ``x * sigmoid(1.702 x)``); each acts per neuron, so pruning neurons is exact for all.
+    ``"gelu_tanh"`` (the tanh approximation, SigLIP), ``"quick_gelu"`` (OpenAI CLIP's
+    ``x * sigmoid(1.702 x)``) or ``"silu"``; each acts per neuron, so pruning neurons is exact for all.
+
+    Gated (GLU: EVA-02's SwiGLU, timm ``GluMlp``): ``gate_weight`` [hidden, D] (``gate_bias``), and hidden
+    unit j is ``act(gate_j(x)) * fc1_j(x)`` -- a neuron is its gate row, its fc1 row and its fc2 column.
+    ``norm``: a LayerNorm over the hidden units before fc2 (EVA-02 ``scale_mlp``), or None; with pruned
+    neurons it normalises over the kept ones (as LayerNorms over pruned embedding channels do).
     """
 
     hidden_ids: tuple[int, ...]
@@ -94,6 +134,9 @@ class MlpIR:
     fc2_weight: Tensor
     fc2_bias: Optional[Tensor]
     act: str = "gelu"
+    gate_weight: Optional[Tensor] = None
+    gate_bias: Optional[Tensor] = None
+    norm: Optional[LayerNormIR] = None
 
     @property
     def hidden(self) -> int:

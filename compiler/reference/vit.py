@@ -176,6 +176,8 @@ def reference_forward(
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
         probs_live = []
         for hh, q, k, v, mv, sv in masked_heads(h, a, i, heads, spec):
+            if a.rope is not None:
+                q, k = _rotary(q, a.rope, hh), _rotary(k, a.rope, hh)
             logits = (q @ k.transpose(-2, -1)) * a.scale
             probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
             out = out + (probs @ v) @ a.proj_weight[:, sv].t()
@@ -199,9 +201,14 @@ def reference_forward(
 
         m = blk.mlp
         h = ln(x, blk.norm2, e)
-        z = _act(m.act, linear(h, m.fc1_weight, m.fc1_bias))
-        if i in spec.mlp:
-            z = z * spec.mlp[i].float()
+        if m.gate_weight is None:
+            z = _act(m.act, linear(h, m.fc1_weight, m.fc1_bias))
+        else:  # GLU: act(gate) * value
+            z = _act(m.act, linear(h, m.gate_weight, m.gate_bias)) * linear(h, m.fc1_weight, m.fc1_bias)
+        keep = spec.mlp[i].float() if i in spec.mlp else torch.ones(m.hidden)
+        z = z * keep
+        if m.norm is not None:  # over the kept neurons (none kept: nothing reaches fc2)
+            z = ln(z, m.norm, keep) if keep.any() else z
         x = x + linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
         if residuals is not None:
             residuals.append((i, x.clone(), alive.clone()))
@@ -235,11 +242,25 @@ def reference_forward(
     return (logits, traced) if trace else logits
 
 
+def _rotary(t: Tensor, rope, head: int) -> Tensor:
+    """RoFormer eq. 34 on one head's q or k [B, T, hd] (original channels; removed ones are 0): token
+    ``rope.skip + n`` gets ``t[c] cos[n, c] + sign(c) t[partner(c)] sin[n, c]``, channel by channel."""
+    sin, cos = rope.table(head)
+    s, n = rope.skip, sin.shape[0]
+    out = t.clone()
+    for c in range(t.shape[-1]):
+        p, sign = rope.partner(c)
+        out[:, s:s + n, c] = t[:, s:s + n, c] * cos[:, c] + sign * t[:, s:s + n, p] * sin[:, c]
+    return out
+
+
 def _act(name: str, z: Tensor) -> Tensor:
-    """The MLP activation by its IR name: exact GELU, its tanh approximation (written out), or CLIP's
-    QuickGELU ``z * sigmoid(1.702 z)``."""
+    """The MLP activation by its IR name: exact GELU, its tanh approximation (written out), CLIP's
+    QuickGELU ``z * sigmoid(1.702 z)``, or SiLU ``z * sigmoid(z)``."""
     if name == "quick_gelu":
         return z / (1.0 + torch.exp(-1.702 * z))
+    if name == "silu":
+        return z * torch.sigmoid(z)
     if name == "gelu_tanh":
         return 0.5 * z * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
     return F.gelu(z)

@@ -92,6 +92,28 @@ def _resolve_exit(value: Any, ir: ViTIR, tensors: dict[str, Tensor]) -> ExitSett
     return ExitSetting(k, value.get("head"), value.get("head_dist"), value.get("norm"))
 
 
+def _check_rope(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
+    """Rotary position embedding: tokens keep their positions (no token pruning), and q/k channel masks
+    keep or remove each rotation pair as a whole."""
+    rope = [b for b in ir.blocks if b.attn.rope is not None]
+    if not rope:
+        return
+    why = "does not apply to a model with rotary position embedding (the rotation belongs to each token's position)"
+    if out.tokens:
+        raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
+    if "dynamic_tokens" in spec.settings:
+        raise SpecError("dynamic_tokens", why)
+    for b in rope:
+        m = out.qk.get(b.source_index)
+        for h in range(0 if m is None else m.shape[0]):
+            for c in range(m.shape[1]):
+                p = b.attn.rope.partner(c)[0]
+                if bool(m[h, c]) != bool(m[h, p]):
+                    raise SpecError(f"{block_name(ir, b.source_index)}.qk",
+                                    f"head {h} keeps q/k channel {c if m[h, c] else p} but not {p if m[h, c] else c}, its "
+                                    "rotation partner (RoPE rotates channel pairs: keep or prune both)")
+
+
 def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) -> ResolvedSpec:
     """Validate ``spec`` against the dense ViT ``ir`` and expand it to full-shape bool masks.
 
@@ -151,6 +173,7 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
         for key in ("dynamic_tokens", "exit"):
             if key in spec.settings:
                 raise SpecError(key, why)
+    _check_rope(out, ir, spec)
     check_heads(out, lambda i: block_name(ir, i))
     check_static_tokens(out, ir)
     if "dynamic_tokens" in spec.settings:

@@ -1,0 +1,89 @@
+"""Translations of the timm layers several frontends share into IR nodes: the MLP variants (plain,
+gated: GluMlp / SwiGLU, with an optional LayerNorm over the hidden units) and their activations, the
+latent attention pool (``global_pool='map'``), and LayerScale folded into the Linear before it."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..ir.nodes import MlpIR
+from ..ir.vit import AttentionPoolIR
+from .timm_common import clone, is_identity, layer_norm, refuse
+
+
+def activation(m, allowed: tuple = ()) -> str:
+    """The IR name of a timm MLP's activation: ``m`` is a plain ``Mlp`` without a hidden norm, or one of
+    the classes ``allowed`` (the caller translates those). Refused by name: another MLP or activation."""
+    from timm.layers import GELUTanh, Mlp, QuickGELU  # timm: lazy, after the compat shim
+
+    if type(m) not in allowed and (type(m) is not Mlp or not is_identity(getattr(m, "norm", None))):
+        refuse("mlp_layer", type(m).__name__)
+    for lin in ("fc1", "fc1_g", "fc1_x", "fc2"):
+        if hasattr(m, lin) and not isinstance(getattr(m, lin), nn.Linear):
+            refuse("mlp_layer", "conv (use_conv)")
+    act = m.act
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return "gelu"
+    if (isinstance(act, nn.GELU) and act.approximate == "tanh") or isinstance(act, GELUTanh):
+        return "gelu_tanh"
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    if isinstance(act, nn.SiLU):
+        return "silu"
+    refuse("act_layer", type(act).__name__, "exact (erf) GELU, GELUTanh, QuickGELU and SiLU are supported")
+
+
+def check_attn_pool(model: nn.Module) -> None:
+    """``global_pool='map'``: timm's ``AttentionPoolLatent`` without its own position embedding or q/k norm."""
+    from timm.layers import AttentionPoolLatent  # timm: lazy, after the compat shim
+
+    p = model.attn_pool
+    if type(p) is not AttentionPoolLatent:
+        refuse("attn_pool", type(p).__name__, "timm's AttentionPoolLatent is supported")
+    if p.pos_embed is not None:
+        refuse("attn_pool.pos_embed", "abs")
+    if not (is_identity(p.q_norm) and is_identity(p.k_norm)):
+        refuse("attn_pool.qk_norm", True)
+    if not isinstance(p.q, nn.Linear) or not isinstance(p.proj, nn.Linear):
+        refuse("attn_pool.q_proj", False, "a query projection and an output projection are required")
+    if p.pool not in ("token", "avg"):
+        refuse("attn_pool.pool_type", p.pool)
+    if not (is_identity(p.norm) or isinstance(p.norm, nn.LayerNorm)):
+        refuse("attn_pool.norm", type(p.norm).__name__)
+    if p.mlp is not None:
+        activation(p.mlp)
+    if not is_identity(getattr(model, "fc_norm", None)):
+        refuse("fc_norm", type(model.fc_norm).__name__, "with global_pool='map'")
+
+
+def gamma(ls) -> Optional[torch.Tensor]:
+    """LayerScale's per-channel gamma [D], or None (Identity)."""
+    return None if is_identity(ls) else ls.gamma.detach()
+
+
+def scaled(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: Optional[torch.Tensor]):
+    """(gamma * W, gamma * b): LayerScale after a Linear folded into it, ``gamma*(Wy+b) = (gamma W)y + gamma b``."""
+    if gamma is None:
+        return weight.detach().clone(), clone(bias)
+    return (weight.detach() * gamma[:, None]).clone(), None if bias is None else (bias.detach() * gamma).clone()
+
+
+def attn_pool(p, include_prefix: bool = False) -> AttentionPoolIR:
+    """timm's ``AttentionPoolLatent`` as IR (its fused ``kv`` split into k and v)."""
+    E = p.kv.out_features // 2
+    kb = p.kv.bias.detach() if p.kv.bias is not None else None
+    m = p.mlp
+    return AttentionPoolIR(
+        latent=p.latent.detach().reshape(p.latent_len, -1).clone(),
+        q_weight=p.q.weight.detach().clone(), q_bias=clone(p.q.bias),
+        k_weight=p.kv.weight.detach()[:E].clone(), k_bias=None if kb is None else kb[:E].clone(),
+        v_weight=p.kv.weight.detach()[E:].clone(), v_bias=None if kb is None else kb[E:].clone(),
+        num_heads=int(p.num_heads), scale=float(p.scale),
+        proj_weight=p.proj.weight.detach().clone(), proj_bias=clone(p.proj.bias),
+        norm=None if is_identity(p.norm) else layer_norm(p.norm),
+        mlp=None if m is None else MlpIR(tuple(range(m.fc1.out_features)), m.fc1.weight.detach().clone(), clone(m.fc1.bias),
+                                         m.fc2.weight.detach().clone(), clone(m.fc2.bias), act=activation(m)),
+        pool=p.pool, include_prefix=include_prefix,
+    )
