@@ -31,7 +31,8 @@ PATTERNS = ("vit_*", "deit*", "swin*", "eva*", "cait*", "beit*", "xcit*", "flexi
 MAX_PARAMS = 120e6
 TOL = 1e-4
 #: model class -> image size used with --small (the class must take ``img_size``); others: default size
-SMALL_SIZE = {"VisionTransformer": 4, "VisionTransformerDistilled": 4, "Eva": 4}  # in patches per side
+SMALL_SIZE = {name: 4 for name in ("VisionTransformer", "VisionTransformerDistilled", "Eva", "Beit",
+                                   "VisionTransformerRelPos")}  # in patches per side
 
 
 def timm():
@@ -104,13 +105,11 @@ NEEDS = {
     "scale_attn_inner=True": "a LayerNorm over the heads' outputs before proj (normalising over kept v channels)",
     "norm='RmsNorm'": "RMSNorm (and its masked form for embedding pruning)",
     "unsupported model class Xcit": "cross-covariance attention (over channels), local patch interaction, class-attention layers",
-    "unsupported model class VisionTransformerRelPos": "a relative position bias per block over the whole grid",
     "unsupported model class SwinTransformerV2": "cosine attention with a per-head logit scale, the continuous position "
                                                  "bias MLP (a constant once folded), post-norm residuals",
     "unsupported model class SwinTransformerV2Cr": "as SwinTransformerV2 (the timm 'Cr' implementation)",
     "unsupported model class Cait": "LayerScale, talking-heads attention (head-mixing before and after softmax), "
                                     "class-attention blocks",
-    "unsupported model class Beit": "per-block relative position bias with the class token, LayerScale, q/v bias",
     "embed_layer='HybridEmbed'": "a convolutional stem before the tokens, carried as an opaque stem",
     "attn_layer='DiffAttention'": "differential attention (two softmax maps subtracted)",
     "block_fn='ParallelScalingBlock'": "attention and MLP in parallel from one fused input projection",

@@ -105,6 +105,6 @@ def test_rope_pairs_and_tokens_are_refused_by_key():
     _, cls = eva("eva02_scale_mlp")
     keep = torch.ones(cls.num_tokens, dtype=torch.bool)
     keep[4] = False
-    with pytest.raises(SpecError, match="rotary position embedding") as e:
+    with pytest.raises(SpecError, match="rotary position embedding or a relative position bias") as e:
         resolve_spec(Spec({"blocks.1.tokens": keep}), cls)
     assert e.value.key == "blocks.1.tokens"

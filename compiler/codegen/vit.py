@@ -14,107 +14,13 @@ from torch import Tensor, nn
 
 from ..ir.vit import ViTIR
 from ..ir.nodes import replace
-from .attention import Attention, head_groups
-from .layers import Constant, PrunedModel, block_state_dict, mlp_config, mlp_module
+from .attention import head_groups
+from .block import Block
+from .layers import PrunedModel, block_state_dict, mlp_config
 from .pool import AttentionPool, pool_architecture, pool_state_dict
 from .rope import paired, rope_config, rope_state_dict
-from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
 
 ARCH_FORMAT = "vitshrink.arch/1"
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block on a flat [B*N, D] token stream, with its token operations.
-
-    Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
-    (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
-    Patch Slimming query-only update of the first ``n`` tokens (or of gathered positions, scattered
-    back, in the gather form) or the ordinary block, with a dynamic selection between attention and
-    MLP.
-    """
-
-    def __init__(self, dim: int, cfg: dict, num_prefix: int):
-        super().__init__()
-        self.n_in, self.n_out, self.num_prefix = cfg["n_in"], cfg["n_out"], num_prefix
-        self.drop, self.query, sel = cfg.get("drop"), cfg.get("query"), cfg.get("select")
-        for name, op in (("drop_index", self.drop), ("query_index", self.query)):
-            if op and op.get("index") is not None:
-                self.register_buffer(name, torch.tensor(op["index"], dtype=torch.long, device="cpu"), persistent=False)
-        n_attn = self.drop["n"] if self.drop else self.n_in
-        score = None
-        self.select = self.lfe = self.predictor = None
-        if sel:
-            n_sel = n_attn  # tokens present where the rule runs
-            if sel["where"] == "mlp" and sel["score"] != "predictor":
-                score = "cls_weighted" if sel["head_weighting"] else "cls"
-            if sel["score"] == "cls_attention_lfe":
-                self.lfe = LowFrequencyEnergy(n_sel - num_prefix, sel["cutoff"])
-            if sel["score"] == "predictor":
-                self.predictor = Predictor(dim, sel["predictor"])
-            self.select = TokenSelect(n_sel, num_prefix, sel["keep"], sel["fuse"])
-            self.where = sel["where"]
-        self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
-        if cfg["heads"]:
-            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
-                                  split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"))
-        else:
-            self.attn = Constant(dim, cfg["proj_bias"])
-        self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
-        self.mlp = mlp_module(dim, cfg)
-
-    def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
-        N, P = self.select.tokens, self.num_prefix
-        xp = x.reshape(-1, N, x.shape[-1])[:, P:]
-        if self.predictor is not None:
-            scores = self.predictor(xp)
-        if self.lfe is not None:
-            scores = scores * self.lfe(xp)
-        return self.select(x, scores, ids, fused_id)
-
-    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
-        """x: [B*n_in, D] -> [B*n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
-        N, D = self.n_in, x.shape[-1]
-        if self.drop:
-            n = self.drop["n"]
-            x3 = x.reshape(-1, N, D)
-            if self.drop.get("index") is None:
-                x = x3[:, :n].reshape(-1, D)
-                ids = None if ids is None else ids[:, :n]
-            else:
-                x = x3.index_select(1, self.drop_index).reshape(-1, D)
-                ids = None if ids is None else ids.index_select(1, self.drop_index)
-            N = n
-        if self.select is not None and self.where == "attn":
-            x, ids = self._select(x, None, ids, fused_id)
-            N = self.select.tokens_out
-        if self.query:
-            return self._query_only(x, N, D), ids
-        a = self.attn(self.norm1(x), N)
-        scores = None
-        if isinstance(a, tuple):
-            a, scores = a
-        x = x + a
-        if self.select is not None and self.where == "mlp":
-            x, ids = self._select(x, scores, ids, fused_id)
-        return x + self.mlp(self.norm2(x)), ids
-
-    def _query_only(self, x: Tensor, N: int, D: int) -> Tensor:
-        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens."""
-        n = self.query["n"]
-        x3 = x.reshape(-1, N, D)
-        h3 = self.norm1(x).reshape(-1, N, D)
-        prefix = self.query.get("index") is None
-        take = (lambda t: t[:, :n]) if prefix else (lambda t: t.index_select(1, self.query_index))
-        hq = take(h3).reshape(-1, D)
-        xq = take(x3).reshape(-1, D)
-        a = self.attn(h3.reshape(-1, D), N, xq=hq, q_tokens=n)
-        xq = xq + a
-        xq = (xq + self.mlp(self.norm2(xq))).reshape(-1, n, D)
-        if prefix:
-            return torch.cat([xq, x3[:, n:]], dim=1).reshape(-1, D)
-        out = x3.clone()
-        out[:, self.query_index] = xq  # the plain gather/scatter form (ScatterND in ONNX)
-        return out.reshape(-1, D)
 
 
 class PrunedViT(PrunedModel):
@@ -289,6 +195,8 @@ def architecture(ir: ViTIR) -> dict:
             "qkv_bias": a.q_bias is not None,
             "proj_bias": a.proj_bias is not None,
             **mlp_config(m),
+            "post_norm": b.post_norm,
+            "rel_bias": a.rel_bias is not None,
             "norm1_eps": b.norm1.eps,
             "norm2_eps": b.norm2.eps,
             **plan,
@@ -350,6 +258,8 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     for j, (b, plan) in enumerate(zip(ir.blocks, plans)):
         p = f"blocks.{j}."
         b = replace(b, attn=paired(b.attn))  # RoPE: q/k channels in rotation-pair order (.rope)
+        if b.attn.rel_bias is not None and b.attn.num_heads:
+            sd[p + "attn_bias"] = b.attn.rel_bias
         sd.update(block_state_dict(b, p, split=bool(plan["query"])))
         sd.update(rope_state_dict(b.attn, head_groups([[qk, v] for qk, v in zip(b.attn.qk_dims, b.attn.v_dims)]), p))
         if plan["select"] is not None and b.select.predictor is not None:

@@ -81,7 +81,8 @@ class AttentionIR:
     channels removes terms of the dot product, it does not renormalise it.
 
     ``rel_bias``: a per-head constant added to the attention logits, [num_heads, A, A] over the A tokens
-    of a window (Swin's relative position bias after the table lookup), or None.
+    of a window (Swin's relative position bias after the table lookup) or of the whole sequence (BEiT,
+    timm's ``vit_relpos_*``), or None.
     ``rope``: rotary position embedding applied to q and k (:class:`RopeIR`, original coordinates), or None.
     """
 
@@ -171,7 +172,8 @@ class TokenSelectIR:
 
 @dataclass(frozen=True)
 class BlockIR:
-    """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)).
+    """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)) -- or, with ``post_norm``
+    (timm's ResPost blocks), x += norm1(attn(x)); x += norm2(mlp(x)).
 
     ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
     ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
@@ -186,6 +188,7 @@ class BlockIR:
     mlp: MlpIR
     tokens: Optional[tuple[int, ...]] = None
     select: Optional[TokenSelectIR] = None
+    post_norm: bool = False
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def reference_forward(
             update = alive.clone()
 
         a = blk.attn
-        h = ln(x, blk.norm1, e)
+        h = x if blk.post_norm else ln(x, blk.norm1, e)
         out = torch.zeros_like(x)
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
         probs_live = []
@@ -179,13 +179,15 @@ def reference_forward(
             if a.rope is not None:
                 q, k = _rotary(q, a.rope, hh), _rotary(k, a.rope, hh)
             logits = (q @ k.transpose(-2, -1)) * a.scale
+            if a.rel_bias is not None:  # every token is present: token pruning is refused with a bias
+                logits = logits + a.rel_bias[hh]
             probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
             out = out + (probs @ v) @ a.proj_weight[:, sv].t()
             if mv.any():
                 probs_live.append(probs)
         if a.proj_bias is not None:
             out = out + a.proj_bias
-        x = x + out * e * update[..., None]
+        x = x + (ln(out, blk.norm1, e) if blk.post_norm else out * e) * update[..., None]
 
         if rule is not None and rule.where == "mlp":
             if rule.score == "predictor":
@@ -200,7 +202,7 @@ def reference_forward(
             update = alive.clone()
 
         m = blk.mlp
-        h = ln(x, blk.norm2, e)
+        h = x if blk.post_norm else ln(x, blk.norm2, e)
         if m.gate_weight is None:
             z = _act(m.act, linear(h, m.fc1_weight, m.fc1_bias))
         else:  # GLU: act(gate) * value
@@ -209,7 +211,8 @@ def reference_forward(
         z = z * keep
         if m.norm is not None:  # over the kept neurons (none kept: nothing reaches fc2)
             z = ln(z, m.norm, keep) if keep.any() else z
-        x = x + linear(z, m.fc2_weight, m.fc2_bias) * e * update[..., None]
+        y = linear(z, m.fc2_weight, m.fc2_bias)
+        x = x + (ln(y, blk.norm2, e) if blk.post_norm else y * e) * update[..., None]
         if residuals is not None:
             residuals.append((i, x.clone(), alive.clone()))
 

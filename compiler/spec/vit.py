@@ -92,13 +92,14 @@ def _resolve_exit(value: Any, ir: ViTIR, tensors: dict[str, Tensor]) -> ExitSett
     return ExitSetting(k, value.get("head"), value.get("head_dist"), value.get("norm"))
 
 
-def _check_rope(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
-    """Rotary position embedding: tokens keep their positions (no token pruning), and q/k channel masks
-    keep or remove each rotation pair as a whole."""
+def _check_positions(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
+    """Rotary position embedding and relative position bias: tokens keep their positions (no token
+    pruning), and q/k channel masks keep or remove each rotation pair as a whole."""
     rope = [b for b in ir.blocks if b.attn.rope is not None]
-    if not rope:
+    if not rope and all(b.attn.rel_bias is None for b in ir.blocks):
         return
-    why = "does not apply to a model with rotary position embedding (the rotation belongs to each token's position)"
+    why = ("does not apply to a model with rotary position embedding or a relative position bias (both belong "
+           "to each token's position)")
     if out.tokens:
         raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
     if "dynamic_tokens" in spec.settings:
@@ -173,7 +174,7 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
         for key in ("dynamic_tokens", "exit"):
             if key in spec.settings:
                 raise SpecError(key, why)
-    _check_rope(out, ir, spec)
+    _check_positions(out, ir, spec)
     check_heads(out, lambda i: block_name(ir, i))
     check_static_tokens(out, ir)
     if "dynamic_tokens" in spec.settings:

@@ -1,0 +1,114 @@
+"""The ViT block of the generated models (:class:`~vitshrink.codegen.vit.PrunedViT`): pre- or post-norm,
+on a flat token stream, with the token operations of every token-pruning method."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .attention import Attention
+from .layers import Constant, mlp_module
+from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on a flat [B*N, D] token stream, with its token operations.
+
+    Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
+    (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
+    Patch Slimming query-only update of the first ``n`` tokens (or of gathered positions, scattered
+    back, in the gather form) or the ordinary block, with a dynamic selection between attention and
+    MLP.
+    """
+
+    def __init__(self, dim: int, cfg: dict, num_prefix: int):
+        super().__init__()
+        self.n_in, self.n_out, self.num_prefix = cfg["n_in"], cfg["n_out"], num_prefix
+        self.drop, self.query, sel = cfg.get("drop"), cfg.get("query"), cfg.get("select")
+        for name, op in (("drop_index", self.drop), ("query_index", self.query)):
+            if op and op.get("index") is not None:
+                self.register_buffer(name, torch.tensor(op["index"], dtype=torch.long, device="cpu"), persistent=False)
+        n_attn = self.drop["n"] if self.drop else self.n_in
+        score = None
+        self.select = self.lfe = self.predictor = None
+        if sel:
+            n_sel = n_attn  # tokens present where the rule runs
+            if sel["where"] == "mlp" and sel["score"] != "predictor":
+                score = "cls_weighted" if sel["head_weighting"] else "cls"
+            if sel["score"] == "cls_attention_lfe":
+                self.lfe = LowFrequencyEnergy(n_sel - num_prefix, sel["cutoff"])
+            if sel["score"] == "predictor":
+                self.predictor = Predictor(dim, sel["predictor"])
+            self.select = TokenSelect(n_sel, num_prefix, sel["keep"], sel["fuse"])
+            self.where = sel["where"]
+        self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
+        if cfg["heads"]:
+            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
+                                  split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"))
+        else:
+            self.attn = Constant(dim, cfg["proj_bias"])
+        self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
+        self.mlp = mlp_module(dim, cfg)
+        self.post_norm = cfg.get("post_norm", False)
+        if cfg.get("rel_bias") and cfg["heads"]:  # [heads, N, N] on the attention logits (BEiT, vit_relpos)
+            self.attn_bias = nn.Parameter(torch.zeros(len(cfg["heads"]), self.n_in, self.n_in))
+        else:
+            self.attn_bias = None
+
+    def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
+        N, P = self.select.tokens, self.num_prefix
+        xp = x.reshape(-1, N, x.shape[-1])[:, P:]
+        if self.predictor is not None:
+            scores = self.predictor(xp)
+        if self.lfe is not None:
+            scores = scores * self.lfe(xp)
+        return self.select(x, scores, ids, fused_id)
+
+    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
+        """x: [B*n_in, D] -> [B*n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
+        N, D = self.n_in, x.shape[-1]
+        if self.drop:
+            n = self.drop["n"]
+            x3 = x.reshape(-1, N, D)
+            if self.drop.get("index") is None:
+                x = x3[:, :n].reshape(-1, D)
+                ids = None if ids is None else ids[:, :n]
+            else:
+                x = x3.index_select(1, self.drop_index).reshape(-1, D)
+                ids = None if ids is None else ids.index_select(1, self.drop_index)
+            N = n
+        if self.select is not None and self.where == "attn":
+            x, ids = self._select(x, None, ids, fused_id)
+            N = self.select.tokens_out
+        if self.query:
+            return self._query_only(x, N, D), ids
+        if self.post_norm:  # ResPost: the sub-layers' outputs are normalised (no token rules here)
+            x = x + self.norm1(self.attn(x, N, bias=self.attn_bias))
+            return x + self.norm2(self.mlp(x)), ids
+        a = self.attn(self.norm1(x), N, bias=self.attn_bias)
+        scores = None
+        if isinstance(a, tuple):
+            a, scores = a
+        x = x + a
+        if self.select is not None and self.where == "mlp":
+            x, ids = self._select(x, scores, ids, fused_id)
+        return x + self.mlp(self.norm2(x)), ids
+
+    def _query_only(self, x: Tensor, N: int, D: int) -> Tensor:
+        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens."""
+        n = self.query["n"]
+        x3 = x.reshape(-1, N, D)
+        h3 = self.norm1(x).reshape(-1, N, D)
+        prefix = self.query.get("index") is None
+        take = (lambda t: t[:, :n]) if prefix else (lambda t: t.index_select(1, self.query_index))
+        hq = take(h3).reshape(-1, D)
+        xq = take(x3).reshape(-1, D)
+        a = self.attn(h3.reshape(-1, D), N, xq=hq, q_tokens=n)
+        xq = xq + a
+        xq = (xq + self.mlp(self.norm2(xq))).reshape(-1, n, D)
+        if prefix:
+            return torch.cat([xq, x3[:, n:]], dim=1).reshape(-1, D)
+        out = x3.clone()
+        out[:, self.query_index] = xq  # the plain gather/scatter form (ScatterND in ONNX)
+        return out.reshape(-1, D)
