@@ -48,6 +48,7 @@ def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int],
         v_weight=rows(attn.v_weight, v_rows), v_bias=rows(attn.v_bias, v_rows),
         proj_weight=cols(attn.proj_weight, v_rows),
         rel_bias=rows(attn.rel_bias, head_pos),  # the head's column of Swin's bias table goes with it
+        logit_scale=rows(attn.logit_scale, head_pos),
     )
 
 

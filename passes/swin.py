@@ -23,9 +23,10 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
     """Remove residual channels of one Swin stage (SAViT's embedding mask, per stage).
 
     Shrinks the producer (the patch embedding conv and its LayerNorm for stage 0, the patch merging's
-    ``reduction`` rows otherwise), every block of the stage (as :func:`~.structural.embed_block`), and
-    the consumer: the next patch merging's LayerNorm and ``reduction`` columns at the four copies of
-    each channel (c, C+c, 2C+c, 3C+c), or the final LayerNorm and the classifier. LayerNorms then
+    ``reduction`` rows otherwise -- and its LayerNorm when it comes after the reduction, Swin V2), every
+    block of the stage (as :func:`~.structural.embed_block`), and the consumer: the next patch merging's
+    ``reduction`` columns at the four copies of each channel (c, C+c, 2C+c, 3C+c) and its LayerNorm when
+    it comes first (Swin V1), or the final LayerNorm and the classifier. LayerNorms then
     normalise over the kept channels only (the reference semantics, docs/architecture.md).
 
     Args:
@@ -42,13 +43,15 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
     if st.merge is not None:
         m = st.merge
         st = replace(st, merge=replace(m, reduction_weight=rows(m.reduction_weight, keep),
-                                       reduction_bias=rows(m.reduction_bias, keep)))
+                                       reduction_bias=rows(m.reduction_bias, keep),
+                                       norm=layer_norm_keep(m.norm, keep) if m.norm_after else m.norm))
     stages[stage] = replace(st, embed_ids=tuple(st.embed_ids[p] for p in keep))
     if stage + 1 < len(stages):
         nxt = stages[stage + 1]
         keep4 = [k * C + p for k in range(4) for p in keep]
         m = nxt.merge
-        stages[stage + 1] = replace(nxt, merge=replace(m, norm=layer_norm_keep(m.norm, keep4), reduction_weight=cols(m.reduction_weight, keep4)))
+        stages[stage + 1] = replace(nxt, merge=replace(m, norm=m.norm if m.norm_after else layer_norm_keep(m.norm, keep4),
+                                                       reduction_weight=cols(m.reduction_weight, keep4)))
     else:
         changes.update(norm=layer_norm_keep(ir.norm, keep), head=replace(ir.head, weight=cols(ir.head.weight, keep)))
     ids = set(st.block_ids)

@@ -59,7 +59,8 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool,
-                 split: bool = False, score: Optional[str] = None, num_prefix: int = 1, rope: Optional[dict] = None):
+                 split: bool = False, score: Optional[str] = None, num_prefix: int = 1, rope: Optional[dict] = None,
+                 cosine: bool = False):
         super().__init__()
         self.groups = head_groups(heads)
         self.num_heads = len(heads)
@@ -78,9 +79,22 @@ class Attention(nn.Module):
         self.num_prefix = num_prefix
         self.fused = True
         self.rope_skip = None if rope is None else rope["skip"]
+        if cosine:  # Swin V2: cos(q, k) * logit_scale[h], i.e. unit q scaled per head, unit k, softmax scale 1
+            self.logit_scale = nn.Parameter(torch.zeros(self.num_heads))
+            self.scale = 1.0
+        else:
+            self.logit_scale = None
         for g, (h, dq, _) in enumerate(self.groups if rope else []):  # RoPE tables per group (.rope)
             self.register_buffer(f"rope_sin_{g}", torch.zeros(h, rope["tokens"], dq))
             self.register_buffer(f"rope_cos_{g}", torch.zeros(h, rope["tokens"], dq))
+
+    def _cosine(self, q: Tensor, k: Tensor, h0: int) -> tuple[Tensor, Tensor]:
+        """Swin V2's cosine attention on q and k [B, h, N, d] of the heads from ``h0``: ``q / |q| *
+        logit_scale`` and ``k / |k|`` (then a plain dot product)."""
+        if self.logit_scale is None:
+            return q, k
+        ls = self.logit_scale[h0:h0 + q.shape[1]].reshape(1, -1, 1, 1)
+        return F.normalize(q, dim=-1) * ls, F.normalize(k, dim=-1)
 
     def _rope(self, q: Tensor, k: Tensor, g: int) -> tuple[Tensor, Tensor]:
         """Rotary position embedding of group ``g`` on q and k [B, h, N, d] (paired channels)."""
@@ -150,14 +164,14 @@ class Attention(nn.Module):
         if self.uniform and not self.split:
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
-            q, k = self._rope(q, k, 0)
+            q, k = self._cosine(*self._rope(q, k, 0), 0)
             o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, h * d)
         else:
             outs, h0 = [], 0
             for g, (h, dq, dv) in enumerate(self.groups):
                 q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
                 k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
-                q, k = self._rope(q, k, g)
+                q, k = self._cosine(*self._rope(q, k, g), h0)
                 v = yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
                 hb = None if bias is None else bias[..., h0:h0 + h, :, :]
                 outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, h * dv))

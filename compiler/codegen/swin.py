@@ -90,7 +90,8 @@ class SwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
         H = len(cfg["heads"])
         if H:
-            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"])
+            self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
+                                  cosine=cfg.get("cosine", False))
             self.rel_bias = nn.Parameter(torch.zeros(H, self.area, self.area))
         else:
             self.attn = Constant(dim, cfg["proj_bias"])
@@ -102,6 +103,7 @@ class SwinBlock(nn.Module):
             self.mask = None
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
         self.mlp = mlp_module(dim, cfg)
+        self.post_norm = cfg.get("post_norm", False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, L, C] in the previous block's order -> [B, L, C] in this block's window order."""
@@ -116,33 +118,40 @@ class SwinBlock(nn.Module):
             else:  # [nW, H, A, A]; reshape, not unsqueeze: the exporter folds it without warnings
                 H, A = self.rel_bias.shape[0], self.area
                 bias = self.rel_bias.reshape(1, H, A, A) + self.mask.reshape(-1, 1, A, A)
-        f = f + self.attn(self.norm1(f), self.area, bias=bias)
-        f = f + self.mlp(self.norm2(f))
+        if self.post_norm:  # Swin V2: res-post-norm
+            f = f + self.norm1(self.attn(f, self.area, bias=bias))
+            f = f + self.norm2(self.mlp(f))
+        else:
+            f = f + self.attn(self.norm1(f), self.area, bias=bias)
+            f = f + self.mlp(self.norm2(f))
         return f.reshape(shape)
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbours concatenated as (h0w0, h1w0, h0w1, h1w1) x C, LayerNorm(4C), Linear(4C -> C_out).
-    [B, H*W, C] raster -> [B, H*W/4, C_out] raster."""
+    """2x2 neighbours concatenated as (h0w0, h1w0, h0w1, h1w1) x C, LayerNorm(4C), Linear(4C -> C_out)
+    (``norm_after``, Swin V2: the Linear, then LayerNorm(C_out)). [B, H*W, C] raster -> [B, H*W/4, C_out] raster."""
 
-    def __init__(self, in_dim: int, out_dim: int, resolution: tuple[int, int], norm_eps: float, bias: bool):
+    def __init__(self, in_dim: int, out_dim: int, resolution: tuple[int, int], norm_eps: float, bias: bool,
+                 norm_after: bool = False):
         super().__init__()
         self.resolution = tuple(resolution)  # of the input grid
-        self.norm = nn.LayerNorm(4 * in_dim, eps=norm_eps)
+        self.norm_after = norm_after
+        self.norm = nn.LayerNorm(out_dim if norm_after else 4 * in_dim, eps=norm_eps)
         self.reduction = nn.Linear(4 * in_dim, out_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         H, W = self.resolution
         C = x.shape[-1]
         x = x.reshape(-1, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(-1, (H // 2) * (W // 2), 4 * C)
-        return self.reduction(self.norm(x))
+        return self.norm(self.reduction(x)) if self.norm_after else self.reduction(self.norm(x))
 
 
 class SwinStage(nn.Module):
     def __init__(self, cfg: dict, prev_dim: Optional[int], prev_resolution):
         super().__init__()
         m = cfg["merge"]
-        self.merge = None if m is None else PatchMerging(prev_dim, cfg["dim"], prev_resolution, m["norm_eps"], m["bias"])
+        self.merge = None if m is None else PatchMerging(prev_dim, cfg["dim"], prev_resolution, m["norm_eps"], m["bias"],
+                                                    m.get("norm_after", False))
         self.blocks = nn.ModuleList(SwinBlock(cfg["dim"], b, cfg) for b in cfg["blocks"])
         if cfg.get("to_raster") is not None:
             self.register_buffer("to_raster", torch.tensor(cfg["to_raster"], dtype=torch.long, device="cpu"), persistent=False)
@@ -198,6 +207,7 @@ def architecture(ir: SwinIR) -> dict:
                 "reorder": _reorder(order, target),
                 "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)], "scale": a.scale,
                 "qkv_bias": a.q_bias is not None, "proj_bias": a.proj_bias is not None,
+                "cosine": a.logit_scale is not None, "post_norm": b.post_norm,
                 **mlp_config(m),
                 "norm1_eps": b.norm1.eps, "norm2_eps": b.norm2.eps,
                 "ids": {"heads": list(a.head_ids), "qk": [list(c) for c in a.qk_ids], "v": [list(c) for c in a.v_ids],
@@ -208,7 +218,8 @@ def architecture(ir: SwinIR) -> dict:
         stages.append({
             "index": s.index, "dim": s.dim, "embed_ids": list(s.embed_ids), "resolution": list(s.resolution),
             "window": list(s.window), "shift": list(s.shift),
-            "merge": None if s.merge is None else {"norm_eps": s.merge.norm.eps, "bias": s.merge.reduction_bias is not None},
+            "merge": None if s.merge is None else {"norm_eps": s.merge.norm.eps, "bias": s.merge.reduction_bias is not None,
+                                                   "norm_after": s.merge.norm_after},
             "blocks": blocks, "to_raster": None if last else _reorder(order, None),
         })
     return {
@@ -236,6 +247,8 @@ def state_dict(ir: SwinIR) -> dict[str, Tensor]:
             sd.update(block_state_dict(b, f"{p}blocks.{j}."))
             if b.attn.num_heads:
                 sd[f"{p}blocks.{j}.rel_bias"] = b.attn.rel_bias
+            if b.attn.logit_scale is not None and b.attn.num_heads:
+                sd[f"{p}blocks.{j}.attn.logit_scale"] = b.attn.logit_scale
     sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
     sd["head.weight"] = ir.head.weight
     if ir.head.bias is not None:

@@ -17,6 +17,7 @@ def activation(m, allowed: tuple = ()) -> str:
     """The IR name of a timm MLP's activation: ``m`` is a plain ``Mlp`` without a hidden norm, or one of
     the classes ``allowed`` (the caller translates those). Refused by name: another MLP or activation."""
     from timm.layers import GELUTanh, Mlp, QuickGELU  # timm: lazy, after the compat shim
+    from timm.layers.activations import GELU as TimmGELU  # timm: lazy, after the compat shim (exact F.gelu)
 
     if type(m) not in allowed and (type(m) is not Mlp or not is_identity(getattr(m, "norm", None))):
         refuse("mlp_layer", type(m).__name__)
@@ -24,7 +25,7 @@ def activation(m, allowed: tuple = ()) -> str:
         if hasattr(m, lin) and not isinstance(getattr(m, lin), nn.Linear):
             refuse("mlp_layer", "conv (use_conv)")
     act = m.act
-    if isinstance(act, nn.GELU) and act.approximate == "none":
+    if (isinstance(act, nn.GELU) and act.approximate == "none") or type(act) is TimmGELU:
         return "gelu"
     if (isinstance(act, nn.GELU) and act.approximate == "tanh") or isinstance(act, GELUTanh):
         return "gelu_tanh"

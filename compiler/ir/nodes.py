@@ -84,6 +84,9 @@ class AttentionIR:
     of a window (Swin's relative position bias after the table lookup) or of the whole sequence (BEiT,
     timm's ``vit_relpos_*``), or None.
     ``rope``: rotary position embedding applied to q and k (:class:`RopeIR`, original coordinates), or None.
+    ``logit_scale``: [num_heads] -- cosine attention (Swin V2, Liu et al. CVPR 2022, eq. 2): the logits are
+    ``cos(q, k) * logit_scale[h]`` (``scale`` unused); pruned q/k channels are zeros, so the cosine is over
+    the kept ones. None: scaled dot product.
     """
 
     head_ids: tuple[int, ...]
@@ -100,6 +103,7 @@ class AttentionIR:
     scale: float
     rel_bias: Optional[Tensor] = None
     rope: Optional[RopeIR] = None
+    logit_scale: Optional[Tensor] = None
 
     @property
     def num_heads(self) -> int:

@@ -26,11 +26,13 @@ from .nodes import BlockIR, ClassifierIR, LayerNormIR, iter_tensors
 @dataclass(frozen=True)
 class MergeIR:
     """Patch merging (2x2 neighbours concatenated): ``norm`` over 4 * C_prev (kept) channels, then
-    ``reduction_weight`` [C_s, 4 * C_prev] (timm: no bias)."""
+    ``reduction_weight`` [C_s, 4 * C_prev] (timm: no bias) -- or, with ``norm_after`` (Swin V2), the
+    reduction first and ``norm`` over its C_s channels."""
 
     norm: LayerNormIR
     reduction_weight: Tensor
     reduction_bias: Optional[Tensor] = None
+    norm_after: bool = False
 
 
 @dataclass(frozen=True)

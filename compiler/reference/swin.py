@@ -75,10 +75,13 @@ def _forward(dense: SwinIR, spec: ResolvedSpec, images: Tensor) -> Tensor:
             # timm's order: (h0w0, h1w0, h0w1, h1w1), each C_prev channels
             parts = [xg[:, 0::2, 0::2], xg[:, 1::2, 0::2], xg[:, 0::2, 1::2], xg[:, 1::2, 1::2]]
             xm = torch.cat(parts, dim=-1).reshape(B, H * W, -1)
-            e4 = e_prev.repeat(4)
             m = s.merge.norm
-            xm = masked_layer_norm(xm, m.weight, m.bias, m.eps, e4)
-            x = linear(xm, s.merge.reduction_weight, s.merge.reduction_bias) * e
+            if s.merge.norm_after:  # Swin V2: reduce, then normalise the stage's (kept) channels
+                x = linear(xm, s.merge.reduction_weight, s.merge.reduction_bias)
+                x = masked_layer_norm(x, m.weight, m.bias, m.eps, e)
+            else:
+                xm = masked_layer_norm(xm, m.weight, m.bias, m.eps, e_prev.repeat(4))
+                x = linear(xm, s.merge.reduction_weight, s.merge.reduction_bias) * e
         geometry = {}  # (unshifted, shifted) attention bias of this stage, built once
         for g in s.block_ids:
             if g in spec.removed_blocks:
@@ -96,21 +99,29 @@ def _forward(dense: SwinIR, spec: ResolvedSpec, images: Tensor) -> Tensor:
 def _block(x: Tensor, blk, geometry, e: Tensor, spec) -> Tensor:
     g, a = blk.source_index, blk.attn
     same, pos, penalty = geometry
-    h = masked_layer_norm(x, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps, e)
+    post = blk.post_norm  # Swin V2: x + norm(attn(x)), x + norm(mlp(x))
+    h = x if post else masked_layer_norm(x, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps, e)
     heads = spec.heads.get(g, torch.ones(a.num_heads, dtype=torch.bool))
     out = torch.zeros_like(x)
     for hh, q, k, v, _, sv in masked_heads(h, a, g, heads, spec):
         bias = a.rel_bias[hh][pos[:, None], pos[None, :]] + penalty
         bias = bias.masked_fill(~same, -math.inf)
         for b in range(x.shape[0]):  # one image at a time: [L, L] logits
-            logits = (q[b] @ k[b].t()) * a.scale + bias
+            if a.logit_scale is None:
+                logits = (q[b] @ k[b].t()) * a.scale + bias
+            else:  # cosine similarity of q and k (removed channels are 0) times the head's logit scale
+                qn = q[b] / q[b].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                kn = k[b] / k[b].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                logits = (qn @ kn.t()) * a.logit_scale[hh] + bias
             out[b] += (torch.softmax(logits, -1) @ v[b]) @ a.proj_weight[:, sv].t()
     if a.proj_bias is not None:
         out = out + a.proj_bias
-    x = x + out * e
+    n1, n2 = blk.norm1, blk.norm2
+    x = x + (masked_layer_norm(out, n1.weight, n1.bias, n1.eps, e) if post else out * e)
     m = blk.mlp
-    h = masked_layer_norm(x, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps, e)
+    h = x if post else masked_layer_norm(x, n2.weight, n2.bias, n2.eps, e)
     z = F.gelu(linear(h, m.fc1_weight, m.fc1_bias))
     if g in spec.mlp:
         z = z * spec.mlp[g].float()
-    return x + linear(z, m.fc2_weight, m.fc2_bias) * e
+    y = linear(z, m.fc2_weight, m.fc2_bias)
+    return x + (masked_layer_norm(y, n2.weight, n2.bias, n2.eps, e) if post else y * e)

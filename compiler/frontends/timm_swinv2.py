@@ -1,0 +1,128 @@
+"""timm frontend for ``SwinTransformerV2`` -> :class:`~vitshrink.ir.swin.SwinIR` (Liu et al., Swin
+Transformer V2, CVPR 2022): the Swin IR with cosine attention (a learned per-head logit scale, clamped
+and exponentiated once), the continuous position bias (its MLP evaluated once: ``16 sigmoid(cpb_mlp)``
+becomes the block's constant bias), res-post-norm blocks and patch merging that normalises after the
+reduction. Options the IR cannot represent exactly are refused with a ModelError naming the option.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
+from ..ir.swin import MergeIR, StageIR, SwinIR
+from .timm_common import clone, is_identity, layer_norm, refuse, timm
+from .timm_parts import activation
+
+TESTED_MODELS = ("swinv2_tiny_window8_256",)
+
+
+def accepts(model: nn.Module) -> bool:
+    """Whether ``model`` is a timm SwinTransformerV2; :func:`from_timm` may still refuse an option."""
+    timm()
+    from timm.models.swin_transformer_v2 import SwinTransformerV2  # timm: lazy, after the compat shim
+
+    return isinstance(model, SwinTransformerV2)
+
+
+def timm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's blocks in IR order (stage after stage) with their state-dict prefixes."""
+    return [(f"layers.{s}.blocks.{j}.", b) for s, st in enumerate(model.layers) for j, b in enumerate(st.blocks)]
+
+
+def _check_supported(model: nn.Module) -> None:
+    from timm.layers import PatchEmbed  # timm: lazy, after the compat shim
+    from timm.models import swin_transformer_v2 as v2  # timm: lazy, after the compat shim
+
+    if getattr(model.head, "global_pool", None) is None or model.head.global_pool.pool_type != "avg":
+        refuse("global_pool", getattr(model, "global_pool", None), "Swin is supported with average pooling")
+    if not isinstance(getattr(model.head, "fc", None), nn.Linear):
+        refuse("num_classes", 0, "a classifier head is required")
+    if not isinstance(model.norm, nn.LayerNorm):
+        refuse("norm_layer", type(model.norm).__name__)
+    pe = model.patch_embed
+    if type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.LayerNorm) or getattr(pe, "strict_img_size", True) is False:
+        refuse("embed_layer", type(pe).__name__, "a PatchEmbed with a LayerNorm and a fixed image size is required")
+    for s, stage in enumerate(model.layers):
+        ds = stage.downsample
+        if (s == 0) != is_identity(ds) or (s and (type(ds) is not v2.PatchMerging or not isinstance(ds.norm, nn.LayerNorm))):
+            refuse(f"layers.{s}.downsample", type(ds).__name__)
+        for j, blk in enumerate(stage.blocks):
+            where = f"layers.{s}.blocks.{j}"
+            if type(blk) is not v2.SwinTransformerV2Block or type(blk.attn) is not v2.WindowAttention:
+                refuse("block", type(blk).__name__, where)
+            H, W = blk.input_resolution
+            wh, ww = blk.window_size
+            if H % wh or W % ww:
+                refuse("img_size", pe.img_size, f"{where}: grid {H}x{W} is not a multiple of window {wh}x{ww}")
+            if getattr(blk, "dynamic_mask", False) or getattr(blk, "always_partition", False):
+                refuse("always_partition", True, where)
+            if not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
+                refuse("norm_layer", type(blk.norm1).__name__, where)
+            if activation(blk.mlp) != "gelu":
+                refuse("act_layer", type(blk.mlp.act).__name__, where)
+
+
+def _attention(blk) -> AttentionIR:
+    a = blk.attn
+    H = a.num_heads
+    w = a.qkv.weight.detach()
+    E = w.shape[0] // 3
+    hd = E // H
+    b = None if a.qkv.bias is None else a.qkv.bias.detach()
+    if a.q_bias is not None:  # q/v bias, k bias 0
+        extra = torch.cat([a.q_bias.detach(), a.k_bias.detach(), a.v_bias.detach()])
+        b = extra if b is None else b + extra
+    A = a.window_size[0] * a.window_size[1]
+    with torch.no_grad():
+        table = a.cpb_mlp(a.relative_coords_table).view(-1, H)
+        rel = 16 * torch.sigmoid(table[a.relative_position_index.view(-1)].view(A, A, H).permute(2, 0, 1))
+        logit_scale = torch.clamp(a.logit_scale, max=math.log(1.0 / 0.01)).exp().reshape(H)
+    part = lambda t, j: None if t is None else t[j * E:(j + 1) * E].clone()  # noqa: E731
+    return AttentionIR(
+        head_ids=tuple(range(H)), qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
+        v_ids=tuple(tuple(range(hd)) for _ in range(H)),
+        q_weight=part(w, 0), q_bias=part(b, 0), k_weight=part(w, 1), k_bias=part(b, 1),
+        v_weight=part(w, 2), v_bias=part(b, 2),
+        proj_weight=a.proj.weight.detach().clone(), proj_bias=clone(a.proj.bias),
+        scale=1.0, rel_bias=rel.contiguous().clone(), logit_scale=logit_scale.detach().clone(),
+    )
+
+
+def from_timm(model: nn.Module, name: Optional[str] = None) -> SwinIR:
+    """Translate a timm SwinTransformerV2 into the Swin IR (a copy of its weights; the model is unchanged).
+
+    Raises:
+        ModelError: the model uses an option the IR cannot represent (named).
+    """
+    _check_supported(model)
+    stages, blocks, g = [], [], 0
+    for s, stage in enumerate(model.layers):
+        first = stage.blocks[0]
+        shift = next((tuple(b.shift_size) for b in stage.blocks if any(b.shift_size)), (0, 0))
+        merge = None
+        if s > 0:
+            ds = stage.downsample
+            merge = MergeIR(layer_norm(ds.norm), ds.reduction.weight.detach().clone(), clone(ds.reduction.bias),
+                            norm_after=True)
+        ids = tuple(range(g, g + len(stage.blocks)))
+        stages.append(StageIR(s, tuple(range(first.dim)), tuple(first.input_resolution), tuple(first.window_size),
+                              shift, ids, merge))
+        for blk in stage.blocks:
+            m = blk.mlp
+            mlp = MlpIR(tuple(range(m.fc1.out_features)), m.fc1.weight.detach().clone(), clone(m.fc1.bias),
+                        m.fc2.weight.detach().clone(), clone(m.fc2.bias))
+            blocks.append(BlockIR(g, layer_norm(blk.norm1), _attention(blk), layer_norm(blk.norm2), mlp, post_norm=True))
+            g += 1
+    pe, fc = model.patch_embed, model.head.fc
+    return SwinIR(
+        name=name or getattr(model, "default_cfg", {}).get("architecture", type(model).__name__),
+        img_size=tuple(pe.img_size), patch_size=tuple(pe.patch_size), in_chans=int(pe.proj.in_channels),
+        patch_weight=pe.proj.weight.detach().clone(), patch_bias=clone(pe.proj.bias), patch_norm=layer_norm(pe.norm),
+        stages=tuple(stages), blocks=tuple(blocks), norm=layer_norm(model.norm),
+        head=ClassifierIR("head", -1, fc.weight.detach().clone(), clone(fc.bias)),
+        meta={"frontend": "timm", "family": "swinv2"},
+    )
