@@ -105,8 +105,6 @@ NEEDS = {
     "scale_attn_inner=True": "a LayerNorm over the heads' outputs before proj (normalising over kept v channels)",
     "norm='RmsNorm'": "RMSNorm (and its masked form for embedding pruning)",
     "unsupported model class Xcit": "cross-covariance attention (over channels), local patch interaction, class-attention layers",
-    "unsupported model class SwinTransformerV2Cr": "Swin V2 as timm's 'Cr' implementation builds it (cosine attention, "
-                                                   "a position-bias MLP, post-norm; its own stage and merge layout)",
     "unsupported model class Cait": "LayerScale, talking-heads attention (head-mixing before and after softmax), "
                                     "class-attention blocks",
     "embed_layer='HybridEmbed'": "a convolutional stem before the tokens, carried as an opaque stem",

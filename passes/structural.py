@@ -146,7 +146,8 @@ def embed_block(b: BlockIR, keep: list[int]) -> BlockIR:
         (w0, b0), *rest = pr.layers
         pr = replace(pr, norm=None if pr.norm is None else layer_norm_keep(pr.norm, keep), layers=((cols(w0, keep), b0), *rest))
         select = replace(select, predictor=pr)
-    return replace(b, norm1=layer_norm_keep(b.norm1, keep), attn=attn, norm2=layer_norm_keep(b.norm2, keep), mlp=mlp, select=select)
+    return replace(b, norm1=layer_norm_keep(b.norm1, keep), attn=attn, norm2=layer_norm_keep(b.norm2, keep), mlp=mlp, select=select,
+                   norm_out=None if b.norm_out is None else layer_norm_keep(b.norm_out, keep))
 
 
 def remove_blocks(ir, removed: Iterable[int]):

@@ -53,7 +53,8 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
         stages[stage + 1] = replace(nxt, merge=replace(m, norm=m.norm if m.norm_after else layer_norm_keep(m.norm, keep4),
                                                        reduction_weight=cols(m.reduction_weight, keep4)))
     else:
-        changes.update(norm=layer_norm_keep(ir.norm, keep), head=replace(ir.head, weight=cols(ir.head.weight, keep)))
+        changes.update(norm=None if ir.norm is None else layer_norm_keep(ir.norm, keep),
+                       head=replace(ir.head, weight=cols(ir.head.weight, keep)))
     ids = set(st.block_ids)
     blocks = tuple(embed_block(b, keep) if b.source_index in ids else b for b in ir.blocks)
     return replace(ir, stages=tuple(stages), blocks=blocks, **changes)

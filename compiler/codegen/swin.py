@@ -104,6 +104,8 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
         self.mlp = mlp_module(dim, cfg)
         self.post_norm = cfg.get("post_norm", False)
+        eps = cfg.get("norm_out_eps")
+        self.norm_out = nn.LayerNorm(dim, eps=eps) if eps is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         """x [B, L, C] in the previous block's order -> [B, L, C] in this block's window order."""
@@ -124,6 +126,8 @@ class SwinBlock(nn.Module):
         else:
             f = f + self.attn(self.norm1(f), self.area, bias=bias)
             f = f + self.mlp(self.norm2(f))
+        if self.norm_out is not None:
+            f = self.norm_out(f)
         return f.reshape(shape)
 
 
@@ -182,14 +186,15 @@ class PrunedSwin(PrunedModel):
         self.patch_norm = nn.LayerNorm(st[0]["dim"], eps=arch["patch_norm_eps"])
         self.stages = nn.ModuleList(
             SwinStage(s, st[i - 1]["dim"] if i else None, st[i - 1]["resolution"] if i else None) for i, s in enumerate(st))
-        self.norm = nn.LayerNorm(st[-1]["dim"], eps=arch["norm_eps"])
+        self.norm = nn.LayerNorm(st[-1]["dim"], eps=arch["norm_eps"]) if arch["norm_eps"] is not None else None
         self.head = nn.Linear(st[-1]["dim"], arch["num_classes"], bias=arch["head_bias"])
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_norm(self.patch_embed(x).flatten(2).transpose(1, 2))  # [B, L, C0] raster order
         for stage in self.stages:
             x = stage(x)
-        return self.head(self.norm(x).mean(1))  # average pooling: any token order
+        x = x if self.norm is None else self.norm(x)
+        return self.head(x.mean(1))  # average pooling: any token order
 
 
 def architecture(ir: SwinIR) -> dict:
@@ -208,6 +213,7 @@ def architecture(ir: SwinIR) -> dict:
                 "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)], "scale": a.scale,
                 "qkv_bias": a.q_bias is not None, "proj_bias": a.proj_bias is not None,
                 "cosine": a.logit_scale is not None, "post_norm": b.post_norm,
+                "norm_out_eps": None if b.norm_out is None else b.norm_out.eps,
                 **mlp_config(m),
                 "norm1_eps": b.norm1.eps, "norm2_eps": b.norm2.eps,
                 "ids": {"heads": list(a.head_ids), "qk": [list(c) for c in a.qk_ids], "v": [list(c) for c in a.v_ids],
@@ -225,7 +231,7 @@ def architecture(ir: SwinIR) -> dict:
     return {
         "format": ARCH_FORMAT, "family": "swin", "name": ir.name, "img_size": list(ir.img_size),
         "patch_size": list(ir.patch_size), "in_chans": ir.in_chans, "patch_bias": ir.patch_bias is not None,
-        "patch_norm_eps": ir.patch_norm.eps, "stages": stages, "norm_eps": ir.norm.eps,
+        "patch_norm_eps": ir.patch_norm.eps, "stages": stages, "norm_eps": None if ir.norm is None else ir.norm.eps,
         "num_classes": ir.num_classes, "head_bias": ir.head.bias is not None,
     }
 
@@ -245,11 +251,14 @@ def state_dict(ir: SwinIR) -> dict[str, Tensor]:
                 sd[p + "merge.reduction.bias"] = s.merge.reduction_bias
         for j, b in enumerate(ir.stage_blocks(si)):
             sd.update(block_state_dict(b, f"{p}blocks.{j}."))
+            if b.norm_out is not None:
+                sd[f"{p}blocks.{j}.norm_out.weight"], sd[f"{p}blocks.{j}.norm_out.bias"] = b.norm_out.weight, b.norm_out.bias
             if b.attn.num_heads:
                 sd[f"{p}blocks.{j}.rel_bias"] = b.attn.rel_bias
             if b.attn.logit_scale is not None and b.attn.num_heads:
                 sd[f"{p}blocks.{j}.attn.logit_scale"] = b.attn.logit_scale
-    sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
+    if ir.norm is not None:
+        sd["norm.weight"], sd["norm.bias"] = ir.norm.weight, ir.norm.bias
     sd["head.weight"] = ir.head.weight
     if ir.head.bias is not None:
         sd["head.bias"] = ir.head.bias

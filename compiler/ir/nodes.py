@@ -177,7 +177,8 @@ class TokenSelectIR:
 @dataclass(frozen=True)
 class BlockIR:
     """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)) -- or, with ``post_norm``
-    (timm's ResPost blocks), x += norm1(attn(x)); x += norm2(mlp(x)).
+    (timm's ResPost blocks, Swin V2), x += norm1(attn(x)); x += norm2(mlp(x)). ``norm_out``: a LayerNorm
+    on the residual stream after the block (Swin V2 Cr's main-branch ``norm3``), or None.
 
     ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
     ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
@@ -193,6 +194,7 @@ class BlockIR:
     tokens: Optional[tuple[int, ...]] = None
     select: Optional[TokenSelectIR] = None
     post_norm: bool = False
+    norm_out: Optional[LayerNormIR] = None
 
 
 @dataclass(frozen=True)

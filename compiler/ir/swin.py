@@ -66,8 +66,8 @@ class StageIR:
 @dataclass(frozen=True)
 class SwinIR:
     """A Swin classifier: patch embedding (conv ``patch_weight`` [C_0, in_chans, p, p] + LayerNorm
-    ``patch_norm``), ``stages``, their ``blocks`` (flattened, in order), the final ``norm``, average
-    pooling over the tokens and the classifier ``head`` (weight [C, C_last])."""
+    ``patch_norm``), ``stages``, their ``blocks`` (flattened, in order), the final ``norm`` (None: none,
+    Swin V2 Cr), average pooling over the tokens and the classifier ``head`` (weight [C, C_last])."""
 
     name: str
     img_size: tuple[int, int]
@@ -78,7 +78,7 @@ class SwinIR:
     patch_norm: LayerNormIR
     stages: tuple[StageIR, ...]
     blocks: tuple[BlockIR, ...]
-    norm: LayerNormIR
+    norm: Optional[LayerNormIR]
     head: ClassifierIR
     meta: dict = field(default_factory=dict)
 

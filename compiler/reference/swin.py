@@ -92,7 +92,7 @@ def _forward(dense: SwinIR, spec: ResolvedSpec, images: Tensor) -> Tensor:
             x = _block(x, dense.block(g), geometry[shift], e, spec)
         prev, e_prev = s, e
     p = dense.norm
-    x = masked_layer_norm(x, p.weight, p.bias, p.eps, e_prev).mean(1)
+    x = (x if p is None else masked_layer_norm(x, p.weight, p.bias, p.eps, e_prev)).mean(1)
     return linear(x, dense.head.weight, dense.head.bias)
 
 
@@ -124,4 +124,6 @@ def _block(x: Tensor, blk, geometry, e: Tensor, spec) -> Tensor:
     if g in spec.mlp:
         z = z * spec.mlp[g].float()
     y = linear(z, m.fc2_weight, m.fc2_bias)
-    return x + (masked_layer_norm(y, n2.weight, n2.bias, n2.eps, e) if post else y * e)
+    x = x + (masked_layer_norm(y, n2.weight, n2.bias, n2.eps, e) if post else y * e)
+    n3 = blk.norm_out  # Swin V2 Cr: a norm on the main branch after some blocks
+    return x if n3 is None else masked_layer_norm(x, n3.weight, n3.bias, n3.eps, e)
