@@ -1,6 +1,6 @@
 """The ViT variants people deploy as backbones (issue 19): CLIP towers (``pre_norm``, QuickGELU), DINOv2
 and other feature extractors (``num_classes=0``, register tokens, LayerScale), SigLIP (``global_pool='map'``
-attention pooling, GELUTanh). Each imports exactly (codegen of the unpruned model == timm) and every
+attention pooling, GELUTanh), post-norm (ResPost) blocks. Each imports exactly (codegen of the unpruned model == timm) and every
 random spec of heads, q/k, v, MLP, embed and blocks is exact against the masked dense reference
 (hypothesis), on small synthetic models of the same timm class; a feature extractor keeps its output
 width when embedding channels are pruned."""
@@ -26,13 +26,17 @@ VARIANTS = {
     "siglip": dict(global_pool="map", class_token=False, num_classes=0, act_layer="gelu_tanh"),
     "siglip_classifier": dict(global_pool="map", class_token=False),
     "gap_features": dict(global_pool="avg", class_token=False, num_classes=0, fc_norm=True),
+    "respost": dict(block_fn="ResPostBlock"),  # vit_*_rpn_*: post-norm blocks
 }
 _IRS: dict = {}
 
 
 def variant(name: str):
     if name not in _IRS:
-        m = small_vit(seed=11, **VARIANTS[name])
+        from timm.models import vision_transformer
+
+        kw = {k: getattr(vision_transformer, v) if k == "block_fn" else v for k, v in VARIANTS[name].items()}
+        m = small_vit(seed=11, **kw)
         _IRS[name] = (m, from_timm(m, name))
     return _IRS[name]
 

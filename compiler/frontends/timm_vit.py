@@ -51,7 +51,8 @@ def _check_supported(model: nn.Module) -> None:
     timm_ = timm()
     from timm.layers import PatchEmbed  # timm: lazy, after the compat shim
     from timm.layers.attention import Attention  # lazy: after the compat shim
-    from timm.models.vision_transformer import Block, LayerScale, VisionTransformer  # lazy: after the compat shim
+    from timm.models.vision_transformer import (  # lazy: after the compat shim
+        Block, LayerScale, ResPostBlock, VisionTransformer)
 
     if not isinstance(model, VisionTransformer):
         raise ModelError(
@@ -89,9 +90,9 @@ def _check_supported(model: nn.Module) -> None:
         refuse("patch_embed.proj", f"kernel={pe.proj.kernel_size} stride={pe.proj.stride}")
     for i, blk in enumerate(model.blocks):
         where = f"blocks.{i}"
-        if type(blk) is not Block:
+        if type(blk) not in (Block, ResPostBlock):
             refuse("block_fn", type(blk).__name__)
-        for ls in (blk.ls1, blk.ls2):  # LayerScale (DeiT-III) is folded into proj / fc2 (from_timm)
+        for ls in (getattr(blk, "ls1", None), getattr(blk, "ls2", None)):  # LayerScale (DeiT-III) is folded into proj / fc2 (from_timm)
             if not (is_identity(ls) or type(ls) is LayerScale):
                 refuse("init_values", type(ls).__name__, f"{where}: only timm's LayerScale is folded")
         if not (isinstance(blk.norm1, nn.LayerNorm) and isinstance(blk.norm2, nn.LayerNorm)):
@@ -139,17 +140,18 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
             qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
             v_ids=tuple(tuple(range(hd)) for _ in range(H)),
             q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, gamma(blk.ls1)))),
+            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, gamma(getattr(blk, "ls1", None))))),
             scale=float(a.scale),
         )
         m = blk.mlp
         mlp = MlpIR(
             hidden_ids=tuple(range(m.fc1.out_features)),
             fc1_weight=m.fc1.weight.detach().clone(), fc1_bias=clone(m.fc1.bias),
-            **dict(zip(("fc2_weight", "fc2_bias"), scaled(m.fc2.weight, m.fc2.bias, gamma(blk.ls2)))),
+            **dict(zip(("fc2_weight", "fc2_bias"), scaled(m.fc2.weight, m.fc2.bias, gamma(getattr(blk, "ls2", None))))),
             act=activation(m),
         )
-        blocks.append(BlockIR(i, layer_norm(blk.norm1), attn, layer_norm(blk.norm2), mlp))
+        blocks.append(BlockIR(i, layer_norm(blk.norm1), attn, layer_norm(blk.norm2), mlp,
+                              post_norm=type(blk).__name__ == "ResPostBlock"))
 
     prefix = [] if model.cls_token is None else [PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone())]
     reg = getattr(model, "reg_token", None)

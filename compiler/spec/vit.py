@@ -96,10 +96,13 @@ def _check_positions(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
     """Rotary position embedding and relative position bias: tokens keep their positions (no token
     pruning), and q/k channel masks keep or remove each rotation pair as a whole."""
     rope = [b for b in ir.blocks if b.attn.rope is not None]
-    if not rope and all(b.attn.rel_bias is None for b in ir.blocks):
+    if any(b.post_norm for b in ir.blocks):
+        why = "does not apply to a model with post-norm blocks (token rules are written for pre-norm blocks)"
+    elif rope or any(b.attn.rel_bias is not None for b in ir.blocks):
+        why = ("does not apply to a model with rotary position embedding or a relative position bias (both belong "
+               "to each token's position)")
+    else:
         return
-    why = ("does not apply to a model with rotary position embedding or a relative position bias (both belong "
-           "to each token's position)")
     if out.tokens:
         raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
     if "dynamic_tokens" in spec.settings:
