@@ -72,7 +72,8 @@ def check(name: str, small: bool = False, seed: int = 0) -> dict:
     if small:
         with torch.device("meta"):
             meta = t.create_model(name)
-        cells = SMALL_SIZE.get(type(meta).__name__)
+        plain = type(getattr(meta, "patch_embed", None)).__name__ == "PatchEmbed"  # a CNN stem needs its full size
+        cells = SMALL_SIZE.get(type(meta).__name__) if plain else None
         if cells:
             kwargs["img_size"] = cells * meta.patch_embed.patch_size[0]
     try:
@@ -107,7 +108,7 @@ NEEDS = {
     "unsupported model class Xcit": "cross-covariance attention (over channels), local patch interaction, class-attention layers",
     "unsupported model class Cait": "LayerScale, talking-heads attention (head-mixing before and after softmax), "
                                     "class-attention blocks",
-    "embed_layer='HybridEmbed'": "a convolutional stem before the tokens, carried as an opaque stem",
+    "embed_layer='HybridEmbed'": "a stem whose own output is the embedding (no projection: MobileCLIP's ConvStem)",
     "attn_layer='DiffAttention'": "differential attention (two softmax maps subtracted)",
     "block_fn='ParallelScalingBlock'": "attention and MLP in parallel from one fused input projection",
     "block_fn='DiffParallelScalingBlock'": "parallel blocks with differential attention",

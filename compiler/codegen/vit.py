@@ -7,11 +7,13 @@ class or any patching, and it is an ordinary module: it can be fine-tuned, scrip
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import VitshrinkError
 from ..ir.vit import ViTIR
 from ..ir.nodes import replace
 from .attention import head_groups
@@ -37,13 +39,17 @@ class PrunedViT(PrunedModel):
 
     ARCH_FORMAT = ARCH_FORMAT
 
-    def __init__(self, arch: dict, trace: bool = False):
+    def __init__(self, arch: dict, trace: bool = False, stem: Optional[nn.Module] = None):
         super().__init__(arch)
         self.trace = trace
         D = arch["embed_dim"]
         p = arch["patch_size"]
         P = len(arch["prefix"])
-        self.patch_embed = nn.Conv2d(arch["in_chans"], D, kernel_size=p, stride=p, bias=arch["patch_bias"])
+        if (arch.get("stem") is None) != (stem is None):
+            raise VitshrinkError("arch.json and the model disagree on the convolutional stem (hybrid ViT)")
+        self.stem = stem  # an opaque CNN trunk before the patch projection (timm HybridEmbed), or None
+        in_chans = arch["stem"]["out_chans"] if stem is not None else arch["in_chans"]
+        self.patch_embed = nn.Conv2d(in_chans, D, kernel_size=p, stride=p, bias=arch["patch_bias"])
         self.num_prefix = P
         self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D)) if P else None
         self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
@@ -70,9 +76,27 @@ class PrunedViT(PrunedModel):
             self.register_buffer("feature_index", torch.tensor(scatter, dtype=torch.long, device="cpu"), persistent=False)
         self.scatter = scatter is not None
 
+    def train(self, mode: bool = True):
+        """As :meth:`nn.Module.train`; a stem loaded from ``stem.pt2`` (a ``torch.export`` program, which
+        has no train mode) is left as it is."""
+        stem, self.stem = self.stem, None
+        try:
+            super().train(mode)
+        finally:
+            self.stem = stem
+        if stem is not None:
+            try:
+                stem.train(mode)
+            except NotImplementedError:  # an exported program runs as exported (eval)
+                pass
+        return self
+
     def forward_features(self, x: Tensor):
         """images [B, C, H, W] -> (normalised prefix tokens [B, num_read, D] -- or, with average
         pooling, the pooled features [B, 1, D] --, traced ids)."""
+        if self.stem is not None:
+            x = self.stem(x)
+            x = x[-1] if isinstance(x, (list, tuple)) else x
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         if self.prefix_tokens is not None:
             x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
@@ -230,6 +254,7 @@ def architecture(ir: ViTIR) -> dict:
         "attn_pool": pool_architecture(ir.attn_pool),
         "feature_dim": ir.feature_dim,
         "feature_index": _feature_index(ir),
+        "stem": None if ir.stem is None else {"out_chans": ir.stem.out_chans, "out_size": list(ir.stem.out_size)},
         "heads": [{"name": h.name, "token": h.token, "bias": h.bias is not None} for h in ir.heads],
         "exit_after": ir.exit_after,
     }
@@ -250,6 +275,8 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
     D = ir.embed_dim
     _, plans = _token_plan(ir)
     sd: dict[str, Tensor] = {"patch_embed.weight": ir.patch_weight}
+    if ir.stem is not None:
+        sd.update({f"stem.{k}": v for k, v in ir.stem.module.state_dict().items()})
     if ir.patch_bias is not None:
         sd["patch_embed.bias"] = ir.patch_bias
     if ir.prefix:
@@ -282,7 +309,7 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
         sd[f"heads.{k}.weight"] = h.weight
         if h.bias is not None:
             sd[f"heads.{k}.bias"] = h.bias
-    return {k: v.detach().contiguous().float() for k, v in sd.items()}
+    return {k: v.detach().contiguous().float() if v.is_floating_point() else v.detach().contiguous() for k, v in sd.items()}
 
 
 def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedViT:
@@ -293,8 +320,9 @@ def build_module(ir: ViTIR, share: bool = False, trace: bool = False) -> PrunedV
             training the module then changes the IR). Default: independent copies.
         trace: forward also returns the token ids kept by each dynamic selection.
     """
+    stem = None if ir.stem is None else copy.deepcopy(ir.stem.module)
     with torch.device("meta"):  # no throw-away random init: the weights come from the IR (constant
-        model = PrunedViT(architecture(ir), trace=trace)  # buffers are made on the CPU explicitly)
+        model = PrunedViT(architecture(ir), trace=trace, stem=stem)  # buffers are made on the CPU explicitly)
     sd = state_dict(ir)
     if not share:
         sd = {k: v.clone() for k, v in sd.items()}

@@ -6,6 +6,7 @@ the IR cannot represent exactly is refused with a :class:`ModelError` naming the
 """
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
-from ..ir.vit import PrefixTokenIR, ViTIR
+from ..ir.vit import PrefixTokenIR, StemIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
 from .timm_parts import activation, attn_pool, check_attn_pool, gamma, scaled
 
@@ -49,7 +50,7 @@ def timm_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _check_supported(model: nn.Module) -> None:
     timm_ = timm()
-    from timm.layers import PatchEmbed  # timm: lazy, after the compat shim
+    from timm.layers import HybridEmbed, PatchEmbed  # timm: lazy, after the compat shim
     from timm.layers.attention import Attention  # lazy: after the compat shim
     from timm.models.vision_transformer import (  # lazy: after the compat shim
         Block, LayerScale, ResPostBlock, VisionTransformer)
@@ -84,7 +85,10 @@ def _check_supported(model: nn.Module) -> None:
     if not (isinstance(model.norm, nn.LayerNorm) or is_identity(model.norm)):
         refuse("final_norm", type(model.norm).__name__)
     pe = model.patch_embed
-    if type(pe) is not PatchEmbed or not is_identity(pe.norm) or not pe.flatten or pe.dynamic_img_pad:
+    if type(pe) is HybridEmbed:  # a CNN trunk, then the patch projection: the trunk is carried opaque
+        if not isinstance(pe.proj, nn.Conv2d) or not pe.flatten or pe.dynamic_img_pad:
+            refuse("embed_layer", "HybridEmbed", "a convolutional projection after the stem is required")
+    elif type(pe) is not PatchEmbed or not is_identity(pe.norm) or not pe.flatten or pe.dynamic_img_pad:
         refuse("embed_layer", type(pe).__name__, "a plain PatchEmbed (conv, flatten, no norm) is required")
     if tuple(pe.proj.kernel_size) != tuple(pe.proj.stride) or pe.proj.padding not in ((0, 0), 0, "valid"):
         refuse("patch_embed.proj", f"kernel={pe.proj.kernel_size} stride={pe.proj.stride}")
@@ -169,7 +173,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         name=name or getattr(model, "default_cfg", {}).get("architecture", type(model).__name__),
         img_size=tuple(pe.img_size),
         patch_size=tuple(pe.patch_size),
-        in_chans=int(pe.proj.in_channels),
+        in_chans=int(pe.proj.in_channels) if not hasattr(pe, "backbone") else _image_channels(pe.backbone),
         embed_ids=tuple(range(D)),
         patch_weight=pe.proj.weight.detach().clone(),
         patch_bias=clone(pe.proj.bias),
@@ -184,10 +188,28 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         norm_pre=None if is_identity(model.norm_pre) else layer_norm(model.norm_pre),
         attn_pool=pool_ir,
         feature_dim=0 if heads else (pool_ir.out_features if pool_ir is not None else D),
+        stem=_stem(pe),
     )
     if ir.pos_embed.shape[0] != ir.num_tokens:
         refuse("pos_embed", f"{ir.pos_embed.shape[0]} rows for {ir.num_tokens} tokens")
     return ir
+
+
+def _image_channels(trunk: nn.Module) -> int:
+    """The image channels a CNN trunk reads: its first convolution's input channels."""
+    conv = next((m for m in trunk.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        refuse("embed_layer", "HybridEmbed", "the stem has no convolution to read the image channels from")
+    return int(conv.in_channels)
+
+
+def _stem(pe) -> Optional[StemIR]:
+    """A HybridEmbed's trunk as an opaque :class:`StemIR` (a frozen copy), or None for a plain PatchEmbed."""
+    if not hasattr(pe, "backbone"):
+        return None
+    module = copy.deepcopy(pe.backbone).eval().requires_grad_(False)
+    C, H, W = pe.proj.in_channels, pe.grid_size[0] * pe.patch_size[0], pe.grid_size[1] * pe.patch_size[1]
+    return StemIR(module, int(C), (int(H), int(W)))
 
 
 def _pos_embed(model: nn.Module, num_prefix: int, D: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .nodes import BlockIR, ClassifierIR, LayerNormIR, MlpIR, iter_tensors
 
@@ -16,6 +16,17 @@ class PrefixTokenIR:
 
     name: str
     value: Tensor
+
+
+@dataclass(frozen=True)
+class StemIR:
+    """An opaque convolutional stem before the patch projection (timm ``HybridEmbed``: a ResNet / ResNetV2
+    trunk): ``module`` maps images [B, in_chans, H, W] to features [B, ``out_chans``, *``out_size``] (the
+    last one if it returns a list). Carried as it is -- never pruned, shared by reference and codegen."""
+
+    module: nn.Module
+    out_chans: int
+    out_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class ViTIR:
 
     ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
     as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
+    ``stem``: an opaque convolutional stem (:class:`StemIR`) the patch projection reads instead of the
+    image (hybrid ViTs), or None; ``patch_weight`` is then [D, stem channels, p, p].
     ``norm_pre``: a LayerNorm right after the position embedding (CLIP towers, timm ``pre_norm=True``),
     or None.
     ``pool``: ``"token"`` -- each head reads its prefix token after the final ``norm`` --, ``"avg"``
@@ -94,6 +107,7 @@ class ViTIR:
     norm_pre: Optional[LayerNormIR] = None
     attn_pool: Optional[AttentionPoolIR] = None
     feature_dim: int = 0
+    stem: Optional[StemIR] = None
 
     @property
     def embed_dim(self) -> int:
@@ -105,7 +119,8 @@ class ViTIR:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
+        h, w = self.stem.out_size if self.stem is not None else self.img_size
+        return (h // self.patch_size[0], w // self.patch_size[1])
 
     @property
     def num_patches(self) -> int:
@@ -134,5 +149,6 @@ class ViTIR:
         return None
 
     def num_params(self) -> int:
-        """Number of parameters (elements of every weight tensor)."""
-        return sum(t.numel() for t in iter_tensors(self))
+        """Number of parameters (elements of every weight tensor, the stem's included)."""
+        stem = 0 if self.stem is None else sum(p.numel() for p in self.stem.module.parameters())
+        return stem + sum(t.numel() for t in iter_tensors(self))

@@ -140,6 +140,9 @@ def reference_forward(
     T = N + len(fusing)
     B = images.shape[0]
 
+    if dense.stem is not None:  # a hybrid ViT's CNN trunk: opaque and never pruned
+        images = dense.stem.module(images)
+        images = images[-1] if isinstance(images, (list, tuple)) else images
     x0 = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size).flatten(2).transpose(1, 2)
     prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1) if P else x0[:, :0]
     x = torch.zeros(B, T, D)
