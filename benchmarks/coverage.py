@@ -32,7 +32,7 @@ MAX_PARAMS = 120e6
 TOL = 1e-4
 #: model class -> image size used with --small (the class must take ``img_size``); others: default size
 SMALL_SIZE = {name: 4 for name in ("VisionTransformer", "VisionTransformerDistilled", "Eva", "Beit",
-                                   "VisionTransformerRelPos")}  # in patches per side
+                                   "VisionTransformerRelPos", "Cait")}  # in patches per side
 
 
 def timm():
@@ -106,8 +106,6 @@ NEEDS = {
     "scale_attn_inner=True": "a LayerNorm over the heads' outputs before proj (normalising over kept v channels)",
     "norm='RmsNorm'": "RMSNorm (and its masked form for embedding pruning)",
     "unsupported model class Xcit": "cross-covariance attention (over channels), local patch interaction, class-attention layers",
-    "unsupported model class Cait": "LayerScale, talking-heads attention (head-mixing before and after softmax), "
-                                    "class-attention blocks",
     "embed_layer='HybridEmbed'": "a stem whose own output is the embedding (no projection: MobileCLIP's ConvStem)",
     "attn_layer='DiffAttention'": "differential attention (two softmax maps subtracted)",
     "block_fn='ParallelScalingBlock'": "attention and MLP in parallel from one fused input projection",

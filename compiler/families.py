@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
-from .frontends import timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
+from .frontends import timm_cait, timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
 from .frontends.timm import create_model, load_checkpoint, load_state
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
@@ -93,9 +93,12 @@ RELPOS = Family(name="relpos", title="ViT with relative position bias (BEiT, vit
 #: Swin V2 (cosine attention, continuous position bias, res-post-norm): the Swin IR, its own frontend
 SWINV2 = Family(name="swinv2", title="Swin V2", ir=SwinIR, frontend=timm_swinv2, spec=spec_swin, passes=passes_swin,
                 codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
+#: CaiT: the ViT IR with talking-heads attention and class-attention blocks (the class token joins late)
+CAIT = Family(name="cait", title="CaiT", ir=ViTIR, frontend=timm_cait, spec=spec_vit, passes=passes_vit,
+              codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit, token_pruning=False)
 #: every family vitshrink compiles, in the order a timm model is offered to their frontends (an IR or an
 #: arch.json finds the first family of its class: the ViT one for Eva)
-FAMILIES: tuple[Family, ...] = (VIT, SWIN, EVA, RELPOS, SWINV2)
+FAMILIES: tuple[Family, ...] = (VIT, SWIN, EVA, RELPOS, SWINV2, CAIT)
 
 
 def family_of(obj: Any) -> Family:

@@ -49,7 +49,14 @@ def select_attention(attn: AttentionIR, plan: Sequence[tuple[int, Sequence[int],
         proj_weight=cols(attn.proj_weight, v_rows),
         rel_bias=rows(attn.rel_bias, head_pos),  # the head's column of Swin's bias table goes with it
         logit_scale=rows(attn.logit_scale, head_pos),
+        talking=None if attn.talking is None else _talking(attn.talking, head_pos),
     )
+
+
+def _talking(t, head_pos: list[int]):
+    """The talking-heads matrices of the heads at ``head_pos`` (rows and columns, in that order)."""
+    return replace(t, l_weight=cols(rows(t.l_weight, head_pos), head_pos), l_bias=rows(t.l_bias, head_pos),
+                   w_weight=cols(rows(t.w_weight, head_pos), head_pos), w_bias=rows(t.w_bias, head_pos))
 
 
 def keep_positions(ids: Iterable[int], mask: Tensor) -> list[int]:

@@ -19,10 +19,10 @@ EXACT = [
     "eva02_tiny_patch14_224", "vit_small_patch16_rope_mixed_224", "vit_small_patch16_dinov3", "vit_pe_core_tiny_patch16_384",
     "beit_base_patch16_224", "vit_relpos_small_patch16_224", "vit_relpos_medium_patch16_rpn_224",
     "swinv2_tiny_window8_256", "swinv2_cr_tiny_ns_224", "vit_tiny_r_s16_p8_224",
+    "cait_xxs24_224",
 ]
 REFUSED = {
     "eva02_base_patch16_clip_224": "scale_attn_inner", "xcit_nano_12_p16_224": "model class Xcit",
-    "cait_xxs24_224": "model class Cait",
     "vit_base_mci_224": "embed_layer='HybridEmbed'",
 }
 

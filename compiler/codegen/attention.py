@@ -60,7 +60,7 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool,
                  split: bool = False, score: Optional[str] = None, num_prefix: int = 1, rope: Optional[dict] = None,
-                 cosine: bool = False):
+                 cosine: bool = False, talking: Optional[dict] = None):
         super().__init__()
         self.groups = head_groups(heads)
         self.num_heads = len(heads)
@@ -79,6 +79,12 @@ class Attention(nn.Module):
         self.num_prefix = num_prefix
         self.fused = True
         self.rope_skip = None if rope is None else rope["skip"]
+        if talking:  # CaiT: the heads' logits and probabilities mixed across heads (one explicit product)
+            H = self.num_heads
+            self.talk_l = nn.Linear(H, H, bias=talking["l_bias"])
+            self.talk_w = nn.Linear(H, H, bias=talking["w_bias"])
+        else:
+            self.talk_l = self.talk_w = None
         if cosine:  # Swin V2: cos(q, k) * logit_scale[h], i.e. unit q scaled per head, unit k, softmax scale 1
             self.logit_scale = nn.Parameter(torch.zeros(self.num_heads))
             self.scale = 1.0
@@ -87,6 +93,36 @@ class Attention(nn.Module):
         for g, (h, dq, _) in enumerate(self.groups if rope else []):  # RoPE tables per group (.rope)
             self.register_buffer(f"rope_sin_{g}", torch.zeros(h, rope["tokens"], dq))
             self.register_buffer(f"rope_cos_{g}", torch.zeros(h, rope["tokens"], dq))
+
+    @staticmethod
+    def _mix(lin: nn.Linear, a: Tensor) -> Tensor:
+        """Mix the heads of a [B, H, Nq, N] map with ``lin`` ([H, H] + bias): one MatMul over a [B, H, Nq*N]
+        view, no transposes (timm permutes to [B, Nq, N, H] and back)."""
+        B, H, nq, n = a.shape
+        y = torch.matmul(lin.weight, a.reshape(B, H, nq * n))
+        if lin.bias is not None:
+            y = y + lin.bias.reshape(H, 1)
+        return y.reshape(B, H, nq, n)
+
+    def _talking(self, yq: Tensor, yk: Tensor, offsets: tuple[int, int, int], nq: int, tokens: int) -> Tensor:
+        """Talking-heads attention: every group's logits [B, h, Nq, N] joined over the heads, mixed by
+        ``talk_l``, softmax, mixed by ``talk_w``; each group's values read their heads' mixed maps."""
+        qo, ko, vo = offsets
+        logits, vs = [], []
+        for h, dq, dv in self.groups:
+            q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
+            k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
+            vs.append(yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2))
+            logits.append((q * self.scale) @ k.transpose(-2, -1))
+            qo, ko, vo = qo + h * dq, ko + h * dq, vo + h * dv
+        a = torch.cat(logits, dim=1) if len(logits) > 1 else logits[0]
+        a = self._mix(self.talk_l, a).softmax(dim=-1)
+        a = self._mix(self.talk_w, a)
+        outs, h0 = [], 0
+        for (h, _, dv), v in zip(self.groups, vs):
+            outs.append((a[:, h0:h0 + h] @ v).transpose(1, 2).reshape(-1, h * dv))
+            h0 += h
+        return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
     def _cosine(self, q: Tensor, k: Tensor, h0: int) -> tuple[Tensor, Tensor]:
         """Swin V2's cosine attention on q and k [B, h, N, d] of the heads from ``h0``: ``q / |q| *
@@ -161,7 +197,9 @@ class Attention(nn.Module):
             y = self.qkv(x)
             yq = yk = y
             qo, ko, vo = 0, self.sum_qk, 2 * self.sum_qk
-        if self.uniform and not self.split:
+        if self.talk_l is not None:
+            o = self._talking(yq, yk, (qo, ko, vo), nq, tokens)
+        elif self.uniform and not self.split:
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
             q, k = self._cosine(*self._rope(q, k, 0), 0)

@@ -45,7 +45,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
         if cfg["heads"]:
             self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
-                                  split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"))
+                                  split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"),
+                                  talking=cfg.get("talking"))
         else:
             self.attn = Constant(dim, cfg["proj_bias"])
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])

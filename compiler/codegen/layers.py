@@ -128,6 +128,13 @@ def block_state_dict(b, p: str, split: bool = False) -> dict[str, Tensor]:
             if a.q_bias is not None:
                 sd[p + "attn.qkv.bias"] = torch.cat([a.q_bias, a.k_bias, a.v_bias])
         sd[p + "attn.proj.weight"] = a.proj_weight
+        t = a.talking
+        if t is not None:  # CaiT's talking-heads mixing
+            sd[p + "attn.talk_l.weight"], sd[p + "attn.talk_w.weight"] = t.l_weight, t.w_weight
+            if t.l_bias is not None:
+                sd[p + "attn.talk_l.bias"] = t.l_bias
+            if t.w_bias is not None:
+                sd[p + "attn.talk_w.bias"] = t.w_bias
         if a.proj_bias is not None:
             sd[p + "attn.proj.bias"] = a.proj_bias
     elif a.proj_bias is not None:

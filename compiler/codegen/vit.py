@@ -52,7 +52,8 @@ class PrunedViT(PrunedModel):
         self.patch_embed = nn.Conv2d(in_chans, D, kernel_size=p, stride=p, bias=arch["patch_bias"])
         self.num_prefix = P
         self.prefix_tokens = nn.Parameter(torch.zeros(1, P, D)) if P else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, arch["num_tokens"], D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, arch.get("pos_tokens", arch["num_tokens"]), D))
+        self.late_prefix = arch.get("prefix_at") is not None  # CaiT: prefix tokens join after some blocks
         pre_eps = arch.get("norm_pre_eps")
         self.norm_pre = nn.LayerNorm(D, eps=pre_eps) if pre_eps is not None else None
         order = arch.get("token_order")
@@ -98,14 +99,15 @@ class PrunedViT(PrunedModel):
             x = self.stem(x)
             x = x[-1] if isinstance(x, (list, tuple)) else x
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        if self.prefix_tokens is not None:
+        if self.prefix_tokens is not None and not self.late_prefix:
             x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         x = x + self.pos_embed
         if self.norm_pre is not None:
             x = self.norm_pre(x)
         ids = None
         if self.trace:
-            ids = torch.arange(self.arch["num_tokens"]).unsqueeze(0).expand(x.shape[0], -1)
+            ids = torch.arange(self.num_prefix if self.late_prefix else 0, self.arch["num_tokens"])
+            ids = ids.unsqueeze(0).expand(x.shape[0], -1)
             self.residuals = []
         if self.arch.get("token_order") is not None:
             x = x.index_select(1, self.token_order)
@@ -114,6 +116,8 @@ class PrunedViT(PrunedModel):
         traced, fused_id = [], self.arch["num_tokens"]
         x = x.reshape(-1, D)  # the blocks run on a flat [B*N, D] token stream
         for blk, cfg in zip(self.blocks, self.arch["blocks"]):
+            if cfg.get("insert_prefix"):
+                x, ids, N = self._insert_prefix(x, ids, N)
             x, ids = blk(x, ids, fused_id)
             if blk.select is not None:
                 fused_id += int(blk.select.fuse)
@@ -122,6 +126,8 @@ class PrunedViT(PrunedModel):
             N = blk.n_out
             if self.trace:
                 self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
+        if self.arch.get("prefix_at_end"):  # every block that would have seen them was removed
+            x, ids, N = self._insert_prefix(x, ids, N)
         x = x.reshape(-1, N, D)
         if self.pool == "map":  # attention pool over the patch tokens after the final norm
             x = x if self.norm is None else self.norm(x)
@@ -133,6 +139,14 @@ class PrunedViT(PrunedModel):
         x = x[:, :self.num_read]
         x = x if self.norm is None else self.norm(x)
         return (x if self.fc_norm is None else self.fc_norm(x)), traced  # timm: fc_norm after the pooling
+
+    def _insert_prefix(self, x: Tensor, ids: Optional[Tensor], N: int):
+        """CaiT: the prefix tokens join the flat stream x [B*N, D] (no position embedding) -> [B*(P+N), D]."""
+        x3 = x.reshape(-1, N, x.shape[-1])
+        x = torch.cat([self.prefix_tokens.expand(x3.shape[0], -1, -1), x3], dim=1)
+        if ids is not None:
+            ids = torch.cat([torch.arange(self.num_prefix).unsqueeze(0).expand(ids.shape[0], -1), ids], dim=1)
+        return x.reshape(-1, x.shape[-1]), ids, N + self.num_prefix
 
     def forward(self, x: Tensor):
         x, traced = self.forward_features(x)
@@ -178,9 +192,17 @@ def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
     P, N = ir.num_prefix, ir.num_tokens
     prefix_layout = ir.token_order is not None
     seq: list[int] = list(ir.token_order) if prefix_layout else list(range(N))
-    plans = []
+    late = ir.prefix_at is not None  # CaiT: the prefix tokens join before the first block from prefix_at on
+    if late:
+        seq = seq[P:]
+    plans, inserted = [], not late
     for b in ir.blocks:
-        plan: dict = {"n_in": len(seq), "drop": None, "query": None, "select": None}
+        insert = not inserted and b.source_index >= ir.prefix_at
+        if insert:
+            seq, inserted = list(range(P)) + seq, True
+        plan: dict = {"n_in": len(seq), "drop": None, "query": None, "select": None, "insert_prefix": insert}
+        if b.class_attention:  # CaiT: the prefix tokens are the queries, and only they are updated
+            plan["query"] = {"n": P, "index": None}
         if b.tokens is not None and set(b.tokens) != set(seq):
             kept = set(b.tokens)
             idx = [p for p, t in enumerate(seq) if t in kept]
@@ -216,6 +238,8 @@ def architecture(ir: ViTIR) -> dict:
             "heads": [[qk, v] for qk, v in zip(a.qk_dims, a.v_dims)],
             "scale": a.scale,
             "rope": rope_config(a),
+            "talking": None if a.talking is None else {"l_bias": a.talking.l_bias is not None,
+                                                       "w_bias": a.talking.w_bias is not None},
             "qkv_bias": a.q_bias is not None,
             "proj_bias": a.proj_bias is not None,
             **mlp_config(m),
@@ -243,6 +267,9 @@ def architecture(ir: ViTIR) -> dict:
         "patch_bias": ir.patch_bias is not None,
         "prefix": [t.name for t in ir.prefix],
         "num_tokens": ir.num_tokens,
+        "pos_tokens": int(ir.pos_embed.shape[0]),
+        "prefix_at": ir.prefix_at,
+        "prefix_at_end": ir.prefix_at is not None and not any(p["insert_prefix"] for p in plans),
         "num_classes": ir.num_classes,
         "token_mode": ir.token_mode,
         "token_order": order,

@@ -67,6 +67,19 @@ class RopeIR:
 
 
 @dataclass(frozen=True)
+class TalkingHeadsIR:
+    """Talking-heads attention (Shazeer et al. 2020; CaiT, Touvron et al. ICCV 2021, eq. 3): the heads'
+    logits are mixed by ``l_weight`` [H, H] (+ ``l_bias``) before the softmax and the probabilities by
+    ``w_weight`` [H, H] (+ ``w_bias``) after it; head h's values then read mixed map h. Pruning head h
+    removes its logits, its mixed map and its output: row and column h of both matrices."""
+
+    l_weight: Tensor
+    l_bias: Optional[Tensor]
+    w_weight: Tensor
+    w_bias: Optional[Tensor]
+
+
+@dataclass(frozen=True)
 class AttentionIR:
     """Multi-head self-attention with a free number of heads and free q/k and v widths per head.
 
@@ -84,6 +97,7 @@ class AttentionIR:
     of a window (Swin's relative position bias after the table lookup) or of the whole sequence (BEiT,
     timm's ``vit_relpos_*``), or None.
     ``rope``: rotary position embedding applied to q and k (:class:`RopeIR`, original coordinates), or None.
+    ``talking``: talking-heads mixing (:class:`TalkingHeadsIR`, CaiT), or None.
     ``logit_scale``: [num_heads] -- cosine attention (Swin V2, Liu et al. CVPR 2022, eq. 2): the logits are
     ``cos(q, k) * logit_scale[h]`` (``scale`` unused); pruned q/k channels are zeros, so the cosine is over
     the kept ones. None: scaled dot product.
@@ -104,6 +118,7 @@ class AttentionIR:
     rel_bias: Optional[Tensor] = None
     rope: Optional[RopeIR] = None
     logit_scale: Optional[Tensor] = None
+    talking: Optional[TalkingHeadsIR] = None
 
     @property
     def num_heads(self) -> int:
@@ -179,6 +194,8 @@ class BlockIR:
     """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)) -- or, with ``post_norm``
     (timm's ResPost blocks, Swin V2), x += norm1(attn(x)); x += norm2(mlp(x)). ``norm_out``: a LayerNorm
     on the residual stream after the block (Swin V2 Cr's main-branch ``norm3``), or None.
+    ``class_attention`` (CaiT): only the prefix tokens are queries and are updated (attention and MLP);
+    keys and values come from every token.
 
     ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
     ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
@@ -195,6 +212,7 @@ class BlockIR:
     select: Optional[TokenSelectIR] = None
     post_norm: bool = False
     norm_out: Optional[LayerNormIR] = None
+    class_attention: bool = False
 
 
 @dataclass(frozen=True)

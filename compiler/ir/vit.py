@@ -66,6 +66,10 @@ class ViTIR:
 
     ``pos_embed`` [N, D] covers prefix and patch tokens (added after the prefix tokens are prepended,
     as in DeiT/ViT). Logits are the mean over ``heads`` (one head; two for distilled DeiT).
+    ``prefix_at`` (CaiT): the source index of the first block that sees the prefix tokens -- the blocks
+    before it run on the patches alone, ``pos_embed`` is then [num_patches, D] (patches only) and the
+    prefix tokens join, without a position embedding, before the first kept block from ``prefix_at`` on
+    (or before the final norm when none is kept); None: from the start.
     ``stem``: an opaque convolutional stem (:class:`StemIR`) the patch projection reads instead of the
     image (hybrid ViTs), or None; ``patch_weight`` is then [D, stem channels, p, p].
     ``norm_pre``: a LayerNorm right after the position embedding (CLIP towers, timm ``pre_norm=True``),
@@ -108,6 +112,7 @@ class ViTIR:
     attn_pool: Optional[AttentionPoolIR] = None
     feature_dim: int = 0
     stem: Optional[StemIR] = None
+    prefix_at: Optional[int] = None
 
     @property
     def embed_dim(self) -> int:

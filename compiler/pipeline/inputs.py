@@ -1,5 +1,6 @@
-"""The images a compile verifies on: seeded noise, flat-block images with exact score ties, real images;
-and calibration images (``vitshrink masks --calib``)."""
+"""A compile's inputs: the images it verifies on (seeded noise, flat-block images with exact score ties, real
+images), calibration images (``vitshrink masks --calib``), the spec's model check and the checkpoint
+tensors a spec reads."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,6 +8,7 @@ from typing import Optional
 import torch
 from PIL import Image
 
+from ..errors import SpecError
 from ..runtime.accuracy import list_images
 
 
@@ -46,3 +48,25 @@ def calibration_images(directory: str, n: int, transform, num_classes: int) -> t
         with Image.open(path) as im:
             xs.append(transform(im.convert("RGB")))
     return torch.stack(xs)
+
+
+def check_spec_model(spec, model_name: str, allowed: bool) -> None:
+    """A spec that names the model it was written for (``meta.model``, as ``vitshrink masks`` records it)
+    must be compiled for that model: its index lists would fit any larger one.
+
+    Raises:
+        SpecError: ``meta.model`` names another model and ``allowed`` is off (both are named).
+    """
+    named = spec.meta.get("model") if isinstance(spec.meta, dict) else None
+    if named and named != model_name and not allowed:
+        raise SpecError("meta.model", f"{spec.source} was written for {named}, not {model_name} "
+                                      "(pass --allow-model-mismatch to compile it anyway)")
+
+
+def referenced_tensors(resolved, tensors: dict) -> dict:
+    """The checkpoint tensors a resolved spec reads: exit classifier and token predictor weights."""
+    prefixes = [r.predictor.prefix for r in resolved.dynamic.values() if r.predictor is not None]
+    e = resolved.exit
+    if e is not None:
+        prefixes += [p for p in (e.head, e.head_dist, e.norm) if p is not None]
+    return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}

@@ -35,7 +35,7 @@ import torch
 from .. import families
 from ..codegen.checkpoint import load, save
 from ..counting import count_macs
-from ..errors import ModelError, SpecError, VerificationError, VitshrinkError
+from ..errors import ModelError, VerificationError, VitshrinkError
 from ..export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
 from ..importers import import_checkpoint
@@ -48,7 +48,7 @@ from ..runtime.machine import machine
 from ..runtime.ort import OrtRunner
 from ..spec.format import load_spec, save_spec
 from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
-from .inputs import verification_images
+from .inputs import check_spec_model, referenced_tensors, verification_images
 from .layout_choice import choose_layout
 from .options import CompileOptions, with_overrides
 from .original import OriginalBaseline
@@ -96,7 +96,7 @@ class CompileJob:
                         self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure)
                 else:
                     self.spec = load_spec(self.spec_path)
-                    _check_model(self.spec, self.model_name, opt.allow_model_mismatch)
+                    check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
                     timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint)
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
@@ -110,7 +110,7 @@ class CompileJob:
         for w in caught:  # bad input has ended with its one error line before any warning is shown
             log.warn(str(w.message))
         self.shape = (dense_ir.in_chans, *dense_ir.img_size)
-        self.tensors = _referenced_tensors(self.resolved, checkpoint)  # exit classifier, token predictors
+        self.tensors = referenced_tensors(self.resolved, checkpoint)  # exit classifier, token predictors
         self.x = verification_images(opt.verify_images, self.shape, opt.data, self.transform, dense_ir.num_classes,
                                      dense_ir.patch_size)
         self.timm_model, self.dense_ir = timm_model, dense_ir
@@ -132,7 +132,8 @@ class CompileJob:
             raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
         spec_path, ckpt = self.spec_path, opt.checkpoint
         self.report.update({
-            "format": REPORT_FORMAT, "model": self.model_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "format": REPORT_FORMAT, "model": self.model_name, "family": self.family.name, "input": list(self.shape),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "inputs": {
                 "spec": ({"path": str(spec_path), "sha256": sha256(spec_path)} if spec_path is not None
                          else {"path": None, "imported_from": str(ckpt)}),
@@ -376,25 +377,3 @@ def _scratch() -> Optional[str]:
     except OSError:
         return None
     return "/dev/shm" if st.f_bavail * st.f_frsize > 4 * 1024**3 else None
-
-
-def _check_model(spec, model_name: str, allowed: bool) -> None:
-    """A spec that names the model it was written for (``meta.model``, as ``vitshrink masks`` records it)
-    must be compiled for that model: its index lists would fit any larger one.
-
-    Raises:
-        SpecError: ``meta.model`` names another model and ``allowed`` is off (both are named).
-    """
-    named = spec.meta.get("model") if isinstance(spec.meta, dict) else None
-    if named and named != model_name and not allowed:
-        raise SpecError("meta.model", f"{spec.source} was written for {named}, not {model_name} "
-                                      "(pass --allow-model-mismatch to compile it anyway)")
-
-
-def _referenced_tensors(resolved, tensors: dict) -> dict:
-    """The checkpoint tensors a resolved spec reads: exit classifier and token predictor weights."""
-    prefixes = [r.predictor.prefix for r in resolved.dynamic.values() if r.predictor is not None]
-    e = resolved.exit
-    if e is not None:
-        prefixes += [p for p in (e.head, e.head_dist, e.norm) if p is not None]
-    return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}

@@ -146,11 +146,16 @@ def reference_forward(
     x0 = F.conv2d(images, dense.patch_weight, dense.patch_bias, stride=dense.patch_size).flatten(2).transpose(1, 2)
     prefix = torch.stack([t.value for t in dense.prefix]).expand(B, -1, -1) if P else x0[:, :0]
     x = torch.zeros(B, T, D)
-    x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
+    late = dense.prefix_at is not None  # CaiT: the prefix tokens join later, without a position embedding
+    if late:
+        x[:, P:N] = (x0 + dense.pos_embed) * e
+    else:
+        x[:, :N] = (torch.cat([prefix, x0], 1) + dense.pos_embed) * e
     if dense.norm_pre is not None:  # CLIP's pre-norm, over the kept channels like every LayerNorm
         x[:, :N] = ln(x[:, :N], dense.norm_pre, e)
     alive = torch.zeros(B, T, dtype=torch.bool)
-    alive[:, :N] = True
+    alive[:, P if late else 0:N] = True
+    joined = not late
     static = torch.ones(T, dtype=torch.bool)  # tokens the static masks keep so far
     static[N:] = False
     next_slot, traced = N, []
@@ -159,6 +164,8 @@ def reference_forward(
         i = blk.source_index
         if i > stop:
             break
+        if not joined and i >= dense.prefix_at:
+            x[:, :P], alive[:, :P], joined = prefix * e, True, True
         if i in spec.tokens:
             static[:N] &= spec.tokens[i]
             if spec.token_mode == "drop":
@@ -166,6 +173,9 @@ def reference_forward(
         if i in spec.removed_blocks:
             continue
         update = alive & static if spec.token_mode == "query" else alive.clone()
+        if blk.class_attention:  # CaiT: only the prefix tokens are queries and are updated
+            update = torch.zeros_like(alive)
+            update[:, :P] = True
         rule = spec.dynamic.get(i)
         if rule is not None and rule.where == "attn":
             alive, next_slot = _select(
@@ -178,7 +188,9 @@ def reference_forward(
         out = torch.zeros_like(x)
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
         probs_live = []
-        for hh, q, k, v, mv, sv in masked_heads(h, a, i, heads, spec):
+        if a.talking is not None:
+            out = _talking_heads(a, masked_heads(h, a, i, heads, spec), heads, alive, out)
+        for hh, q, k, v, mv, sv in (() if a.talking is not None else masked_heads(h, a, i, heads, spec)):
             if a.rope is not None:
                 q, k = _rotary(q, a.rope, hh), _rotary(k, a.rope, hh)
             logits = (q @ k.transpose(-2, -1)) * a.scale
@@ -219,6 +231,8 @@ def reference_forward(
         if residuals is not None:
             residuals.append((i, x.clone(), alive.clone()))
 
+    if not joined:  # every block from prefix_at on was removed (or after the exit)
+        x[:, :P], alive[:, :P] = prefix * e, True
     norm, heads_w = dense.norm, {c.name: (c.weight, c.bias) for c in dense.heads}
     if spec.exit is not None:
         if spec.exit.norm is not None:
@@ -246,6 +260,29 @@ def reference_forward(
     else:
         logits = sum(linear(x[:, c.token], *heads_w[c.name]) for c in dense.heads) / len(dense.heads)
     return (logits, traced) if trace else logits
+
+
+def _talking_heads(a, per_head, heads: Tensor, alive: Tensor, out: Tensor) -> Tensor:
+    """CaiT eq. 3 with the removed heads' logits 0 (their q, k are 0), their mixed maps dropped (a zero
+    column of ``w_weight``) and their outputs absent; dead keys get no probability after either mixing."""
+    B, T, _ = out.shape
+    H = a.num_heads
+    logits, values = torch.zeros(B, H, T, T), {}
+    for hh, q, k, v, _, sv in per_head:
+        logits[:, hh] = (q @ k.transpose(-2, -1)) * a.scale
+        values[hh] = (v, sv)
+    t = a.talking
+    mixed = torch.einsum("gh,bhqk->bgqk", t.l_weight, logits)
+    if t.l_bias is not None:
+        mixed = mixed + t.l_bias[None, :, None, None]
+    probs = torch.softmax(mixed.masked_fill(~alive[:, None, None, :], -math.inf), dim=-1)
+    maps = torch.einsum("gh,bhqk->bgqk", t.w_weight * heads.float()[None, :], probs)
+    if t.w_bias is not None:
+        maps = maps + t.w_bias[None, :, None, None]
+    maps = maps * alive[:, None, None, :]
+    for hh, (v, sv) in values.items():
+        out = out + (maps[:, hh] @ v) @ a.proj_weight[:, sv].t()
+    return out
 
 
 def _rotary(t: Tensor, rope, head: int) -> Tensor:

@@ -3,8 +3,9 @@ entry goes by.
 
 report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms):
 
-- ``model``, ``created``, ``inputs`` (spec/checkpoint paths and sha256, data dir), ``toolchain``
-  (versions), ``machine``, ``timings_s`` (seconds per stage)
+- ``model``, ``family`` (the frontend family: vit, swin, eva, relpos, swinv2), ``input`` ([C, H, W] of one
+  image), ``created``, ``inputs`` (spec/checkpoint paths and sha256, data dir), ``toolchain`` (versions),
+  ``machine``, ``timings_s`` (seconds per stage)
 - ``params.dense``, ``params.pruned``; ``macs.dense``, ``macs.pruned`` (structure after pruning),
   ``macs.executed`` (what the exported graph computes, including layout padding), ``macs.ratio``
 - ``structure``: ``embed_dim`` [dense, pruned], ``exit_after``, ``token_mode`` (static masks),

@@ -96,7 +96,9 @@ def _check_positions(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
     """Rotary position embedding and relative position bias: tokens keep their positions (no token
     pruning), and q/k channel masks keep or remove each rotation pair as a whole."""
     rope = [b for b in ir.blocks if b.attn.rope is not None]
-    if any(b.post_norm for b in ir.blocks):
+    if ir.prefix_at is not None or any(b.attn.talking is not None for b in ir.blocks):
+        why = "does not apply to CaiT (talking-heads and class-attention blocks)"
+    elif any(b.post_norm for b in ir.blocks):
         why = "does not apply to a model with post-norm blocks (token rules are written for pre-norm blocks)"
     elif rope or any(b.attn.rel_bias is not None for b in ir.blocks):
         why = ("does not apply to a model with rotary position embedding or a relative position bias (both belong "
@@ -116,6 +118,20 @@ def _check_positions(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
                     raise SpecError(f"{block_name(ir, b.source_index)}.qk",
                                     f"head {h} keeps q/k channel {c if m[h, c] else p} but not {p if m[h, c] else c}, its "
                                     "rotation partner (RoPE rotates channel pairs: keep or prune both)")
+
+
+def _check_talking(out: ResolvedSpec, ir: ViTIR) -> None:
+    """Talking heads (CaiT): a kept head's logits feed every head's mixed map, so a kept head must keep a
+    v channel (without one, removing the head would change the other heads; keeping it needs a width-0 v)."""
+    for b in ir.blocks:
+        i = b.source_index
+        if b.attn.talking is None or i not in out.v:
+            continue
+        kept = out.heads.get(i, [True] * b.attn.num_heads)
+        for h in range(b.attn.num_heads):
+            if bool(kept[h]) and not bool(out.v[i][h].any()):
+                raise SpecError(f"{block_name(ir, i)}.v", f"head {h} is kept but keeps no v channel; with talking heads "
+                                f"its logits still reach the other heads (prune it with {block_name(ir, i)}.heads)")
 
 
 def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) -> ResolvedSpec:
@@ -145,6 +161,8 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
     out.token_mode = mode
     if "exit" in spec.settings and not ir.heads:
         raise SpecError("exit", "a feature extractor (num_classes=0) has no classifier to exit to")
+    if "exit" in spec.settings and ir.prefix_at is not None:
+        raise SpecError("exit", "does not apply to CaiT (its class token joins after the self-attention blocks)")
     if "exit" in spec.settings:
         out.exit = _resolve_exit(spec.settings["exit"], ir, tensors)
     for key in sorted(spec.masks):
@@ -178,6 +196,7 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
             if key in spec.settings:
                 raise SpecError(key, why)
     _check_positions(out, ir, spec)
+    _check_talking(out, ir)
     check_heads(out, lambda i: block_name(ir, i))
     check_static_tokens(out, ir)
     if "dynamic_tokens" in spec.settings:
