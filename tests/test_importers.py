@@ -245,3 +245,34 @@ def test_zero_q_rows_with_live_bias_are_kept(tmp_path):
     assert "blocks.0.qk" not in result.spec.masks
     pruned, _, _ = compile_import(result, dense)
     assert diff(pruned(images(2)), model(images(2))) <= TOL
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu_tanh"])
+def test_zeroed_fold_uses_the_models_own_activation(tmp_path, act):
+    """Issue 19: a CLIP tower's dead fc1 row with a live bias outputs QuickGELU(b), not GELU(b): the fold
+    reads the model's own activation (it was GELU for every model before)."""
+    dense = small_vit(seed=8, act_layer=act, pre_norm=True)
+    model = copy.deepcopy(dense)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.mlp.fc1.weight[::3] = 0  # live fc1 biases: act(b) folded into fc2.bias
+    torch.save(model.state_dict(), tmp_path / "z.pth")
+    result = import_checkpoint(tmp_path / "z.pth", dense)
+    pruned, _, _ = compile_import(result, dense)
+    assert diff(pruned(images(2)), model(images(2))) <= TOL
+    assert pruned.blocks[0].mlp.fc1.out_features == dense.blocks[0].mlp.fc1.out_features * 2 // 3
+
+
+def test_importers_refuse_families_they_do_not_read(tmp_path):
+    """Zeroed / torch.nn.utils.prune / NNI read ViT/DeiT (CLIP, DINOv2, SigLIP, hybrids included) and Swin
+    layouts; for an Eva model they say so instead of reading the wrong keys."""
+    from timm.models.eva import Eva
+
+    from vitshrink.errors import VitshrinkError
+
+    m = Eva(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4, num_classes=10, use_rot_pos_emb=True)
+    torch.save(m.state_dict(), tmp_path / "eva.pth")
+    with pytest.raises(VitshrinkError, match=r"no known pruned format for .*known: "):
+        import_checkpoint(tmp_path / "eva.pth", m)
+    with pytest.raises(VitshrinkError, match=r"--from 'zeroed': this format is read for ViT/DeiT, Swin models only"):
+        import_checkpoint(tmp_path / "eva.pth", m, "zeroed")

@@ -81,6 +81,11 @@ class ImportContext:
         return [(b.attn.num_heads, b.attn.qkv.out_features // (3 * b.attn.num_heads), b.mlp.fc1.out_features)
                 for _, b in self.family.frontend.timm_blocks(self.model)]
 
+    def activations(self) -> list:
+        """Per block (in :meth:`prefixes` order): the MLP activation module of the dense model (GELU,
+        QuickGELU, GELUTanh ...), what a dead neuron's bias goes through."""
+        return [b.mlp.act for _, b in self.family.frontend.timm_blocks(self.model)]
+
     def check_shapes(self, sd: dict[str, Tensor], what: str) -> None:
         """Every key of the dense model present in ``sd`` at its shape.
 

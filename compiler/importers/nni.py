@@ -8,7 +8,7 @@ from typing import Any, Optional
 from torch import Tensor
 
 from ..errors import CheckpointError, VitshrinkError
-from ..families import FAMILIES
+from ..families import SWIN, VIT
 from .base import Format, ImportContext, ImportResult
 from .load import dense_state
 from .zeroed import from_zeroed
@@ -55,4 +55,4 @@ def _convert_nni(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMAT = Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint", _probe_nni, _convert_nni,
-                families=FAMILIES)
+                families=(VIT, SWIN))

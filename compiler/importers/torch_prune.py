@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ..errors import CheckpointError
-from ..families import FAMILIES
+from ..families import SWIN, VIT
 from .base import Format, ImportContext, ImportResult
 from .load import as_state_dict
 from .zeroed import from_zeroed
@@ -37,4 +37,4 @@ def _convert_torch_prune(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMAT = Format("torch-prune", "torch.nn.utils.prune state dict (*_orig + *_mask)", _probe_torch_prune,
-                _convert_torch_prune, families=FAMILIES)
+                _convert_torch_prune, families=(VIT, SWIN))

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..families import FAMILIES
+from ..families import SWIN, VIT
 from ..spec.format import Spec
 from .base import Format, ImportContext, ImportResult
 from .load import as_state_dict
@@ -50,14 +50,16 @@ def _sparsity(name: str, w: Tensor) -> dict:
 
 
 def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]],
-            prefixes: Optional[list[str]] = None) -> tuple[dict, dict, dict]:
+            prefixes: Optional[list[str]] = None, acts: Optional[list] = None) -> tuple[dict, dict, dict]:
     """Find the exactly removable structure in a dense-shaped timm ViT (or Swin) state dict.
 
     Args:
         sd: timm keys at the dense model's shapes, masks already applied (zeros).
         dims: per block (num_heads H, head_dim, MLP hidden).
         prefixes: per block, its key prefix and spec name (default ``blocks.{i}.``; Swin
-            ``layers.{s}.blocks.{j}.``). A Swin head's relative-bias column needs no check: a head whose
+            ``layers.{s}.blocks.{j}.``).
+        acts: per block, the MLP activation (a callable; default exact GELU) a dead fc1 row's bias goes
+            through before it is folded into fc2's bias. A Swin head's relative-bias column needs no check: a head whose
             v channels are all gone outputs nothing, whatever its logits.
     Returns:
         (state dict with constant outputs of removed units folded into the next bias -- the dense-layout
@@ -108,7 +110,8 @@ def analyse(sd: Mapping[str, Tensor], dims: list[tuple[int, int, int]],
             fold = row0 & ~col0 & (b1 != 0)
             if fold.any():
                 b2 = out.setdefault(p + "mlp.fc2.bias", torch.zeros(W2.shape[0]))
-                b2 += W2[:, fold] @ F.gelu(b1[fold])
+                act = acts[i] if acts is not None else F.gelu
+                b2 += W2[:, fold] @ act(b1[fold])
                 b1[fold] = 0
                 removed["folded_biases"] += int(fold.sum())
         neurons = ~(row0 | col0)
@@ -146,7 +149,7 @@ def from_zeroed(masked: dict[str, Tensor], ctx: ImportContext, notes: Optional[d
     own = ctx.model.state_dict()
     extras = {k: v.float() for k, v in masked.items() if k not in own and v.is_floating_point()}
     masked = {k: masked[k].float() if masked[k].is_floating_point() else masked[k] for k in own}
-    folded, masks, found = analyse(masked, ctx.dims(), ctx.prefixes())
+    folded, masks, found = analyse(masked, ctx.dims(), ctx.prefixes(), ctx.activations())
     spec = Spec(masks, {}, meta={"producer": "vitshrink import", "source": str(ctx.path)})
     return ImportResult("", "", {**folded, **extras}, spec, reference_state_dict={**masked, **extras},
                         reference_note="the checkpoint's masked weights run by timm (what the source computes)",
@@ -169,4 +172,4 @@ def _convert_zeroed(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMAT = Format("zeroed", "dense-shaped timm state dict with zeroed structure (prune.remove, S2ViTE, applied gates)",
-                _probe_zeroed, _convert_zeroed, fallback=True, families=FAMILIES)
+                _probe_zeroed, _convert_zeroed, fallback=True, families=(VIT, SWIN))
