@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: model -> `vitshrink masks` arguments (issue 19's list: DINOv2 with and without registers, CLIP, EVA-02, SigLIP,
-#: BEiT, Swin V2; CaiT is not supported yet)
+#: BEiT, CaiT, Swin V2)
 MODELS = {
     "vit_small_patch14_dinov2": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
     "vit_small_patch14_reg4_dinov2": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
@@ -29,6 +29,7 @@ MODELS = {
     "eva02_small_patch14_224": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
     "vit_base_patch16_siglip_224": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
     "beit_base_patch16_224": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
+    "cait_xxs24_224": ["--heads", "0.5", "--mlp", "0.5", "--embed", "0.75"],
     "swinv2_tiny_window8_256": ["--heads", "0.5", "--mlp", "0.5"],
 }
 
