@@ -4,7 +4,7 @@ ONNX Runtime on this machine's CPU (2 threads, batch 1). Each compile checks exa
 masked dense reference), the ONNX export, and times timm's own model, vitshrink's dense model and the
 pruned one in rotating rounds (``--seconds`` per compile).
 
-Writes benchmarks/results/backbones.json (per model: family, image size, MACs, exactness, export
+Writes benchmarks/results/backbones.json and .png (per model: family, image size, MACs, exactness, export
 difference, latencies, speed-up and realization against timm's model and against vitshrink's dense one,
 the machine from lscpu) and prints the README table.
 
@@ -66,7 +66,37 @@ def table(rows: list) -> str:
     return "\n".join(out)
 
 
+def plot(doc: dict, path: Path) -> None:
+    """Speed-up of each pruned backbone over timm's model and over vitshrink's dense model, the MACs
+    ratio (the ideal) as a black tick: one group of bars per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["rows"]
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["speedup_vs_original"] for r in rows], 0.4, label="over timm's own model")
+    ax.bar([x + 0.2 for x in xs], [r["speedup_vs_dense"] for r in rows], 0.4, label="over vitshrink's dense model")
+    ax.scatter(list(xs), [r["ideal"] for r in rows], marker="_", s=900, color="k", zorder=3, label="MACs ratio (ideal)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([r["model"] for r in rows], fontsize=7, rotation=20, ha="right")
+    ax.set_ylabel("speed-up (median of per-round ratios)")
+    ax.set_title(f"Pruned backbones on ONNX Runtime CPU ({doc['engine']}; {doc['machine'].get('cpu', '')})", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", framealpha=0.95, markerscale=0.3)
+    ax.set_ylim(0, max(max(r["speedup_vs_original"], r["ideal"]) for r in rows) * 1.25)  # room for the legend
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--plot-only"]:  # redraw the plot from the results file
+        plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[2]).with_suffix(".png"))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", default=None)
@@ -90,6 +120,7 @@ def main() -> int:
     doc = {"engine": "ort (2 threads), batch 1", "weights": "random (seed 0)", "bench_seconds": a.seconds,
            "machine": machine, "rows": rows}
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
+    plot(doc, Path(a.out).with_suffix(".png"))
     print(table(rows))
     return 0
 

@@ -82,9 +82,10 @@ def onnx_max_abs_diff(onnx_path: str | Path, images: torch.Tensor, expected: tor
 
 
 class BackgroundExport:
-    """:func:`export_onnx` of a pickled module (``torch.save``; e.g. the user's original timm model) in a
-    child process, so that it runs on the other core while the compile goes on: on the 2-core build
-    machine a deit_base export is ~12 s of single-threaded Python. :meth:`wait` returns the file."""
+    """:func:`export_onnx` of a pickled module (``torch.save``: the user's original timm model, vitshrink's
+    dense model) in a child process, so that it runs on the other core while the compile goes on: on the
+    2-core build machine a deit_base export is ~8-12 s of mostly single-threaded Python. :meth:`wait`
+    returns the file."""
 
     def __init__(self, module_file: Path, path: Path, input_shape: tuple[int, int, int]):
         self.path, self.t0 = Path(path), time.perf_counter()
@@ -104,7 +105,7 @@ class BackgroundExport:
         tail = [ln for ln in self.err.read().splitlines() if ln.strip()][-1:]
         self.err.close()
         if code != 0:
-            raise VerificationError(tail[0] if tail else f"ONNX export of the original model: exit {code}")
+            raise VerificationError(tail[0] if tail else f"ONNX export of {self.path.name}: exit {code}")
         return self.path
 
 

@@ -36,7 +36,7 @@ from .. import families
 from ..codegen.checkpoint import load, save
 from ..counting import count_macs
 from ..errors import ModelError, VerificationError, VitshrinkError
-from ..export import INPUT_NAME, OPSET, export_onnx, onnx_max_abs_diff
+from ..export import INPUT_NAME, OPSET, BackgroundExport, export_onnx, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
 from ..importers import import_checkpoint
 from ..importers.verify import import_report, source_logits
@@ -235,12 +235,20 @@ class CompileJob:
         onnx_engines = any(engines.ENGINES[e].artifact == "onnx" for e in opt.engines)
         with self.log.stage("export", "export ONNX (dense baseline + pruned)"), torch.no_grad():
             want_pruned, want_dense = self.logits, self.dense(x)
-            if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
-                onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
-            else:
-                onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
+            dense_export = None
+            if onnx_engines or opt.data:  # the dense baseline exports in a child, on the other core, meanwhile
+                torch.save(self.dense, work / "dense.pt")
+                dense_export = BackgroundExport(work / "dense.pt", work / "dense.onnx", self.shape)
+            try:
+                if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
+                    onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
+                else:
+                    onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
+                onnx_dense = dense_export.wait() if dense_export is not None else None
+            finally:
+                if dense_export is not None:
+                    dense_export.cancel()
             self.pruned = None
-            onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape) if onnx_engines or opt.data else None
             dense_dir = save_dense_module(self.dense, work) if any(e.startswith("torch") for e in opt.engines) else None
             self.dense = None
             self.original.finish(self.x)
