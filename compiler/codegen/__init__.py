@@ -1,7 +1,8 @@
 """Codegen: IR -> ``nn.Module``, and the pruned checkpoint on disk.
 
-- :mod:`.attention`: attention with per-head widths through fused kernels (SDPA);
-  :mod:`.layers`: the MLP, the block state dict and :class:`~.layers.PrunedModel`, the base class.
+- :mod:`.attention`: attention with per-head widths through fused kernels (SDPA; RoPE via :mod:`.rope`,
+  cosine logits, talking heads); :mod:`.layers`: the MLP (plain or gated), the block state dict and
+  :class:`~.layers.PrunedModel`, the base class; :mod:`.block`: the ViT block; :mod:`.pool`: the attention pool.
 - :mod:`.vit` (:class:`PrunedViT`, with the token operations of :mod:`.tokens`), :mod:`.swin`
   (:class:`PrunedSwin`): one generated class per model family, built from a JSON architecture.
 - :mod:`.checkpoint`: :func:`save` / :func:`load` (``arch.json`` + ``model.safetensors``; no timm).

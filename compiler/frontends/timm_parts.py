@@ -1,6 +1,6 @@
-"""Translations of the timm layers several frontends share into IR nodes: the MLP variants (plain,
-gated: GluMlp / SwiGLU, with an optional LayerNorm over the hidden units) and their activations, the
-latent attention pool (``global_pool='map'``), and LayerScale folded into the Linear before it."""
+"""Translations of the timm layers several frontends share into IR nodes: the MLP activations (GELU,
+GELUTanh, QuickGELU, SiLU), the latent attention pool (``global_pool='map'``), and LayerScale folded into
+the Linear before it."""
 from __future__ import annotations
 
 from typing import Optional
