@@ -12,7 +12,7 @@ The public operations here (``vitshrink.import_model``, ``resolve_spec``, ``appl
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Optional, Union
@@ -83,19 +83,14 @@ SWIN = Family(name="swin", title="Swin", ir=SwinIR, frontend=timm_swin, spec=spe
               codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
 #: timm's ``Eva`` class (EVA-02, DINOv3, Perception Encoder, ``vit_*_rope_*``): the ViT IR with rotary
 #: position embedding -- its own frontend, every other layer the ViT one
-EVA = Family(name="eva", title="Eva (EVA-02, DINOv3, RoPE ViTs)", ir=ViTIR, frontend=timm_eva, spec=spec_vit,
-             passes=passes_vit, codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit,
-             token_pruning=False)
+EVA = replace(VIT, name="eva", title="Eva (EVA-02, DINOv3, RoPE ViTs)", frontend=timm_eva, token_pruning=False)
 #: ViTs with a relative position bias: BEiT / BEiT v2 and ``VisionTransformerRelPos`` (``vit_relpos_*``)
-RELPOS = Family(name="relpos", title="ViT with relative position bias (BEiT, vit_relpos)", ir=ViTIR,
-                frontend=timm_relpos, spec=spec_vit, passes=passes_vit, codegen=codegen_vit, reference=reference_vit,
-                report=report_vit, masks=masks_vit, token_pruning=False)
+RELPOS = replace(VIT, name="relpos", title="ViT with relative position bias (BEiT, vit_relpos)", frontend=timm_relpos,
+                 token_pruning=False)
 #: Swin V2 (cosine attention, continuous position bias, res-post-norm): the Swin IR, its own frontend
-SWINV2 = Family(name="swinv2", title="Swin V2", ir=SwinIR, frontend=timm_swinv2, spec=spec_swin, passes=passes_swin,
-                codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
+SWINV2 = replace(SWIN, name="swinv2", title="Swin V2", frontend=timm_swinv2)
 #: CaiT: the ViT IR with talking-heads attention and class-attention blocks (the class token joins late)
-CAIT = Family(name="cait", title="CaiT", ir=ViTIR, frontend=timm_cait, spec=spec_vit, passes=passes_vit,
-              codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit, token_pruning=False)
+CAIT = replace(VIT, name="cait", title="CaiT", frontend=timm_cait, token_pruning=False)
 #: every family vitshrink compiles, in the order a timm model is offered to their frontends (an IR or an
 #: arch.json finds the first family of its class: the ViT one for Eva)
 FAMILIES: tuple[Family, ...] = (VIT, SWIN, EVA, RELPOS, SWINV2, CAIT)

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import images, randomise
-from test_exactness import bool_mask, check_exact
+from tools import assert_imports_exactly
+from test_exactness import check_exact, specs
 from vitshrink.errors import SpecError
-from vitshrink.families import build_module, family_of, from_timm, reference_forward, resolve_spec
+from vitshrink.families import family_of, from_timm, resolve_spec
 from vitshrink.spec import Spec
 
 BASE = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, num_classes=10, use_rot_pos_emb=True)
@@ -45,40 +46,26 @@ def eva(kind: str):
 
 @st.composite
 def rope_specs(draw, ir):
-    """Random specs whose q/k masks keep or drop whole rotation pairs."""
-    masks = {}
-    if draw(st.booleans()):
-        masks["embed"] = bool_mask(draw, (ir.embed_dim,), min_true=1)
+    """Random specs (:func:`test_exactness.specs`) whose q/k masks keep or drop whole rotation pairs: each
+    channel takes the decision drawn for the first channel of its pair."""
+    spec = draw(specs(ir, with_exit=False))
     for b in ir.blocks:
-        i, a = b.source_index, b.attn
-        H, hd = a.num_heads, a.qk_dims[0]
-        if draw(st.integers(0, 5)) == 0:
-            masks[f"blocks.{i}.keep"] = torch.tensor(False)
-            continue
-        if draw(st.booleans()):
-            masks[f"blocks.{i}.heads"] = bool_mask(draw, (H,), min_true=1)
-        if draw(st.booleans()):
-            qk = torch.zeros(H, hd, dtype=torch.bool)
-            for h in range(H):
-                firsts = [c for c in range(hd) if a.rope.partner(c)[1] < 0]
-                for c, keep in zip(firsts, bool_mask(draw, (len(firsts),), min_true=1).tolist()):
-                    qk[h, c] = qk[h, a.rope.partner(c)[0]] = keep
-            masks[f"blocks.{i}.qk"] = qk
-        if draw(st.booleans()):
-            masks[f"blocks.{i}.v"] = torch.stack([bool_mask(draw, (hd,)) for _ in range(H)])
-        if draw(st.booleans()):
-            masks[f"blocks.{i}.mlp"] = bool_mask(draw, (b.mlp.hidden,))
-    return Spec(masks)
+        qk = spec.masks.get(f"blocks.{b.source_index}.qk")
+        if qk is not None:
+            for c in range(qk.shape[1]):
+                partner, sign = b.attn.rope.partner(c)
+                if sign > 0:  # the second channel of its pair follows the first
+                    qk[:, c] = qk[:, partner]
+            empty, p0 = ~qk.any(1), b.attn.rope.partner(0)[0]
+            qk[empty, 0] = qk[empty, p0] = True  # a kept head keeps a q/k pair
+    return spec
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_eva_imports_exactly(kind):
     m, ir = eva(kind)
     x = images(3)
-    with torch.no_grad():
-        want = m(x)
-        assert float((build_module(ir)(x) - want).abs().max()) <= 1e-5
-        assert float((reference_forward(ir, resolve_spec(Spec({}), ir), x) - want).abs().max()) <= 1e-5
+    assert_imports_exactly(m, ir, x)
     assert family_of(m).name == "eva" and all(b.attn.rope is not None for b in ir.blocks)
 
 

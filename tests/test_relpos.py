@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import images, randomise
+from tools import assert_imports_exactly
 from test_exactness import check_exact, specs
 from vitshrink.errors import SpecError
-from vitshrink.families import build_module, family_of, from_timm, reference_forward, resolve_spec
+from vitshrink.families import family_of, from_timm, resolve_spec
 from vitshrink.spec import Spec
 
 BASE = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=4, num_classes=10)
@@ -59,10 +60,7 @@ def relpos(kind: str):
 def test_relpos_imports_exactly(kind):
     m, ir = relpos(kind)
     x = images(3)
-    with torch.no_grad():
-        want = m(x)
-        assert float((build_module(ir)(x) - want).abs().max()) <= 1e-5
-        assert float((reference_forward(ir, resolve_spec(Spec({}), ir), x) - want).abs().max()) <= 1e-5
+    assert_imports_exactly(m, ir, x)
     assert family_of(m).name == "relpos" and all(b.attn.rel_bias is not None for b in ir.blocks)
     assert all(b.post_norm == (kind == "relpos_respost") for b in ir.blocks)
 

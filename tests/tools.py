@@ -94,3 +94,16 @@ def torch_pruning_swin(model: torch.nn.Module, ratio: float = 0.5, input_size: i
         if isinstance(m, WindowAttention):
             m.num_heads = pruner.num_heads[m.qkv]
     return model.eval(), pruner
+
+
+def assert_imports_exactly(model: torch.nn.Module, ir, x: torch.Tensor, tol: float = 1e-5) -> torch.Tensor:
+    """A family's import is exact: the unpruned IR compiled back, and its masked dense reference without
+    masks, both equal timm's own forward on ``x`` (within ``tol``). Returns timm's output."""
+    from vitshrink.families import build_module, reference_forward, resolve_spec
+    from vitshrink.spec import Spec
+
+    with torch.no_grad():
+        want = model(x)
+        assert float((build_module(ir)(x) - want).abs().max()) <= tol
+        assert float((reference_forward(ir, resolve_spec(Spec({}), ir), x) - want).abs().max()) <= tol
+    return want

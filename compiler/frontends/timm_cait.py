@@ -15,7 +15,7 @@ from torch import nn
 from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR, TalkingHeadsIR
 from ..ir.vit import PrefixTokenIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
-from .timm_parts import activation, scaled
+from .timm_parts import activation, attention_ir, qkv_projection, scaled
 
 TESTED_MODELS = ("cait_xxs24_224",)
 
@@ -61,26 +61,12 @@ def _check_supported(model: nn.Module) -> None:
 
 
 def _attention(a, gamma: torch.Tensor) -> AttentionIR:
-    H = a.num_heads
-    if hasattr(a, "qkv"):  # TalkingHeadAttn
-        w = a.qkv.weight.detach()
-        b = None if a.qkv.bias is None else a.qkv.bias.detach()
-        E = w.shape[0] // 3
-        parts = [(w[j * E:(j + 1) * E].clone(), None if b is None else b[j * E:(j + 1) * E].clone()) for j in range(3)]
+    """TalkingHeadAttn (fused qkv and the two mixing matrices) or ClassAttn (q, k, v Linears) as IR."""
+    talking = None
+    if hasattr(a, "proj_l"):
         talking = TalkingHeadsIR(a.proj_l.weight.detach().clone(), clone(a.proj_l.bias),
                                  a.proj_w.weight.detach().clone(), clone(a.proj_w.bias))
-    else:  # ClassAttn: q, k, v Linear layers
-        parts = [(lin.weight.detach().clone(), clone(lin.bias)) for lin in (a.q, a.k, a.v)]
-        E, talking = parts[0][0].shape[0], None
-    hd = E // H
-    (q_w, q_b), (k_w, k_b), (v_w, v_b) = parts
-    return AttentionIR(
-        head_ids=tuple(range(H)), qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
-        v_ids=tuple(tuple(range(hd)) for _ in range(H)),
-        q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-        **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, gamma))),
-        scale=float(a.scale), talking=talking,
-    )
+    return attention_ir(*qkv_projection(a), a.num_heads, a.proj, gamma, a.scale, talking=talking)
 
 
 def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:

@@ -14,10 +14,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR, RopeIR
+from ..ir.nodes import BlockIR, ClassifierIR, MlpIR, RopeIR
 from ..ir.vit import PrefixTokenIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
-from .timm_parts import activation, attn_pool, check_attn_pool, scaled
+from .timm_parts import activation, attention_ir, attn_pool, check_attn_pool, qkv_projection, scaled
 
 #: The models the test suite covers (small image sizes); others pass if they use only supported options.
 TESTED_MODELS = ("eva02_tiny_patch14_224", "eva02_small_patch14_224", "vit_small_patch16_rope_224",
@@ -58,22 +58,6 @@ def _mlp(m) -> MlpIR:
         value, gate = (w(m.fc1), clone(m.fc1.bias)), (None, None)
     return MlpIR(tuple(range(value[0].shape[0])), value[0], value[1], w(m.fc2), clone(m.fc2.bias), act=act,
                  gate_weight=gate[0], gate_bias=gate[1], norm=None if norm is None else layer_norm(norm))
-
-
-def _qkv(a) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The attention's q|k|v projection [3E, D] and bias [3E] (EVA's q/v bias with a zero k bias)."""
-    if getattr(a, "qkv", None) is not None:
-        w = a.qkv.weight.detach()
-        b = None if a.qkv.bias is None else a.qkv.bias.detach()
-        if getattr(a, "q_bias", None) is not None:
-            extra = torch.cat([a.q_bias.detach(), a.k_bias.detach(), a.v_bias.detach()])
-            b = extra if b is None else b + extra
-        return w, b
-    lins = (a.q_proj, a.k_proj, a.v_proj)
-    w = torch.cat([lin.weight.detach() for lin in lins])
-    if all(lin.bias is None for lin in lins):
-        return w, None
-    return w, torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features) for lin in lins])
 
 
 def _check_supported(model: nn.Module) -> None:
@@ -157,22 +141,12 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     blocks = []
     for i, (blk, rope) in enumerate(zip(model.blocks, ropes)):
         a = blk.attn
-        w, b = _qkv(a)
-        E = w.shape[0] // 3
-        H = a.num_heads
-        hd = E // H
+        w, b = qkv_projection(a)
+        hd = w.shape[0] // (3 * a.num_heads)
         if rope is not None and rope.head_dim != hd:
             refuse("rope", f"blocks.{i}: rotary dim {rope.head_dim} != head_dim {hd}")
-        q_w, k_w, v_w = (w[j * E:(j + 1) * E].clone() for j in range(3))
-        q_b, k_b, v_b = (None, None, None) if b is None else (b[j * E:(j + 1) * E].clone() for j in range(3))
         g1 = None if blk.gamma_1 is None else blk.gamma_1.detach()
-        attn = AttentionIR(
-            head_ids=tuple(range(H)), qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            v_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, g1))),
-            scale=float(a.scale), rope=rope,
-        )
+        attn = attention_ir(w, b, a.num_heads, a.proj, g1, a.scale, rope=rope)
         mlp = _mlp(blk.mlp)
         g2 = None if blk.gamma_2 is None else blk.gamma_2.detach()
         fc2_w, fc2_b = scaled(mlp.fc2_weight, mlp.fc2_bias, g2)

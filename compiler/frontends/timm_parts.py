@@ -1,6 +1,7 @@
-"""Translations of the timm layers several frontends share into IR nodes: the MLP activations (GELU,
-GELUTanh, QuickGELU, SiLU), the latent attention pool (``global_pool='map'``), and LayerScale folded into
-the Linear before it."""
+"""Translations of the timm layers several frontends share into IR nodes: an attention's q|k|v projection
+(fused or split, q/v bias parameters) as :class:`AttentionIR`, the MLP activations (GELU, GELUTanh,
+QuickGELU, SiLU), the latent attention pool (``global_pool='map'``), and LayerScale folded into the Linear
+before it."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,9 +9,47 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ir.nodes import MlpIR
+from ..ir.nodes import AttentionIR, MlpIR
 from ..ir.vit import AttentionPoolIR
 from .timm_common import clone, is_identity, layer_norm, refuse
+
+
+def qkv_projection(a) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A timm attention's q|k|v projection [3E, D] and bias [3E] (or None): one fused ``qkv`` Linear (its
+    bias plus BEiT / EVA / Swin V2's ``q_bias``, ``k_bias`` -- zero when absent --, ``v_bias`` parameters), or
+    separate ``q_proj``/``k_proj``/``v_proj`` (or ``q``/``k``/``v``) Linears (a missing bias is zeros)."""
+    if getattr(a, "qkv", None) is not None:
+        w = a.qkv.weight.detach()
+        b = None if a.qkv.bias is None else a.qkv.bias.detach()
+        if getattr(a, "q_bias", None) is not None:
+            k_bias = getattr(a, "k_bias", None)
+            k_bias = torch.zeros_like(a.q_bias) if k_bias is None else k_bias
+            extra = torch.cat([a.q_bias.detach(), k_bias.detach(), a.v_bias.detach()])
+            b = extra if b is None else b + extra
+        return w, b
+    lins = (a.q_proj, a.k_proj, a.v_proj) if hasattr(a, "q_proj") else (a.q, a.k, a.v)  # CaiT's ClassAttn: q, k, v
+    w = torch.cat([lin.weight.detach() for lin in lins])
+    if all(lin.bias is None for lin in lins):
+        return w, None
+    return w, torch.cat([lin.bias.detach() if lin.bias is not None else torch.zeros(lin.out_features) for lin in lins])
+
+
+def attention_ir(w: torch.Tensor, b: Optional[torch.Tensor], num_heads: int, proj: nn.Linear,
+                 gamma_: Optional[torch.Tensor], scale: float, **extra) -> AttentionIR:
+    """The unpruned :class:`AttentionIR` of a q|k|v projection ``w`` [3E, D] (bias ``b`` [3E] or None) with
+    ``num_heads`` heads of E / num_heads channels, the output projection ``proj`` (LayerScale ``gamma_``
+    folded in, or None) and softmax ``scale``; ``extra``: the family's fields (rope, rel_bias, ...)."""
+    E = w.shape[0] // 3
+    hd = E // num_heads
+    part = lambda t, j: None if t is None else t[j * E:(j + 1) * E].clone()  # noqa: E731
+    return AttentionIR(
+        head_ids=tuple(range(num_heads)), qk_ids=tuple(tuple(range(hd)) for _ in range(num_heads)),
+        v_ids=tuple(tuple(range(hd)) for _ in range(num_heads)),
+        q_weight=part(w, 0), q_bias=part(b, 0), k_weight=part(w, 1), k_bias=part(b, 1),
+        v_weight=part(w, 2), v_bias=part(b, 2),
+        **dict(zip(("proj_weight", "proj_bias"), scaled(proj.weight, proj.bias, gamma_))),
+        scale=float(scale), **extra,
+    )
 
 
 def activation(m, allowed: tuple = ()) -> str:

@@ -12,10 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
+from ..ir.nodes import BlockIR, ClassifierIR, MlpIR
 from ..ir.vit import PrefixTokenIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
-from .timm_parts import activation, gamma, scaled
+from .timm_parts import activation, attention_ir, gamma, qkv_projection, scaled
 
 #: The models the test suite covers (small image sizes); others pass if they use only supported options.
 TESTED_MODELS = ("beit_base_patch16_224", "vit_relpos_small_patch16_224", "vit_relpos_medium_patch16_rpn_224",
@@ -98,25 +98,9 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     blocks = []
     for i, blk in enumerate(model.blocks):
         a = blk.attn
-        H = a.num_heads
-        w = a.qkv.weight.detach()
-        b = None if a.qkv.bias is None else a.qkv.bias.detach()
-        if getattr(a, "q_bias", None) is not None:  # BEiT: q/v bias, k bias 0
-            extra = torch.cat([a.q_bias.detach(), torch.zeros_like(a.q_bias.detach()), a.v_bias.detach()])
-            b = extra if b is None else b + extra
-        E = w.shape[0] // 3
-        hd = E // H
         g1 = blk.gamma_1.detach() if getattr(blk, "gamma_1", None) is not None else gamma(getattr(blk, "ls1", None))
         g2 = blk.gamma_2.detach() if getattr(blk, "gamma_2", None) is not None else gamma(getattr(blk, "ls2", None))
-        attn = AttentionIR(
-            head_ids=tuple(range(H)), qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            v_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            q_weight=w[:E].clone(), q_bias=None if b is None else b[:E].clone(),
-            k_weight=w[E:2 * E].clone(), k_bias=None if b is None else b[E:2 * E].clone(),
-            v_weight=w[2 * E:].clone(), v_bias=None if b is None else b[2 * E:].clone(),
-            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, g1))),
-            scale=float(a.scale), rel_bias=_bias(model, blk),
-        )
+        attn = attention_ir(*qkv_projection(a), a.num_heads, a.proj, g1, a.scale, rel_bias=_bias(model, blk))
         m = blk.mlp
         mlp = MlpIR(tuple(range(m.fc1.out_features)), m.fc1.weight.detach().clone(), clone(m.fc1.bias),
                     *scaled(m.fc2.weight, m.fc2.bias, g2), act=activation(m))

@@ -17,7 +17,7 @@ from torch import nn
 from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
 from ..ir.swin import MergeIR, StageIR, SwinIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
-from .timm_parts import activation
+from .timm_parts import activation, attention_ir, qkv_projection
 
 TESTED_MODELS = ("swinv2_tiny_window8_256", "swinv2_cr_tiny_ns_224")
 
@@ -90,13 +90,6 @@ def _check_supported(model: nn.Module) -> None:
 def _attention(blk) -> AttentionIR:
     a = blk.attn
     H = a.num_heads
-    w = a.qkv.weight.detach()
-    E = w.shape[0] // 3
-    hd = E // H
-    b = None if a.qkv.bias is None else a.qkv.bias.detach()
-    if getattr(a, "q_bias", None) is not None:  # q/v bias, k bias 0
-        extra = torch.cat([a.q_bias.detach(), a.k_bias.detach(), a.v_bias.detach()])
-        b = extra if b is None else b + extra
     A = a.window_size[0] * a.window_size[1]
     with torch.no_grad():
         if hasattr(a, "meta_mlp"):  # V2 Cr
@@ -105,15 +98,8 @@ def _attention(blk) -> AttentionIR:
             table = a.cpb_mlp(a.relative_coords_table).view(-1, H)
             rel = 16 * torch.sigmoid(table[a.relative_position_index.view(-1)].view(A, A, H).permute(2, 0, 1))
         logit_scale = torch.clamp(a.logit_scale, max=math.log(1.0 / 0.01)).exp().reshape(H)
-    part = lambda t, j: None if t is None else t[j * E:(j + 1) * E].clone()  # noqa: E731
-    return AttentionIR(
-        head_ids=tuple(range(H)), qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
-        v_ids=tuple(tuple(range(hd)) for _ in range(H)),
-        q_weight=part(w, 0), q_bias=part(b, 0), k_weight=part(w, 1), k_bias=part(b, 1),
-        v_weight=part(w, 2), v_bias=part(b, 2),
-        proj_weight=a.proj.weight.detach().clone(), proj_bias=clone(a.proj.bias),
-        scale=1.0, rel_bias=rel.contiguous().clone(), logit_scale=logit_scale.detach().clone(),
-    )
+    return attention_ir(*qkv_projection(a), H, a.proj, None, 1.0, rel_bias=rel.contiguous().clone(),
+                        logit_scale=logit_scale.detach().clone())
 
 
 def from_timm(model: nn.Module, name: Optional[str] = None) -> SwinIR:

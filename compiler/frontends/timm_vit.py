@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from ..ir.nodes import AttentionIR, BlockIR, ClassifierIR, MlpIR
+from ..ir.nodes import BlockIR, ClassifierIR, MlpIR
 from ..ir.vit import PrefixTokenIR, StemIR, ViTIR
 from .timm_common import clone, is_identity, layer_norm, refuse, timm
-from .timm_parts import activation, attn_pool, check_attn_pool, gamma, scaled
+from .timm_parts import activation, attention_ir, attn_pool, check_attn_pool, gamma, qkv_projection, scaled
 
 #: The models the test suite covers. Other timm models pass if they use only supported options.
 TESTED_MODELS = (
@@ -134,19 +134,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
     blocks = []
     for i, blk in enumerate(model.blocks):
         a = blk.attn
-        H, hd = a.num_heads, a.head_dim
-        w = a.qkv.weight.detach()
-        b = a.qkv.bias.detach() if a.qkv.bias is not None else None
-        q_w, k_w, v_w = (w[j * H * hd:(j + 1) * H * hd].clone() for j in range(3))
-        q_b, k_b, v_b = (None, None, None) if b is None else (b[j * H * hd:(j + 1) * H * hd].clone() for j in range(3))
-        attn = AttentionIR(
-            head_ids=tuple(range(H)),
-            qk_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            v_ids=tuple(tuple(range(hd)) for _ in range(H)),
-            q_weight=q_w, q_bias=q_b, k_weight=k_w, k_bias=k_b, v_weight=v_w, v_bias=v_b,
-            **dict(zip(("proj_weight", "proj_bias"), scaled(a.proj.weight, a.proj.bias, gamma(getattr(blk, "ls1", None))))),
-            scale=float(a.scale),
-        )
+        attn = attention_ir(*qkv_projection(a), a.num_heads, a.proj, gamma(getattr(blk, "ls1", None)), a.scale)
         m = blk.mlp
         mlp = MlpIR(
             hidden_ids=tuple(range(m.fc1.out_features)),
