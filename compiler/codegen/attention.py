@@ -1,4 +1,4 @@
-"""Attention with per-head q/k and v widths, on a flat token stream, through fused kernels.
+"""Attention with per-head q/k and v widths, on a batched token stream, through fused kernels.
 
 Heads of equal widths (a *group*, :func:`head_groups`) run as one call of
 ``torch.nn.functional.scaled_dot_product_attention`` (SDPA) with the model's own softmax scale: on a
@@ -45,10 +45,12 @@ def head_groups(heads: list[list[int]]) -> list[tuple[int, int, int]]:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with per-head q/k and v widths, on a flat token stream.
+    """Multi-head self-attention with per-head q/k and v widths, on a batched token stream.
 
-    Input and output are [B*N, D] (N tokens per image): linear layers then run as one Gemm with the
-    bias fused, the fastest form for ONNX Runtime at batch 1. Projections are laid out as
+    Input and output are [B, N, D] (N tokens per image; Swin: [B*nW, N, C], the windows of the images).
+    That is the form the CPU engines and their quantizers expect: OpenVINO fuses LayerNorm with the
+    INT8 quantizer that follows it only on [B, N, D], and a flat [B*N, D] stream measured no faster in
+    fp32 (``python benchmarks/precision.py``). Projections are laid out as
     [q of all heads | k | v]: one ``qkv`` Linear, or ``q`` and ``kv`` when queries come from fewer
     tokens than keys (``split``; Patch Slimming's query-only blocks). Heads of equal width (a *group*,
     see :func:`head_groups`) run as one batched attention [B, h, N, d]: one SDPA call.
@@ -110,9 +112,9 @@ class Attention(nn.Module):
         qo, ko, vo = offsets
         logits, vs = [], []
         for h, dq, dv in self.groups:
-            q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
-            k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
-            vs.append(yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2))
+            q = yq[..., qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
+            k = yk[..., ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
+            vs.append(yk[..., vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2))
             logits.append((q * self.scale) @ k.transpose(-2, -1))
             qo, ko, vo = qo + h * dq, ko + h * dq, vo + h * dv
         a = torch.cat(logits, dim=1) if len(logits) > 1 else logits[0]
@@ -120,7 +122,7 @@ class Attention(nn.Module):
         a = self._mix(self.talk_w, a)
         outs, h0 = [], 0
         for (h, _, dv), v in zip(self.groups, vs):
-            outs.append((a[:, h0:h0 + h] @ v).transpose(1, 2).reshape(-1, h * dv))
+            outs.append((a[:, h0:h0 + h] @ v).transpose(1, 2).reshape(-1, nq, h * dv))
             h0 += h
         return torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
 
@@ -184,10 +186,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, tokens: int, xq: Optional[Tensor] = None, q_tokens: Optional[int] = None,
                 bias: Optional[Tensor] = None):
-        """x: [B*N, D] (N = ``tokens``); xq: [B*Nq, D] query inputs when ``split`` (default x); bias: a
+        """x: [B, N, D] (N = ``tokens``); xq: [B, Nq, D] query inputs when ``split`` (default x); bias: a
         constant added to the attention logits, [heads, N, N] or [nW, heads, N, N] (Swin: relative
-        position bias plus shifted-window mask, the B*N rows being images of nW windows of N tokens).
-        Returns [B*Nq, D], and the token score [B, N - P] when ``score`` is set."""
+        position bias plus shifted-window mask, the B rows being images of nW windows of N tokens).
+        Returns [B, Nq, D], and the token score [B, N - P] when ``score`` is set."""
         nq = tokens if q_tokens is None else q_tokens
         scores: list = []
         if self.split:
@@ -203,16 +205,16 @@ class Attention(nn.Module):
             h, d, _ = self.groups[0]
             q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
             q, k = self._cosine(*self._rope(q, k, 0), 0)
-            o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, h * d)
+            o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, nq, h * d)
         else:
             outs, h0 = [], 0
             for g, (h, dq, dv) in enumerate(self.groups):
-                q = yq[:, qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
-                k = yk[:, ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
+                q = yq[..., qo:qo + h * dq].reshape(-1, nq, h, dq).transpose(1, 2)
+                k = yk[..., ko:ko + h * dq].reshape(-1, tokens, h, dq).transpose(1, 2)
                 q, k = self._cosine(*self._rope(q, k, g), h0)
-                v = yk[:, vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
+                v = yk[..., vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
                 hb = None if bias is None else bias[..., h0:h0 + h, :, :]
-                outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, h * dv))
+                outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, nq, h * dv))
                 qo, ko, vo, h0 = qo + h * dq, ko + h * dq, vo + h * dv, h0 + h
             o = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         out = self.proj(o)

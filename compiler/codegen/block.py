@@ -1,5 +1,5 @@
 """The ViT block of the generated models (:class:`~vitshrink.codegen.vit.PrunedViT`): pre- or post-norm,
-on a flat token stream, with the token operations of every token-pruning method."""
+on a batched token stream, with the token operations of every token-pruning method."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +13,7 @@ from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block on a flat [B*N, D] token stream, with its token operations.
+    """Pre-norm transformer block on a batched [B, N, D] token stream, with its token operations.
 
     Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
     (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
@@ -58,8 +58,7 @@ class Block(nn.Module):
             self.attn_bias = None
 
     def _select(self, x: Tensor, scores: Optional[Tensor], ids, fused_id):
-        N, P = self.select.tokens, self.num_prefix
-        xp = x.reshape(-1, N, x.shape[-1])[:, P:]
+        xp = x[:, self.num_prefix:]
         if self.predictor is not None:
             scores = self.predictor(xp)
         if self.lfe is not None:
@@ -67,23 +66,22 @@ class Block(nn.Module):
         return self.select(x, scores, ids, fused_id)
 
     def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
-        """x: [B*n_in, D] -> [B*n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
-        N, D = self.n_in, x.shape[-1]
+        """x: [B, n_in, D] -> [B, n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
+        N = self.n_in
         if self.drop:
             n = self.drop["n"]
-            x3 = x.reshape(-1, N, D)
             if self.drop.get("index") is None:
-                x = x3[:, :n].reshape(-1, D)
+                x = x[:, :n]
                 ids = None if ids is None else ids[:, :n]
             else:
-                x = x3.index_select(1, self.drop_index).reshape(-1, D)
+                x = x.index_select(1, self.drop_index)
                 ids = None if ids is None else ids.index_select(1, self.drop_index)
             N = n
         if self.select is not None and self.where == "attn":
             x, ids = self._select(x, None, ids, fused_id)
             N = self.select.tokens_out
         if self.query:
-            return self._query_only(x, N, D), ids
+            return self._query_only(x, N), ids
         if self.post_norm:  # ResPost: the sub-layers' outputs are normalised (no token rules here)
             x = x + self.norm1(self.attn(x, N, bias=self.attn_bias))
             return x + self.norm2(self.mlp(x)), ids
@@ -96,20 +94,16 @@ class Block(nn.Module):
             x, ids = self._select(x, scores, ids, fused_id)
         return x + self.mlp(self.norm2(x)), ids
 
-    def _query_only(self, x: Tensor, N: int, D: int) -> Tensor:
-        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens."""
+    def _query_only(self, x: Tensor, N: int) -> Tensor:
+        """Patch Slimming eq. 2: update ``n`` tokens; keys/values from all N tokens. x [B, N, D] -> [B, N, D]."""
         n = self.query["n"]
-        x3 = x.reshape(-1, N, D)
-        h3 = self.norm1(x).reshape(-1, N, D)
+        h = self.norm1(x)
         prefix = self.query.get("index") is None
         take = (lambda t: t[:, :n]) if prefix else (lambda t: t.index_select(1, self.query_index))
-        hq = take(h3).reshape(-1, D)
-        xq = take(x3).reshape(-1, D)
-        a = self.attn(h3.reshape(-1, D), N, xq=hq, q_tokens=n)
-        xq = xq + a
-        xq = (xq + self.mlp(self.norm2(xq))).reshape(-1, n, D)
+        xq = take(x) + self.attn(h, N, xq=take(h), q_tokens=n)
+        xq = xq + self.mlp(self.norm2(xq))
         if prefix:
-            return torch.cat([xq, x3[:, n:]], dim=1).reshape(-1, D)
-        out = x3.clone()
+            return torch.cat([xq, x[:, n:]], dim=1)
+        out = x.clone()
         out[:, self.query_index] = xq  # the plain gather/scatter form (ScatterND in ONNX)
-        return out.reshape(-1, D)
+        return out

@@ -78,7 +78,7 @@ def _reorder(src: Optional[list[int]], dst: Optional[list[int]]) -> Optional[lis
 
 class SwinBlock(nn.Module):
     """A Swin block on a [B, L, C] stream: optional reorder (one Gather), then pre-norm window
-    attention with the constant bias and the MLP, flat over [B*L, C]."""
+    attention with the constant bias and the MLP, over the windows [B*nW, A, C]."""
 
     def __init__(self, dim: int, cfg: dict, stage: dict):
         super().__init__()
@@ -112,7 +112,7 @@ class SwinBlock(nn.Module):
         if self.reorder is not None:
             x = x.index_select(1, self.reorder)
         shape = x.shape
-        f = x.reshape(-1, shape[-1])
+        f = x.reshape(-1, self.area, shape[-1])  # [B*nW, A, C]: the windows of every image
         bias = None
         if self.rel_bias is not None:
             if self.mask is None:

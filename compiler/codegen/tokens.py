@@ -97,9 +97,9 @@ def rank_keep(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 class TokenSelect(nn.Module):
     """Keep the prefix tokens and ``keep`` of the patch tokens by score; optionally fuse the rest.
 
-    x [B*N, D] -> [B*(P + keep + fuse), D]. Kept tokens stay in their relative order; the fused token
+    x [B, N, D] -> [B, P + keep + fuse, D]. Kept tokens stay in their relative order; the fused token
     (EViT: the pruned tokens summed with their scores as weights) is appended. One Gather on the
-    flat stream, no Scatter.
+    tokens of all images as rows (a [B*N, D] view), no Scatter.
     """
 
     def __init__(self, tokens: int, num_prefix: int, keep: int, fuse: bool):
@@ -114,16 +114,16 @@ class TokenSelect(nn.Module):
     def forward(self, x: Tensor, scores: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
         N, P, D = self.tokens, self.num_prefix, x.shape[-1]
         keep, idx = rank_keep(scores, self.keep)
-        B = x.shape[0] // N
+        B = x.shape[0]
         rows = torch.cat([self.prefix_pos.expand(B, -1), idx + P], dim=1)  # [B, P + keep]
         flat = (rows + (torch.arange(B, device=x.device) * N).unsqueeze(1)).reshape(-1)
-        y = x.index_select(0, flat)
+        y = x.reshape(-1, D).index_select(0, flat).reshape(B, P + self.keep, D)
         if ids is not None:
             ids = ids.gather(1, rows)
         if self.fuse:
             w = scores * (~keep).to(scores.dtype)  # [B, L]
-            fused = w.unsqueeze(1) @ x.reshape(B, N, D)[:, P:]  # [B, 1, D]
-            y = torch.cat([y.reshape(B, P + self.keep, D), fused], dim=1).reshape(-1, D)
+            fused = w.unsqueeze(1) @ x[:, P:]  # [B, 1, D]
+            y = torch.cat([y, fused], dim=1)
             if ids is not None:
                 ids = torch.cat([ids, torch.full_like(ids[:, :1], fused_id)], dim=1)
         return y, ids

@@ -112,9 +112,9 @@ class PrunedViT(PrunedModel):
         if self.arch.get("token_order") is not None:
             x = x.index_select(1, self.token_order)
             ids = None if ids is None else ids.index_select(1, self.token_order)
-        N, D = x.shape[1], x.shape[2]
+        N = x.shape[1]
         traced, fused_id = [], self.arch["num_tokens"]
-        x = x.reshape(-1, D)  # the blocks run on a flat [B*N, D] token stream
+        # the blocks run on a batched [B, N, D] token stream (see .attention.Attention)
         for blk, cfg in zip(self.blocks, self.arch["blocks"]):
             if cfg.get("insert_prefix"):
                 x, ids, N = self._insert_prefix(x, ids, N)
@@ -125,10 +125,9 @@ class PrunedViT(PrunedModel):
                     traced.append(ids)
             N = blk.n_out
             if self.trace:
-                self.residuals.append((cfg["source_index"], x.reshape(-1, N, D), ids))
+                self.residuals.append((cfg["source_index"], x, ids))
         if self.arch.get("prefix_at_end"):  # every block that would have seen them was removed
             x, ids, N = self._insert_prefix(x, ids, N)
-        x = x.reshape(-1, N, D)
         if self.pool == "map":  # attention pool over the patch tokens after the final norm
             x = x if self.norm is None else self.norm(x)
             return self.attn_pool(x if self.attn_pool_prefix else x[:, self.num_prefix:]).unsqueeze(1), traced
@@ -141,12 +140,11 @@ class PrunedViT(PrunedModel):
         return (x if self.fc_norm is None else self.fc_norm(x)), traced  # timm: fc_norm after the pooling
 
     def _insert_prefix(self, x: Tensor, ids: Optional[Tensor], N: int):
-        """CaiT: the prefix tokens join the flat stream x [B*N, D] (no position embedding) -> [B*(P+N), D]."""
-        x3 = x.reshape(-1, N, x.shape[-1])
-        x = torch.cat([self.prefix_tokens.expand(x3.shape[0], -1, -1), x3], dim=1)
+        """CaiT: the prefix tokens join the stream x [B, N, D] (no position embedding) -> [B, P+N, D]."""
+        x = torch.cat([self.prefix_tokens.expand(x.shape[0], -1, -1), x], dim=1)
         if ids is not None:
             ids = torch.cat([torch.arange(self.num_prefix).unsqueeze(0).expand(ids.shape[0], -1), ids], dim=1)
-        return x.reshape(-1, x.shape[-1]), ids, N + self.num_prefix
+        return x, ids, N + self.num_prefix
 
     def forward(self, x: Tensor):
         x, traced = self.forward_features(x)
