@@ -67,15 +67,20 @@ def evaluate(
     batch: int = 50,
     limit: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    items: Optional[list[tuple[Path, int]]] = None,
 ) -> dict:
     """Top-1/top-5 per runner and top-1 agreement between the first two runners.
 
+    Args:
+        items: the (path, label) pairs to evaluate instead of :func:`list_images` of ``data`` (e.g. the
+            images held out from calibration); ``limit`` applies to either.
     Returns:
-        ``{"n", "<name>_top1", "<name>_top5" for each runner, "top1_agreement"}``, fractions in [0, 1].
+        ``{"n", "<name>_top1", "<name>_top5" for each runner, "top1_agreement", "predictions": {name: [n]
+        top-1 class per image}}``, fractions in [0, 1].
     Raises:
         VitshrinkError: see :func:`list_images`; an image that cannot be decoded is named.
     """
-    items = list_images(data, num_classes)[:limit]
+    items = (list_images(data, num_classes) if items is None else list(items))[:limit]
     names = list(runners)
     top1 = {n: 0 for n in names}
     top5 = {n: 0 for n in names}
@@ -104,7 +109,8 @@ def evaluate(
     for n in names:
         out[f"{n}_top1"] = top1[n] / total
         out[f"{n}_top5"] = top5[n] / total
+    out["predictions"] = {n: np.concatenate(preds[n]) for n in names}
     if len(names) >= 2:
-        a, b = (np.concatenate(preds[n]) for n in names[:2])
+        a, b = (out["predictions"][n] for n in names[:2])
         out["top1_agreement"] = float((a == b).mean())
     return out

@@ -71,14 +71,17 @@ def make_adapters():
 
 
 def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndarray, tolerance: float,
-                       name: str) -> dict:
+                       name: str, metric: str = "max_abs") -> dict:
     """Run an engine (``make()`` -> a :class:`~vitshrink.runtime.base.Runner`) on ``images``
     [B, C, H, W] float32 through polygraphy's Comparator and compare with ``torch_logits`` [B, classes].
 
+    ``metric``: ``"max_abs"`` -- polygraphy's verdict at ``atol=tolerance, rtol=0`` (every logit within
+    ``tolerance``); ``"rel_l2"`` -- the relative L2 error ``||engine - torch|| / ||torch||`` over the batch
+    at most ``tolerance`` (quantized engines, whose error has no absolute scale).
+
     Returns:
-        ``{"max_abs_diff", "mean_abs_diff", "passed", "top1_agreement", "logits", "precision"}`` (the
-        engine's logits as a numpy array; ``passed``: polygraphy's verdict at ``atol=tolerance, rtol=0``;
-        ``precision``: what the runner reports running at, or None).
+        ``{"max_abs_diff", "mean_abs_diff", "rel_l2", "passed", "top1_agreement", "logits", "precision"}``
+        (the engine's logits as a numpy array; ``precision``: what the runner reports running at, or None).
     """
     AsPolygraphyRunner, TorchLogits = make_adapters()
     severity = G_LOGGER.module_severity
@@ -86,13 +89,17 @@ def compare_with_torch(make: Callable, images: np.ndarray, torch_logits: np.ndar
     try:
         ref, eng = TorchLogits(torch_logits, images.shape[1:]), AsPolygraphyRunner(make, name, images.shape[1:])
         results = Comparator.run([ref, eng], data_loader=[{INPUT: images}])
-        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=tolerance, rtol=0.0))
+        atol = tolerance if metric == "max_abs" else 1e30  # rel_l2 is decided below, on the same outputs
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=0.0))
     finally:
         G_LOGGER.module_severity = severity
     (result,) = list(accuracy)  # one comparison function -> one AccuracyResult: {(ref, engine): [iterations]}
     ((_, iterations),) = result.items()
     out = iterations[0][OUTPUT]
     got = np.asarray(results[1][1][0][OUTPUT])
-    return {"max_abs_diff": float(out.max_absdiff), "mean_abs_diff": float(out.mean_absdiff), "passed": bool(out),
+    want = np.asarray(torch_logits, dtype=np.float32)
+    rel = float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-12))
+    passed = bool(out) if metric == "max_abs" else rel <= tolerance
+    return {"max_abs_diff": float(out.max_absdiff), "mean_abs_diff": float(out.mean_absdiff), "rel_l2": rel, "passed": passed,
             "top1_agreement": float((got.argmax(1) == np.asarray(torch_logits).argmax(1)).mean()), "logits": got,
             "precision": eng.precision}

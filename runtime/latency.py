@@ -126,7 +126,10 @@ def latency_entry(res: LatencyResult, ideal_speedup: float, threads: int, runtim
         dense_throughput, pruned_throughput, speedup, ideal_speedup, realization, stability, suspect,
         rounds_ms}``; with an original also ``baseline_ms``, ``baseline_throughput``,
         ``speedup_vs_original``, ``realization_vs_original``, ``stability_vs_original`` and
-        ``dense_vs_original`` (original / dense per round: above 1, vitshrink's dense model is faster).
+        ``dense_vs_original`` (original / dense per round: above 1, vitshrink's dense model is faster);
+        with the fp32 original timed beside a low-precision run (``original_fp32``) also
+        ``original_fp32_ms``, ``speedup_vs_original_fp32`` and ``stability_vs_original_fp32``: how far the
+        pruned low-precision model is from what the user runs in fp32 today.
     """
     d, p = res.stats("dense"), res.stats("pruned")
     st = stability(res, "dense", "pruned")
@@ -142,6 +145,9 @@ def latency_entry(res: LatencyResult, ideal_speedup: float, threads: int, runtim
         e.update(baseline_ms=_ms(o), baseline_throughput=o["throughput"], speedup_vs_original=so["speedup"],
                  realization_vs_original=so["speedup"] / ideal_speedup, stability_vs_original=so,
                  dense_vs_original=res.paired_ratio("original", "dense"))
+    if "original_fp32" in res.ms:
+        f, sf = res.stats("original_fp32"), stability(res, "original_fp32", "pruned")
+        e.update(original_fp32_ms=_ms(f), speedup_vs_original_fp32=sf["speedup"], stability_vs_original_fp32=sf)
     # against the dense model of the same codegen, beating the MACs promise means the measurement is off
     # (against the original it may not: vitshrink's dense can be faster than timm's, see dense_vs_original)
     e["suspect"] = (f"realization {e['realization']:.3f} > {MAX_REALIZATION} against vitshrink's dense model: faster "
@@ -220,6 +226,7 @@ def measure_onnx(
     progress: Optional[Callable[[int, int, int], None]] = None,
     extend_s: float = 0.0,
     engine: str = "ort",
+    engines: Optional[Mapping[str, str]] = None,
 ) -> dict[int, LatencyResult]:
     """Time ONNX files (or module directories, for the torch engines) interleaved in a fresh worker
     process, with ONNX Runtime on the CPU or another ``engine`` of :mod:`vitshrink.runtime.engines`.
@@ -233,6 +240,7 @@ def measure_onnx(
 
     Args:
         paths: runner name -> ONNX file (input [B, *input_shape] -> logits).
+        engines: runner name -> the engine of that runner where it is not ``engine`` (same runtime).
         budget_s: seconds per batch size; ``extend_s``: up to this many more while the speed-up of
             the first two runners is not :func:`stability` stable.
         progress: ``progress(batch, done, planned)`` after each round.
@@ -243,7 +251,8 @@ def measure_onnx(
     """
     job = {"paths": {n: str(Path(p).resolve()) for n, p in paths.items()}, "batches": [int(b) for b in batches],
            "threads": int(threads), "input_shape": list(input_shape), "budget_s": float(budget_s),
-           "min_rounds": int(min_rounds), "max_rounds": int(max_rounds), "extend_s": float(extend_s), "engine": engine}
+           "min_rounds": int(min_rounds), "max_rounds": int(max_rounds), "extend_s": float(extend_s), "engine": engine,
+           "engines": dict(engines or {})}
     results: dict[int, LatencyResult] = {}
     error, pool = None, ""
     with tempfile.TemporaryFile(mode="w+") as err:

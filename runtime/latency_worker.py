@@ -6,7 +6,8 @@ run a second time in the child, and a script read from stdin cannot be re-import
 
 Protocol: one JSON object on stdin ``{"paths": {name: onnx file or module dir}, "batches": [int], "threads": int,
 "input_shape": [C, H, W], "budget_s": float, "min_rounds": int, "max_rounds": int, "extend_s": float,
-"engine": name in vitshrink.runtime.engines.ENGINES (default "ort")}``; one JSON line
+"engine": name in vitshrink.runtime.engines.ENGINES (default "ort"), "engines": {name: engine} for runners
+of another engine of the same runtime}``; one JSON line
 per event on stdout: ``["pool", str]``, ``["progress", batch, done, planned]``,
 ``["result", batch, {name: [ms, ...]}, {name: warm-up s}, load]``, ``["error", str]``, and finally ``["done"]``.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .engines import make_runner
+from .engines import ENGINES, make_runner
 from .latency import measure_interleaved, stability
 from .ort import use_global_thread_pool
 
@@ -28,14 +29,16 @@ def _send(*msg) -> None:
 def run(job: dict) -> None:
     """Time the job's ONNX files (see the module docstring); every event goes to stdout."""
     threads, engine = int(job["threads"]), job.get("engine", "ort")
-    if engine in ("ort", "ort-cuda"):
+    runtime = ENGINES[engine].runtime
+    if runtime == "onnxruntime":
         shared = use_global_thread_pool(threads)  # else per-session pools, which must not spin
         _send("pool", "global, spinning" if shared else "per-session, no spinning")
     else:
         shared = False
-        _send("pool", {"openvino": f"OpenVINO CPU streams, {threads} threads per model (f32)",
-                       "torch": f"torch intra-op pool, {threads} threads"}.get(engine, engine))
-    runners = {n: make_runner(engine, p, threads, shared_pool=shared) for n, p in job["paths"].items()}
+        _send("pool", {"openvino": f"OpenVINO CPU streams, {threads} threads per model ({ENGINES[engine].precision})",
+                       "torch": f"torch intra-op pool, {threads} threads"}.get(runtime, engine))
+    per = job.get("engines") or {}
+    runners = {n: make_runner(per.get(n, engine), p, threads, shared_pool=shared) for n, p in job["paths"].items()}
     names = list(runners)
     pair = ("dense", "pruned") if {"dense", "pruned"} <= set(names) else tuple(names[:2])
     until = (lambda res: stability(res, *pair)["verdict"] == "stable") if len(pair) == 2 else None

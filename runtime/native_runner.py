@@ -3,6 +3,7 @@ installed with the package): building it with cmake against the OpenVINO pip whe
 Python for verification and timing."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,8 +21,16 @@ BINARY = "vitshrink-run"
 
 
 def default_build_dir() -> Path:
-    """``$VITSHRINK_RUNNER_DIR`` or ``~/.cache/vitshrink/runner``."""
-    return Path(os.environ.get("VITSHRINK_RUNNER_DIR", Path.home() / ".cache" / "vitshrink" / "runner"))
+    """``$VITSHRINK_RUNNER_DIR`` or ``~/.cache/vitshrink/runner-<hash>``, the hash of the runner's sources:
+    a binary built from older sources is never picked up."""
+    env = os.environ.get("VITSHRINK_RUNNER_DIR")
+    if env:
+        return Path(env)
+    h = hashlib.sha256()
+    for f in sorted(SOURCE_DIR.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return Path.home() / ".cache" / "vitshrink" / f"runner-{h.hexdigest()[:10]}"
 
 
 def openvino_cmake_dir() -> Optional[Path]:
@@ -86,7 +95,7 @@ def ensure_runner() -> Path:
 
 
 def run_native(binary: str | Path, models: Sequence[str | Path], batch: int, threads: int, runs: int, warmup: int = 3,
-               images: Optional[np.ndarray] = None) -> tuple[dict, Optional[np.ndarray]]:
+               images: Optional[np.ndarray] = None, precision: str = "f32") -> tuple[dict, Optional[np.ndarray]]:
     """Call ``vitshrink-run`` once: its JSON (per-model per-run ms, interleaved) and the first model's
     logits [batch, classes] when ``images`` [batch, C, H, W] float32 is given.
 
@@ -95,7 +104,8 @@ def run_native(binary: str | Path, models: Sequence[str | Path], batch: int, thr
     """
     with tempfile.TemporaryDirectory(prefix="vitshrink-native-") as d:
         cmd = [str(binary)] + [a for m in models for a in ("--model", str(m))] + [
-            "--batch", str(batch), "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup)]
+            "--batch", str(batch), "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup),
+            "--precision", precision]
         if images is not None:
             np.ascontiguousarray(images, dtype=np.float32).tofile(Path(d) / "x.f32")
             cmd += ["--input", str(Path(d) / "x.f32"), "--output", str(Path(d) / "y.f32")]
@@ -115,11 +125,12 @@ class NativeRunner(Runner):
 
     runtime = "vitshrink-run"
 
-    def __init__(self, path: str | Path, threads: int = 2, binary: Optional[str | Path] = None):
-        self.path, self.threads = Path(path), threads
+    def __init__(self, path: str | Path, threads: int = 2, binary: Optional[str | Path] = None, hint: str = "f32"):
+        self.path, self.threads, self.hint = Path(path), threads, hint
         self.binary = Path(binary) if binary else ensure_runner()
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        info, logits = run_native(self.binary, [self.path], images.shape[0], self.threads, runs=1, warmup=0, images=images)
+        info, logits = run_native(self.binary, [self.path], images.shape[0], self.threads, runs=1, warmup=0, images=images,
+                                  precision=self.hint)
         self.precision, self.version = info["precision"], info["openvino"]
         return logits

@@ -1,4 +1,4 @@
-"""OpenVINO runner (CPU plugin; reads the exported ONNX file directly)."""
+"""OpenVINO runner (CPU plugin; reads the exported ONNX file directly, or an OpenVINO IR such as the NNCF INT8 model)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,24 +9,40 @@ import numpy as np
 from .base import Runner
 
 
-def openvino_status() -> Optional[str]:
-    """None when OpenVINO can run here, else why not."""
+def openvino_status(capability: Optional[str] = None) -> Optional[str]:
+    """None when OpenVINO can run here (with ``capability``, one of the CPU plugin's
+    ``OPTIMIZATION_CAPABILITIES``: ``INT8``, ``BF16``, ``FP16``), else why not."""
     try:
         import openvino  # noqa: F401  (lazy: optional, [engines] extra)
     except ImportError:
         return "openvino is not installed (pip install 'vitshrink[engines]')"
+    if capability is None:
+        return None
+    caps = cpu_capabilities()
+    if capability not in caps:
+        return (f"OpenVINO's CPU plugin has no {capability} support on this CPU (its capabilities: {', '.join(caps)}); "
+                "it would run fp32 instead")
     return None
+
+
+def cpu_capabilities() -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (``FP32``, ``INT8``, ``BF16``, ``FP16``, ...)."""
+    import openvino as ov  # lazy: optional, [engines] extra
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 class OpenVinoRunner(Runner):
     """Runs an ONNX file with OpenVINO on the CPU.
 
     Args:
-        path: the ONNX file (input [B, C, H, W] float32 -> logits [B, num_classes]); any batch.
+        path: the ONNX file or OpenVINO IR ``.xml`` (input [B, C, H, W] float32 -> logits [B, num_classes]);
+            any batch.
         threads: ``INFERENCE_NUM_THREADS``.
-        precision: ``INFERENCE_PRECISION_HINT``, default ``"f32"``. The CPU plugin otherwise picks bf16
-            on CPUs with AVX512-BF16 (logits then differ from fp32 by ~0.04, ENGINES.md); the precision
-            it really runs at is read back into :attr:`precision`.
+        precision: ``INFERENCE_PRECISION_HINT``, default ``"f32"`` (for an INT8 IR: the precision of the
+            layers left unquantized). The CPU plugin otherwise picks bf16 on CPUs with AVX512-BF16
+            (logits then differ from fp32 by ~0.04 on a pruned deit_small); the precision it really runs
+            at is read back into :attr:`precision` (``"i8+f32"`` for an INT8 IR).
     Raises:
         RuntimeError: OpenVINO is not installed.
     """
@@ -46,8 +62,24 @@ class OpenVinoRunner(Runner):
         self.threads = threads
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # "f32", "bf16"
+        if _int8_layers(self.compiled):
+            self.precision = f"i8+{self.precision}"
         self.version = ov.get_version()
 
     def run(self, images: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: np.ascontiguousarray(images, dtype=np.float32)})
         return np.array(out[self.compiled.output(0)])
+
+
+#: the layers whose int8 ``runtimePrecision`` means int8 arithmetic (a u8 constant or Reorder does not)
+COMPUTE_LAYERS = ("FullyConnected", "FullyConnectedQuantizedLegacy", "MatMul", "Convolution")
+
+
+def _int8_layers(compiled) -> bool:
+    """Whether the compiled model runs some GEMM or convolution in int8 (``runtimePrecision`` of its runtime graph)."""
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if ("runtimePrecision" in info and info["runtimePrecision"].astype(str) in ("i8", "u8")
+                and info["layerType"].astype(str) in COMPUTE_LAYERS):
+            return True
+    return False

@@ -37,6 +37,7 @@ def build_engine(
     batches: tuple[int, int, int] = (1, 8, 64),
     fp16: bool = True,
     timing_cache: Optional[str | Path] = None,
+    calibration: Optional[np.ndarray] = None,
 ) -> Path:
     """Build a TensorRT engine from an ONNX file and save it with a ``.json`` metadata file beside it.
 
@@ -44,23 +45,31 @@ def build_engine(
         batches: (min, opt, max) batch sizes of the single optimisation profile.
         fp16: allow FP16 kernels (TensorRT picks per layer).
         timing_cache: file to load and update, so rebuilds are fast.
+        calibration: images [N, C, H, W] float32: also allow INT8 kernels, calibrated on them by
+            polygraphy's ``Calibrator`` (TensorRT's entropy calibrator, one image per batch).
     Raises:
         RuntimeError: TensorRT is unavailable (the reason is given).
     """
     reason = tensorrt_status()
     if reason:
         raise RuntimeError(f"TensorRT engine not built: {reason}")
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine  # lazy: needs tensorrt
+    from polygraphy.backend.trt import (Calibrator, CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile,  # lazy: needs tensorrt
+                                        SaveEngine)
 
     lo, opt, hi = batches
     profile = Profile().add(input_name, (lo, *input_shape), (opt, *input_shape), (hi, *input_shape))
     cache = str(timing_cache) if timing_cache else None
-    config = CreateConfig(fp16=fp16, profiles=[profile], load_timing_cache=cache)
+    calibrator = None
+    if calibration is not None:
+        calibrator = Calibrator([{input_name: np.ascontiguousarray(calibration[i:i + 1])} for i in range(len(calibration))])
+    config = CreateConfig(fp16=fp16, int8=calibration is not None, calibrator=calibrator, profiles=[profile],
+                          load_timing_cache=cache)
     engine = EngineFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config, save_timing_cache=cache)
     SaveEngine(engine, str(engine_path))()
     import tensorrt as trt  # lazy: optional (GPU machines only)
 
-    meta = {"onnx": Path(onnx_path).name, "tensorrt": trt.__version__, "fp16": fp16,
+    meta = {"onnx": Path(onnx_path).name, "tensorrt": trt.__version__, "fp16": fp16, "int8": calibration is not None,
+            "calibration_images": None if calibration is None else len(calibration),
             "profile": {"input": input_name, "min": lo, "opt": opt, "max": hi, "shape": list(input_shape)}}
     Path(str(engine_path) + ".json").write_text(json.dumps(meta, indent=1) + "\n")
     return Path(engine_path)

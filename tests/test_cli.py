@@ -146,9 +146,9 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path):
 
 
 def test_masks_command(tmp_path):
-    code, stdout, _ = run("masks", MODEL, "--heads", "0.67", "--mlp", "0.5", "--out", tmp_path / "s.json")
-    assert code == 0
-    doc = json.loads((tmp_path / "s.json").read_text())
+    code, stdout, _ = run("masks", MODEL, "--heads", "0.67", "--mlp", "0.5", "--out", tmp_path / "specs" / "s.json")
+    assert code == 0  # its folder is created, as compile and run create theirs
+    doc = json.loads((tmp_path / "specs" / "s.json").read_text())
     assert doc["format"] == "vitshrink.spec/1" and len(doc["masks"]["blocks.0.heads"]) == 2
     assert len(doc["masks"]["blocks.11.mlp"]) == 384
     code, _, stderr = run("masks", MODEL, "--out", tmp_path / "t.json")
@@ -175,10 +175,12 @@ def test_compile_with_a_predictor_from_the_checkpoint(tmp_path):
     spec = _spec(tmp_path, {}, {"dynamic_tokens": {
         "3": {"keep": 0.7, "score": "predictor", "where": "attn", "predictor": {"type": "dynamicvit", "prefix": "score_predictor.0"}},
         "8": {"keep": 0.5, "fuse": True}}})
-    code, _, stderr = run("compile", MODEL, "--spec", spec, "--checkpoint", tmp_path / "ckpt.safetensors",
-                          "--out", tmp_path / "o", *FAST)
+    code, stdout, stderr = run("compile", MODEL, "--spec", spec, "--checkpoint", tmp_path / "ckpt.safetensors",
+                               "--out", tmp_path / "o", *FAST)
     assert code == 0, stderr
     r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["latency"] == [] and " ms -> " not in stdout  # --bench-seconds 0: nothing timed, nothing claimed
+    assert "Not timed" in (tmp_path / "o" / "report.md").read_text()
     assert r["exactness"]["token_ids_identical"] is True and r["export"]["passed"]
     assert [b["tokens"]["keys"][1] for b in r["structure"]["blocks"]][2:5] == [197, 139, 139]
     import vitshrink

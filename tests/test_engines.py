@@ -117,19 +117,30 @@ def test_compile_engines_all(tmp_path, runner_binary):
     assert res.exit_code == 0, res.output
     r = json.loads((out / "report.json").read_text())
     ran = {n for n, e in r["engines"].items() if e["status"] == "ok"}
-    assert {"ort", "openvino", "native", "torch"} <= ran
+    assert {"ort", "openvino", "native", "torch", "ort-int8", "openvino-int8", "native-int8"} <= ran
     for n in ran:
         e = r["engines"][n]
-        assert e["max_abs_diff"] <= TOL and e["dense_max_abs_diff"] <= TOL and e["top1_agreement"] == 1.0, (n, e)
+        if e["precision"] == "fp32":
+            assert e["max_abs_diff"] <= TOL and e["dense_max_abs_diff"] <= TOL and e["top1_agreement"] == 1.0, (n, e)
+        else:  # int8: calibrated on the verification inputs (no images given), checked on them
+            assert e["metric"] == "rel_l2" and e["rel_l2"] <= e["tolerance"] and e["passed"], (n, e)
     skipped = {n: e["reason"] for n, e in r["engines"].items() if e["status"] == "skipped"}
+    assert all(reason for reason in skipped.values())
     if not torch.cuda.is_available():
-        assert {"torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "ort-cuda", "tensorrt"} <= set(skipped)
-        assert all(reason for reason in skipped.values())
+        assert {"torch-cuda", "torch-cuda-fp16", "torch-cuda-graph", "ort-cuda", "ort-cuda-fp16", "tensorrt",
+                "tensorrt-int8"} <= set(skipped)
     assert sorted(e["engine"] for e in r["latency"]) == sorted(ran)
     assert all(e["dense_ms"]["p50"] > 0 and e["pruned_ms"]["p50"] > 0 for e in r["latency"])
+    low = [e for e in r["latency"] if e["precision"] == "int8"]
+    assert low and all(e["baseline_ms"]["p50"] > 0 and e["original_fp32_ms"]["p50"] > 0 for e in low)
+    assert r["calibration"]["source"].startswith("verification inputs")
+    assert (out / "model.int8.xml").is_file() and (out / "model.int8.bin").is_file() and (out / "model.int8.onnx").is_file()
     md = (out / "report.md").read_text()
-    assert "## Engines" in md and "| native | vitshrink-run |" in md and "skipped: no CUDA" in md or torch.cuda.is_available()
+    assert "## Engines" in md and "| native | vitshrink-run |" in md and "| openvino-int8 | int8 | cpu |" in md
+    if not torch.cuda.is_available():
+        assert "skipped: no CUDA" in md
     assert "engine openvino:" in res.stdout and "native cpu batch 1" in res.stdout
+    assert "timm's original fp32" in res.stdout  # the int8 entries' second line
 
 
 def test_real_deit_tiny_on_openvino_and_native(tmp_path, runner_binary):

@@ -80,6 +80,25 @@ def test_accuracy_thresholds_fail_without_accuracy():
     assert [c.status for c in checks] == ["fail", "fail"] and "--data" in checks[0].note
 
 
+def test_top1_drop_per_engine_and_precision():
+    """--max-top1-drop: the fp32 drop under * / ort, each low-precision row (its original minus its pruned, both
+    at that precision) under * or its engine; the most specific selector wins; a selector matching no row fails."""
+    rep = crafted()
+    rep["accuracy"]["engines"] = [
+        {"engine": "ort", "precision": "fp32", "original_top1": 0.80, "pruned_top1": 0.79},
+        {"engine": "openvino-int8", "precision": "int8", "original_top1": 0.79, "pruned_top1": 0.76},
+        {"engine": "ort-int8", "precision": "int8", "original_top1": None, "pruned_top1": 0.70}]
+    assert statuses(rep, {"max_top1_drop": 1.5}) == ["pass", "fail", "fail"]  # 1 point, 3 points, no original
+    assert statuses(rep, {"max_top1_drop": ["1.5", "openvino-int8=3.5"]}) == ["pass", "pass", "fail"]
+    checks = evaluate(rep, gate_from_mapping({"max_top1_drop": {"openvino-int8": 2}}, "t"))
+    assert [(c.status, round(c.value, 6)) for c in checks] == [("fail", 3.0)] and "openvino-int8" in checks[0].name
+    assert statuses(rep, {"max_top1_drop": {"tensorrt-int8": 1}}) == ["fail"]
+    with pytest.raises(VitshrinkError, match="no batch size"):
+        gate_from_mapping({"max_top1_drop": "ort@8=1"}, "t")
+    with pytest.raises(VitshrinkError, match="one number"):
+        gate_from_mapping({"max_params": "ort=1"}, "t")
+
+
 def test_latency_gate_fails_only_when_the_whole_interval_is_below():
     noisy = crafted(speedup=1.5, noise=0.15, rounds=25, seed=3)
     ci = noisy["latency"][0]["stability"]["speedup_ci95"]

@@ -51,7 +51,7 @@ def test_action_script_runs_locally(tmp_path):
     out = tmp_path / "vs-out"
     env = {**os.environ, "VITSHRINK_INSTALL": "", "VITSHRINK_MODEL": "deit_tiny_patch16_224",
            "VITSHRINK_SPEC": str(REPO / "compiler" / "examples" / "deit_tiny_example.json"),
-           "VITSHRINK_BENCH_SECONDS": "0", "VITSHRINK_OUT": str(out), "VITSHRINK_ARGS": "--max-macs 0.1G --max-abs-diff 1e-4",
+           "VITSHRINK_BENCH_SECONDS": "0.1", "VITSHRINK_OUT": str(out), "VITSHRINK_ARGS": "--max-macs 0.1G --max-abs-diff 1e-4",
            "GITHUB_OUTPUT": str(tmp_path / "output"), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

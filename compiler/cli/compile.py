@@ -33,7 +33,11 @@ Examples:
 @click.option("--allow-model-mismatch", is_flag=True, help="Compile a spec whose meta.model names another model.")
 @click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
               help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
-@click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of dense and pruned.")
+@click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of the original, dense and pruned models "
+                                           "(images that calibrated are left out).")
+@click.option("--calib", default=None, help="Folder of calibration images for the INT8 engines (class folders or not; labels "
+                                            "unused). Default: --calib-images of --data, held out from accuracy.")
+@click.option("--calib-images", default=128, show_default=True, help="Number of calibration images (a seeded choice).")
 @click.option("--batch", "batches", default="1", callback=int_list, show_default=True, help="Batch sizes to time, e.g. 1,8.")
 @click.option("--threads", "threads", default="2", callback=int_list, show_default=True, help="ONNX Runtime intra-op threads, e.g. 1,2.")
 @click.option("--bench-seconds", default=10.0, show_default=True,
@@ -47,13 +51,15 @@ Examples:
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--engines", default="ort", show_default=True, callback=engines_option,
-              help="Engines to verify against torch and time: ort,openvino,native,torch (CPU); torch-cuda, "
-                   "torch-cuda-fp16, torch-cuda-graph, ort-cuda, tensorrt (GPU); or all. Unavailable ones are "
-                   "listed as skipped with the reason.")
+              help="Engines to verify against torch and time: ort,openvino,native,torch (CPU fp32); ort-int8, "
+                   "openvino-int8, native-int8, openvino-bf16, openvino-fp16 (CPU, low precision: timed against "
+                   "the original at the same precision); torch-cuda, torch-cuda-fp16, torch-cuda-graph, ort-cuda, "
+                   "ort-cuda-fp16, tensorrt, tensorrt-int8 (GPU); or all. Unavailable ones are listed as skipped "
+                   "with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
 def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, import_options,
-                data, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, trt, engines, quiet, **gate_kwargs):
+                data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
     the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
@@ -66,7 +72,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
         gate, baseline = prepare_gate(thresholds, outputs, pyproject=None) if gating else (None, None)
     except VitshrinkError as e:
         fail(e)
-    opts = CompileOptions(checkpoint=checkpoint, data=data, batch=batches, threads=threads,
+    opts = CompileOptions(checkpoint=checkpoint, data=data, calib=calib, calib_images=calib_images, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
                           dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
@@ -100,21 +106,29 @@ def summary(report: dict) -> None:
         elif e.get("status") == "skipped":
             click.echo(f"engine {name}: skipped ({e['reason']})")
     for e in report["latency"]:
+        prec = e.get("precision", "fp32")
         where = f"{e.get('engine', e['runtime'])} {e['device']} batch {e['batch']} threads {e['threads']}"
         flags = [w for w in (("CONTENDED" if e["stability"].get("contended") else "NOISY") if e["stability"]["verdict"] != "stable"
                              else None, "SUSPECT" if e.get("suspect") else None) if w]
         flag = f" [{', '.join(flags)}: see report.md]" if flags else ""
         if "speedup_vs_original" in e:
-            click.echo(f"{where}: timm's original {e['baseline_ms']['p50']:.2f} ms -> pruned {e['pruned_ms']['p50']:.2f} ms, "
+            orig = "timm's original" + ("" if prec == "fp32" else f" {prec}")
+            click.echo(f"{where}: {orig} {e['baseline_ms']['p50']:.2f} ms -> pruned {e['pruned_ms']['p50']:.2f} ms, "
                        f"speed-up x{e['speedup_vs_original']:.3f} (ideal x{e['ideal_speedup']:.3f}, realization "
                        f"{e['realization_vs_original']:.3f}); vs vitshrink dense {e['dense_ms']['p50']:.2f} ms: "
                        f"x{e['speedup']:.3f}, realization {e['realization']:.3f}{flag}")
+            if "speedup_vs_original_fp32" in e:
+                click.echo(f"{where}: timm's original fp32 {e['original_fp32_ms']['p50']:.2f} ms -> pruned {prec} "
+                           f"{e['pruned_ms']['p50']:.2f} ms, speed-up x{e['speedup_vs_original_fp32']:.3f}")
         else:
             click.echo(f"{where}: dense {e['dense_ms']['p50']:.2f} ms -> pruned {e['pruned_ms']['p50']:.2f} ms, speed-up "
                        f"x{e['speedup']:.3f} (ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f}){flag}")
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
+        for r in a.get("engines", [])[1:]:
+            o = f"original {r['original_top1']:.4f} -> " if r["original_top1"] is not None else ""
+            click.echo(f"top-1 {r['engine']} ({r['precision']}): {o}pruned {r['pruned_top1']:.4f}")
 
 
 @click.command("bench", epilog="""\b

@@ -27,15 +27,15 @@ Examples:
 @click.option("--token-mode", type=click.Choice(["drop", "query"]), default=None,
               help="Static tokens: drop (leave the sequence) or query (Patch Slimming). Default: drop for uniform, query for slim.")
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
-@click.option("--calib", default=None, help="ImageFolder directory of calibration images (slim).")
-@click.option("--calib-n", default=100, show_default=True, help="Calibration images, evenly spaced over the directory.")
-@click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors).")
+@click.option("--calib", default=None, help="Folder of calibration images (slim; class folders or not).")
+@click.option("--calib-n", default=100, show_default=True, help="Calibration images (a seeded choice from the folder).")
+@click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors); its folder is created.")
 def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, calib, calib_n, out):
     """Write a reference mask spec for MODEL: L1 width criteria and/or a token schedule."""
     from .. import families  # lazy: the compile stack loads only for commands that use it
     from ..frontends.timm import eval_transform  # lazy: as above
     from ..masks.tokens import token_spec  # lazy: as above
-    from ..pipeline.inputs import calibration_images  # lazy: as above
+    from ..pipeline.calibration import choose, find_images, load_images, record  # lazy: as above
     from ..spec.format import Spec, save_spec  # lazy: as above
 
     try:
@@ -44,8 +44,6 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, ca
         out_path = Path(out)
         if out_path.suffix not in (".json", ".safetensors"):
             raise VitshrinkError(f"--out '{out}': use a .json or .safetensors file name")
-        if not out_path.parent.resolve().is_dir():
-            raise VitshrinkError(f"--out '{out}': directory '{out_path.parent}' does not exist")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             timm_model, ir, _ = families.import_model(model, checkpoint)
@@ -54,12 +52,16 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, tokens, token_mode, fuse, ca
         if tokens and not family.token_pruning:
             raise VitshrinkError(f"--tokens: token schedules do not apply to {model} ({family.title}: its windows need every token)")
         if tokens:
-            images = calibration_images(calib, calib_n, eval_transform(timm_model), ir.num_classes) if calib else None
+            paths = choose(find_images(calib), calib_n) if calib else None
+            images = load_images(paths, eval_transform(timm_model)) if paths else None
             token_masks, settings = token_spec(ir, tokens, mode=token_mode, fuse=fuse, calib=images)
             spec.masks.update(token_masks)
             spec.settings.update(settings)
-            spec.meta["tokens"] = {"schedule": tokens, "calibration": {"dir": calib, "n": int(images.shape[0])} if images is not None else None}
+            spec.meta["tokens"] = {"schedule": tokens}
+            if paths:  # compile --data leaves these images out of its accuracy
+                spec.meta["calibration"] = record(paths, calib, "vitshrink masks --calib")
         spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # as compile and run create their folders
         tmp = out_path.with_name(f".{out_path.name}.tmp")
         save_spec(spec, tmp, resolved_shapes=family.spec.mask_shapes(ir), form=out_path.suffix.lstrip("."))
         os.replace(tmp, out_path)

@@ -13,7 +13,7 @@ Example:
   vitshrink build-runner                       # -> ~/.cache/vitshrink/runner/vitshrink-run
   vitshrink build-runner --build-dir build/native
 """ + EXIT_CODES)
-@click.option("--build-dir", default=None, help="CMake build directory (default $VITSHRINK_RUNNER_DIR or ~/.cache/vitshrink/runner).")
+@click.option("--build-dir", default=None, help="CMake build directory (default $VITSHRINK_RUNNER_DIR or ~/.cache/vitshrink/runner-<hash of the sources>).")
 def build_runner_cmd(build_dir):
     """Build vitshrink-run, the native C++ runner (OpenVINO C++ API from the openvino wheel), with cmake
     and the system C++ compiler. `--engines native` finds it there (or builds it on first use)."""

@@ -61,7 +61,7 @@ def _applies(sel: str, entry: dict) -> bool:
         return True
     eng, _, batch = sel.partition("@")
     eng = {"onnxruntime": "ort"}.get(eng, eng)
-    return (not eng or eng == entry_engine(entry)) and (not batch or int(batch) == entry["batch"])
+    return (not eng or eng == entry_engine(entry)) and (not batch or int(batch) == entry.get("batch"))
 
 
 def threshold_for(gate: Gate, key: str, entry: dict) -> Optional[float]:
@@ -153,6 +153,32 @@ def slowdown(new: dict, old: dict, absolute: bool = False, seed: int = 0) -> tup
     return point, (float(ci.low), float(ci.high))
 
 
+def top1_drop_checks(checks: list[Check], gate: Gate, acc: dict) -> None:
+    """``max_top1_drop``: the fp32 drop (dense minus pruned, ONNX Runtime) under the selectors ``*`` and
+    ``ort``; every low-precision row of ``accuracy.engines`` -- its original minus its pruned model, both at
+    that precision -- under ``*`` or its engine's name (the most specific wins). A selector that matches no
+    row fails."""
+    rows = [{"engine": "ort", "batch": None, "drop": 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None,
+             "name": "top-1 drop (points)"}]
+    for r in acc.get("engines") or []:
+        if r.get("precision") != "fp32":
+            d = None if r.get("original_top1") is None else 100 * (r["original_top1"] - r["pruned_top1"])
+            rows.append({"engine": r["engine"], "batch": None, "drop": d,
+                         "name": f"top-1 drop {r['engine']} (points, {r['precision']} original vs {r['precision']} pruned)"})
+    for sel, thr in gate.values["max_top1_drop"]:
+        if not any(_applies(sel, row) for row in rows):
+            checks.append(Check(f"top-1 drop {sel}", "max_top1_drop", None, thr, "fail", None,
+                                f"no accuracy row for {sel!r} in the report (compile with --data and --engines {sel})"))
+    for row in rows:
+        thr = threshold_for(gate, "max_top1_drop", row)
+        if thr is None:
+            continue
+        status, note = _verdict("max_top1_drop", row["drop"], thr)
+        if row["drop"] is None:
+            note = "top-1 is not in the report (compile with --data)" if row["engine"] == "ort" else "no original at this precision"
+        checks.append(Check(row["name"], "max_top1_drop", row["drop"], thr, status, None, note))
+
+
 def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=None) -> list[Check]:
     """Every check of ``gate`` on ``report`` (a parsed report.json), in :data:`THRESHOLDS` order.
 
@@ -183,8 +209,7 @@ def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=N
     if "min_top1_agreement" in v:
         single("min_top1_agreement", "top-1 agreement", acc.get("top1_agreement"))
     if "max_top1_drop" in v:
-        drop = 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None
-        single("max_top1_drop", "top-1 drop (points)", drop)
+        top1_drop_checks(checks, gate, acc)
 
     entries = report.get("latency", [])
     for key in PER_ENTRY:  # a selector that matches no latency entry is a failure, not a silent pass

@@ -19,14 +19,15 @@ except ModuleNotFoundError:  # Python 3.10
 THRESHOLDS = {
     "max_abs_diff": ("<=", "max abs diff on logits, compiled vs reference and ONNX Runtime vs torch", ""),
     "min_top1_agreement": (">=", "fraction of images where pruned and dense predict the same class", ""),
-    "max_top1_drop": ("<=", "dense top-1 minus pruned top-1", "points"),
+    "max_top1_drop": ("<=", "dense top-1 minus pruned top-1 (per low-precision engine: its original minus its pruned)", "points"),
     "min_speedup": (">=", "original (or dense) / pruned latency (median of per-round ratios)", "x"),
     "min_realization": (">=", "speed-up / ideal speed-up (MACs ratio)", ""),
     "max_slowdown": ("<=", "pruned latency vs the baseline report, relative", ""),
     "max_params": ("<=", "parameters of the pruned model", ""),
     "max_macs": ("<=", "MACs per image of the pruned model", ""),
 }
-PER_ENTRY = ("min_speedup", "min_realization", "max_slowdown")  # take SELECTOR=VALUE forms
+PER_ENTRY = ("min_speedup", "min_realization", "max_slowdown")  # per latency entry
+SELECTABLE = PER_ENTRY + ("max_top1_drop",)  # take SELECTOR=VALUE forms (max_top1_drop: per accuracy row, ENGINE only)
 AGAINST = ("original", "dense")  # what a speed-up is measured against
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 
@@ -89,13 +90,13 @@ def parse_number(key: str, value: Any) -> float:
 def _entries(key: str, value: Any) -> list[tuple[str, float]]:
     """``1.5`` -> [("*", 1.5)]; ``"ort@8=1.8"`` or {"ort@8": 1.8} -> [("ort@8", 1.8)]; lists of these."""
     if isinstance(value, dict):
-        if key not in PER_ENTRY:
+        if key not in SELECTABLE:
             raise VitshrinkError(f"gate threshold '{key}': takes one number, not a table")
         return [(_selector(key, s), parse_number(f"{key}.{s}", v)) for s, v in value.items()]
     if isinstance(value, (list, tuple)):
         return [e for v in value for e in _entries(key, v)]
     if isinstance(value, str) and "=" in value:
-        if key not in PER_ENTRY:
+        if key not in SELECTABLE:
             raise VitshrinkError(f"gate threshold '{key}': takes one number, not SELECTOR=VALUE")
         sel, v = value.split("=", 1)
         return [(_selector(key, sel), parse_number(key, v))]
@@ -106,6 +107,8 @@ def _selector(key: str, sel: str) -> str:
     sel = sel.strip()
     if sel in ("*", "all"):
         return "*"
+    if key not in PER_ENTRY and not re.fullmatch(r"[A-Za-z_][\w-]*", sel):
+        raise VitshrinkError(f"gate threshold '{key}': selector {sel!r} is not an ENGINE (accuracy has no batch size)")
     if not re.fullmatch(r"[A-Za-z_][\w-]*(@\d+)?|@\d+", sel):
         raise VitshrinkError(f"gate threshold '{key}': selector {sel!r} is not ENGINE, ENGINE@BATCH or @BATCH")
     return sel

@@ -1,15 +1,14 @@
 """A compile's inputs: the images it verifies on (seeded noise, flat-block images with exact score ties, real
-images), calibration images (``vitshrink masks --calib``), the spec's model check and the checkpoint
-tensors a spec reads."""
+images), the spec's model check and the checkpoint tensors a spec reads. Calibration images: :mod:`.calibration`."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image
 
 from ..errors import SpecError
-from ..runtime.accuracy import list_images
+from .calibration import load_images
 
 
 def tie_images(n: int, shape: tuple[int, int, int], patch: tuple[int, int], seed: int = 1) -> torch.Tensor:
@@ -24,30 +23,21 @@ def tie_images(n: int, shape: tuple[int, int, int], patch: tuple[int, int], seed
     return img.repeat_interleave(patch[0], 2).repeat_interleave(patch[1], 3)
 
 
-def verification_images(n: int, shape: tuple[int, int, int], data: Optional[str], transform, num_classes: int,
-                        patch: tuple[int, int] = (16, 16)) -> torch.Tensor:
+def verification_images(n: int, shape: tuple[int, int, int], real: Optional[list[Path]], transform,
+                        patch: tuple[int, int] = (16, 16)) -> tuple[torch.Tensor, int]:
     """``n`` seeded standard-normal images, 2 flat-block images (exact score ties), plus up to ``n``
-    real images from ``data`` when given."""
+    real images (the first of ``real``: ``--data``'s, else the calibration images) when given.
+
+    Returns:
+        (images [B, C, H, W], how many of the last rows are real images).
+    """
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn((n, *shape), generator=g), tie_images(2, shape, patch)]
-    if data:
-        real = []
-        for path, _ in list_images(data, num_classes)[:n]:
-            with Image.open(path) as im:
-                real.append(transform(im.convert("RGB")))
-        xs.append(torch.stack(real))
-    return torch.cat(xs)
-
-
-def calibration_images(directory: str, n: int, transform, num_classes: int) -> torch.Tensor:
-    """``n`` images evenly spaced over an ImageFolder directory, transformed: [n, C, H, W]."""
-    items = list_images(directory, num_classes)
-    step = max(1, len(items) // n)
-    xs = []
-    for path, _ in items[::step][:n]:
-        with Image.open(path) as im:
-            xs.append(transform(im.convert("RGB")))
-    return torch.stack(xs)
+    k = 0
+    if real:
+        xs.append(load_images(list(real)[:n], transform))
+        k = xs[-1].shape[0]
+    return torch.cat(xs), k
 
 
 def check_spec_model(spec, model_name: str, allowed: bool) -> None:

@@ -22,7 +22,6 @@ A failed verification raises :class:`~vitshrink.errors.VerificationError` (CLI e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -43,16 +42,18 @@ from ..importers.verify import import_report, source_logits
 from ..report.schema import FORMAT as REPORT_FORMAT
 from ..report.write import write_report
 from ..runtime import engines
-from ..runtime.accuracy import evaluate, list_images
 from ..runtime.machine import machine
-from ..runtime.ort import OrtRunner
 from ..spec.format import load_spec, save_spec
 from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
 from .inputs import check_spec_model, referenced_tensors, verification_images
+from .accuracy import accuracy_section
+from .calibration import load_images
+from .calibration import plan as plan_images
 from .layout_choice import choose_layout
 from .options import CompileOptions, with_overrides
 from .original import OriginalBaseline
-from .output import check_output, commit_output, prepare_output, sha256, toolchain
+from .precision import build_low_precision, kinds_needed
+from .output import check_output, commit_output, prepare_output, scratch_dir, sha256, toolchain
 from .progress import Log
 
 
@@ -77,6 +78,7 @@ class CompileJob:
         self.log = Log(opt.progress)
         self.report: dict = {}
         self.original: Optional[OriginalBaseline] = None
+        self._calib = None  # calibration images, read on first use (calibration_images)
 
     # ------------------------------------------------------------------------------------ 1-2 inputs
 
@@ -104,15 +106,18 @@ class CompileJob:
             if opt.data and not dense_ir.num_classes:
                 raise ModelError(f"--data: {self.model_name} is a feature extractor (num_classes=0, output "
                                  f"[B, {dense_ir.num_outputs}]); top-1 accuracy needs a classifier")
-            if opt.data:
-                list_images(opt.data, dense_ir.num_classes)
+            calibrates = any(engines.ENGINES[e].precision == "int8" and not engines.status(e) for e in opt.engines)
+            self.images = plan_images(opt.calib, opt.calib_images, opt.data, dense_ir.num_classes, self.spec.meta,
+                                      calibrates, opt.limit)
+            if self.images.warning:
+                warnings.warn(self.images.warning)
             self.transform = eval_transform(timm_model)
         for w in caught:  # bad input has ended with its one error line before any warning is shown
             log.warn(str(w.message))
         self.shape = (dense_ir.in_chans, *dense_ir.img_size)
         self.tensors = referenced_tensors(self.resolved, checkpoint)  # exit classifier, token predictors
-        self.x = verification_images(opt.verify_images, self.shape, opt.data, self.transform, dense_ir.num_classes,
-                                     dense_ir.patch_size)
+        real = [p for p, _ in self.images.accuracy_items or []] or self.images.calib_paths
+        self.x, self.real_rows = verification_images(opt.verify_images, self.shape, real, self.transform, dense_ir.patch_size)
         self.timm_model, self.dense_ir = timm_model, dense_ir
 
     def check_fidelity(self, work: Path) -> None:
@@ -141,7 +146,7 @@ class CompileJob:
                                {"path": None, "random_init": True, "seed": families.RANDOM_INIT_SEED}),
                 "data": opt.data,
             },
-            "toolchain": toolchain(), "machine": machine(),
+            "toolchain": toolchain(), "machine": machine(), "calibration": self.images.calibration,
             "import": {"max_abs_diff": fidelity, "tolerance": opt.tolerance, "passed": True},
         })
         if self.imported is not None:
@@ -185,7 +190,7 @@ class CompileJob:
             reload_diff = _max_diff(load(tmp / "model")(x), self.logits)
         self.report["exactness"] = {
             "max_abs_diff": exact, "tolerance": tol, "passed": exact <= tol, "reload_max_abs_diff": reload_diff,
-            "inputs": f"{opt.verify_images} random + 2 flat-block" + (f" + {opt.verify_images} real images" if opt.data else ""),
+            "inputs": f"{opt.verify_images} random + 2 flat-block" + (f" + {self.real_rows} real images" if self.real_rows else ""),
             "reference": "dense model with masks as zeros (heads/channels/neurons), identity (blocks), "
                          "LayerNorm over kept embed channels, early-exit classifier, tokens as alive/key masks",
         }
@@ -232,7 +237,7 @@ class CompileJob:
             VerificationError: the exporter, onnx.checker, ONNX Runtime or an engine disagrees.
         """
         opt, tol, x = self.opt, self.opt.tolerance, self.x
-        onnx_engines = any(engines.ENGINES[e].artifact == "onnx" for e in opt.engines)
+        onnx_engines = any(engines.source_artifact(e) == "onnx" for e in opt.engines)
         with self.log.stage("export", "export ONNX (dense baseline + pruned)"), torch.no_grad():
             want_pruned, want_dense = self.logits, self.dense(x)
             dense_export = None
@@ -255,8 +260,13 @@ class CompileJob:
         originals = self.original.artifacts
         self.artifacts = {"onnx": {"original": originals.get("onnx"), "dense": onnx_dense, "pruned": onnx_pruned},
                           "module": {"original": originals.get("module"), "dense": dense_dir, "pruned": tmp / "model"}}
-        self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense},
-                                                max(opt.threads), tol, self.log)
+        if kinds_needed(opt.engines):
+            self.quantize(tmp, work)
+        # int8 engines calibrated on real images are verified on real images (their ranges do not cover noise)
+        low_rows = slice(x.shape[0] - self.real_rows, None) if self.real_rows and self.images.calib_paths else None
+        self.report["engines"] = verify_engines(opt.engines, self.artifacts, x, {"pruned": want_pruned, "dense": want_dense,
+                                                "original": self.original.timm_logits}, max(opt.threads), tol, self.log,
+                                                low_rows)
         ort = self.report["engines"].get("ort", {})
         if ort.get("status") == "ok":  # the same check, done once
             d_pruned, d_dense = ort["max_abs_diff"], ort["dense_max_abs_diff"]
@@ -273,32 +283,43 @@ class CompileJob:
                                     f"{max(d_pruned, d_dense or 0):.3g} > {tol:g}")
         self.report["verified"] = True
 
+    def quantize(self, tmp: Path, work: Path) -> None:
+        """Stage 5b: the low-precision artifacts of the requested engines (:mod:`.precision`), calibrated on
+        the calibration images of :mod:`.calibration` (the verification inputs when there are none)."""
+        self.report["precision"] = build_low_precision(self.opt.engines, self.artifacts, self.calibration_images(),
+                                                       self.images.calibration["source"], tmp, work, self.log)
+
+    def calibration_images(self):
+        """The calibration images [N, C, H, W] float32 (read once): :mod:`.calibration`'s choice, else the
+        verification inputs."""
+        if self._calib is None:
+            paths = self.images.calib_paths
+            if paths is not None:
+                with self.log.stage("calibration", f"read {len(paths)} calibration images"):
+                    self._calib = load_images(paths, self.transform).numpy()
+            else:
+                self._calib = self.x.numpy()
+        return self._calib
+
     def time(self, tmp: Path) -> None:
         """Stage 6: latency per engine (a fresh worker process per engine and thread count), and TensorRT."""
         opt, macs = self.opt, self.report["macs"]
-        self.report["latency"] = time_engines(opt.engines, self.artifacts, opt.batch, opt.threads, self.shape,
-                                              opt.bench_seconds, macs["dense"] / macs["pruned"], self.log)
+        if opt.bench_seconds <= 0:  # nothing is timed: no entry (a 20-round figure would be noise)
+            self.report["latency"] = []
+        else:
+            self.report["latency"] = time_engines(opt.engines, self.artifacts, opt.batch, opt.threads, self.shape,
+                                                  opt.bench_seconds, macs["dense"] / macs["pruned"], self.log,
+                                                  self.report.get("engines"))
         if opt.trt:
-            trt = build_tensorrt(tmp, self.artifacts["onnx"]["pruned"], INPUT_NAME, self.shape, opt.batch, self.log)
-            self.report["engines"]["tensorrt"] = {
-                "runtime": "tensorrt", "device": "cuda", **trt,
-                **({"status": "skipped", "reason": trt["skipped"]} if "skipped" in trt else {"status": "built"})}
+            self.report["engines"].update(build_tensorrt(tmp, self.artifacts["onnx"]["pruned"], INPUT_NAME, self.shape, opt,
+                                                         self.calibration_images, self.log))
 
     def measure_accuracy(self) -> None:
-        """Stage 7: top-1/top-5 of dense and pruned (ONNX Runtime) on ``--data``."""
-        opt = self.opt
-        if not opt.data:
-            return
-        onnx = self.artifacts["onnx"]
-        runners = {"dense": OrtRunner(onnx["dense"], threads=max(opt.threads)), "pruned": OrtRunner(onnx["pruned"], threads=max(opt.threads))}
-        with self.log.stage("accuracy", f"accuracy on {opt.data}"):
-            n = len(list_images(opt.data, self.num_classes)[:opt.limit])
-            with self.log.bar("images", n) as bar:
-                acc = evaluate(runners, opt.data, self.transform, self.num_classes, limit=opt.limit, progress=bar)
-        self.report["accuracy"] = {
-            "n": acc["n"], "runtime": "onnxruntime", "transform": "timm eval transform of the model",
-            **{k: acc[k] for k in ("dense_top1", "pruned_top1", "dense_top5", "pruned_top5", "top1_agreement")},
-        }
+        """Stage 7: top-1/top-5 on ``--data``'s accuracy images (:func:`.accuracy.accuracy_section`)."""
+        if self.opt.data:
+            self.report["accuracy"] = accuracy_section(self.report.get("engines", {}), self.artifacts, self.images,
+                                                       self.opt.data, self.transform, self.num_classes,
+                                                       max(self.opt.threads), self.log)
 
     # ------------------------------------------------------------------------------------- the run
 
@@ -314,7 +335,7 @@ class CompileJob:
 
     def run(self) -> dict:
         """Every stage in order; the output directory appears only when all passed. Returns the report."""
-        work = Path(tempfile.mkdtemp(prefix="vitshrink-work-", dir=_scratch()))
+        work = Path(tempfile.mkdtemp(prefix="vitshrink-work-", dir=scratch_dir()))
         tmp = created_parent = None
         try:
             self.read_inputs()
@@ -375,13 +396,3 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
         VerificationError: exactness, import fidelity or export verification failed -- nothing is written.
     """
     return CompileJob(model_name, spec, out, with_overrides(options, kwargs)).run()
-
-
-def _scratch() -> Optional[str]:
-    """Where the scratch files go (the dense and original ONNX files, saved modules): ``/dev/shm`` -- memory,
-    faster to write and read than a disk -- when it has room for them (4 GB), else the temporary directory."""
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return None
-    return "/dev/shm" if st.f_bavail * st.f_frsize > 4 * 1024**3 else None

@@ -66,7 +66,8 @@ def choose_layout(pruned_ir, opt, shape: tuple[int, int, int], work: Path, log) 
     if opt.layout != "auto":
         return opt.layout, {"policy": opt.layout, "chosen": opt.layout, "reason": "--layout " + opt.layout}, {}
     family = family_of(pruned_ir)
-    engine = opt.engines[0]
+    # a low-precision engine's layout is timed on its fp32 engine: timing INT8 candidates would quantize each
+    engine = engines.ENGINES[opt.engines[0]].fp32 or opt.engines[0]
     forms: dict[tuple, tuple[str, object]] = {}
     for name in candidates(engine):
         ir = family.passes.lay_out(pruned_ir, name, opt.token_layout)

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from ..errors import VitshrinkError
 from ..passes.layout import HEAD_LAYOUTS
 from ..runtime.engines import parse_engines
+from .calibration import DEFAULT_IMAGES
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -20,7 +21,12 @@ class CompileOptions:
     Attributes:
         checkpoint: weights of the model (``.safetensors`` / ``.pth``); None: random weights (latency
             and exactness stay meaningful, accuracy does not; a warning says so).
-        data: ImageFolder directory for top-1/top-5 of dense and pruned (and 4 real verification images).
+        data: ImageFolder directory for top-1/top-5 of the original, dense and pruned models (and 4 real
+            verification images); images that calibrated (below) are left out of it.
+        calib: a folder of calibration images (in class folders or not; labels unused) for the INT8
+            engines; default: ``calib_images`` of ``data`` (then held out from accuracy), else the images
+            the spec's masks were chosen on (:mod:`vitshrink.pipeline.calibration`).
+        calib_images: how many calibration images (a seeded choice when the folder has more).
         batch: batch sizes to time (an int or a sequence), e.g. ``(1, 8)``.
         threads: ONNX Runtime intra-op thread counts to time (an int or a sequence); at most 2 on 2 cores.
         bench_seconds: timing budget in seconds per (batch, threads) setting; rounds go on past it (up
@@ -41,9 +47,11 @@ class CompileOptions:
         trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
         import_options: format options (``--import-option KEY=VALUE``), e.g. ``{"exit": "11"}`` (WDPruning).
         engines: engines to verify and time (``--engines``): names of
-            :data:`vitshrink.runtime.engines.ENGINES` (``ort``, ``openvino``, ``native``, ``torch``, the CUDA
-            ones), ``"all"``, or a comma-separated string; engines that cannot run here are listed in the
-            report as skipped with the reason. ``tensorrt`` implies ``trt``.
+            :data:`vitshrink.runtime.engines.ENGINES` (``ort``, ``openvino``, ``native``, ``torch``, the
+            low-precision ``ort-int8``, ``openvino-int8``, ``native-int8``, ``openvino-bf16``,
+            ``openvino-fp16``, the CUDA ones), ``"all"``, or a comma-separated string; engines that cannot
+            run here are listed in the report as skipped with the reason. ``tensorrt`` and
+            ``tensorrt-int8`` imply ``trt``.
         allow_model_mismatch: compile a spec whose ``meta.model`` names another model (masks index lists
             that fit any larger model; refused by default).
     Raises:
@@ -52,6 +60,8 @@ class CompileOptions:
 
     checkpoint: Optional[str] = None
     data: Optional[str] = None
+    calib: Optional[str] = None
+    calib_images: int = DEFAULT_IMAGES
     batch: Sequence[int] | int = (1,)
     threads: Sequence[int] | int = (2,)
     bench_seconds: float = 10.0
@@ -74,7 +84,7 @@ class CompileOptions:
             self.engines = parse_engines(self.engines)
         except ValueError as e:
             raise VitshrinkError(f"--engines: {e}") from None
-        if "tensorrt" in self.engines:
+        if any(e.startswith("tensorrt") for e in self.engines):
             self.trt = True
         self.batch = (self.batch,) if isinstance(self.batch, int) else tuple(self.batch)
         self.threads = (self.threads,) if isinstance(self.threads, int) else tuple(self.threads)
@@ -82,6 +92,8 @@ class CompileOptions:
             self.checkpoint = str(self.checkpoint)
         if self.data is not None:
             self.data = str(self.data)
+        if self.calib is not None:
+            self.calib = str(self.calib)
 
     def check(self) -> None:
         """Raise :class:`VitshrinkError` naming the flag of a value out of range."""
@@ -91,6 +103,8 @@ class CompileOptions:
             raise VitshrinkError(f"--token-layout {self.token_layout!r}: expected 'prefix' or 'gather'")
         if any(b < 1 for b in self.batch) or any(t < 1 for t in self.threads):
             raise VitshrinkError("--batch and --threads take positive integers")
+        if self.calib_images < 1:
+            raise VitshrinkError(f"--calib-images {self.calib_images}: give a positive number of images")
 
 
 def with_overrides(options: Optional[CompileOptions], kwargs: dict) -> CompileOptions:

@@ -27,7 +27,7 @@ class OriginalBaseline:
                  timm_logits: torch.Tensor, log):
         self.opt, self.timm_logits, self.artifacts, self.export = opt, timm_logits, {}, None
         timed = [e for e in opt.engines if e != "tensorrt" and not engines.status(e)] if opt.bench_seconds > 0 else []
-        kinds = {engines.ENGINES[e].artifact for e in timed}
+        kinds = {engines.source_artifact(e) for e in timed}
         self.info: dict = {"model": f"timm's own {model_name}" + (" with the imported weights in the dense layout"
                                                                    if imported else "")}
         if not kinds:

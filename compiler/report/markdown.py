@@ -42,10 +42,19 @@ def _engine_lines(engines: dict) -> list[str]:
             out.append(f"| {name} | {e['runtime']} | | {e['device']} | fp16 | | | | built: {e['file']} (not compared) |")
             continue
         prec = e["precision"] + (f" (reports {e['precision_reported']})" if e.get("precision_reported") else "")
+        if e.get("metric") == "rel_l2":
+            diff = (f"{e['max_abs_diff']:.2e} / {e['dense_max_abs_diff']:.2e}; relative L2 {e['rel_l2']:.3f} / "
+                    f"{e['dense_rel_l2']:.3f} (<= {e['tolerance']:g}, {e['images']} images)")
+        else:
+            diff = f"{e['max_abs_diff']:.2e} / {e['dense_max_abs_diff']:.2e} (<= {e['tolerance']:g})"
         out.append(f"| {name} | {e['runtime']} | {e['version']} | {e['device']} | {prec} | {e['threads']} | "
-                   f"{e['max_abs_diff']:.2e} / {e['dense_max_abs_diff']:.2e} (<= {e['tolerance']:g}) | "
-                   f"{e['top1_agreement']:.3f} | {'pass' if e['passed'] else 'FAIL'} |")
-    return out + [""]
+                   f"{diff} | {e['top1_agreement']:.3f} | {'pass' if e['passed'] else 'FAIL'} |")
+    notes = [f"- {name}: the original's {e['precision']} model differs from timm beyond its tolerance (relative L2 "
+             f"{e['original_rel_l2']:.3f}): not used as the baseline" for name, e in rows.items() if e.get("original_passed") is False]
+    if any(e.get("metric") == "rel_l2" for e in rows.values()):
+        notes.append("- int8 engines: relative L2 error ||engine - torch|| / ||torch|| of the logits, on images like "
+                     "the calibration images (a quantizer's ranges do not cover noise)")
+    return out + [""] + (notes + [""] if notes else [])
 
 
 def _trust(st: dict) -> str:
@@ -59,26 +68,34 @@ def _latency_lines(report: dict) -> list[str]:
     if not entries:
         return ["Not timed (`--bench-seconds 0`, or no engine runs here).", ""]
     has_original = any("speedup_vs_original" in e for e in entries)
+    low = any(e.get("precision", "fp32") != "fp32" for e in entries)
     lines = [("Each round runs " + ("timm's own model (what you run today), " if has_original else "")
               + "vitshrink's dense codegen and the pruned model, in rotating order, in one process. "
               "Milliseconds per batch (p50). Speed-up: the median of the per-round ratios, with its bootstrap "
-              "95% interval; realization: speed-up / MACs ratio (the ideal)."), "",
-             "| engine | device | batch | threads | rounds | against | baseline p50 | pruned p50 | speed-up (95% CI) | ideal | realization | trustworthy? |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "95% interval; realization: speed-up / MACs ratio (the ideal)."
+              + (" A low-precision engine's baselines run at its own precision (quantized by the same tool with the "
+                 "same calibration images); its last row is timm's original in fp32 in the same rounds: how far "
+                 "the deployment is from the fp32 model run today." if low else "")), "",
+             "| engine | precision | device | batch | threads | rounds | against | baseline p50 | pruned p50 | speed-up (95% CI) | ideal | realization | trustworthy? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for e in entries:
         eng = e.get("engine", e["runtime"])
-        rows = []
+        rows, prec = [], e.get("precision", "fp32")
+        same = "" if prec == "fp32" else f", {prec}"
         if "speedup_vs_original" in e:
-            rows.append(("timm's original", e["baseline_ms"]["p50"], e["speedup_vs_original"], e["realization_vs_original"],
+            rows.append((f"timm's original{same}", e["baseline_ms"]["p50"], e["speedup_vs_original"], e["realization_vs_original"],
                          e["stability_vs_original"]))
         st = e.get("stability", {})
-        rows.append(("vitshrink dense", e["dense_ms"]["p50"], e["speedup"], e["realization"], st))
+        rows.append((f"vitshrink dense{same}", e["dense_ms"]["p50"], e["speedup"], e["realization"], st))
+        if "speedup_vs_original_fp32" in e:
+            sp = e["speedup_vs_original_fp32"]
+            rows.append(("timm's original, fp32", e["original_fp32_ms"]["p50"], sp, None, e["stability_vs_original_fp32"]))
         for k, (against, base, sp, real, s_) in enumerate(rows):
             lo, hi = s_.get("speedup_ci95", (float("nan"), float("nan")))
-            head = f"| {eng} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']}" if k == 0 else "| | | | |"
+            head = f"| {eng} | {prec} | {e['device']} | {e['batch']} | {e['threads']} | {e['rounds']}" if k == 0 else "| | | | | |"
             lines.append(f"{head} | {against} | {base:.2f} | {e['pruned_ms']['p50']:.2f} | x{sp:.3f} ({lo:.3f}-{hi:.3f}) | "
-                         f"x{e['ideal_speedup']:.3f} | **{real:.3f}** | {_trust(s_)} |")
+                         f"x{e['ideal_speedup']:.3f} | {'**%.3f**' % real if real is not None else '--'} | {_trust(s_)} |")
         where = f"- {eng} batch {e['batch']}, {e['threads']} threads: "
         reasons = list(dict.fromkeys(r for _, _, _, _, s_ in rows for r in s_.get("reasons", [])))
         if reasons:
@@ -91,6 +108,36 @@ def _latency_lines(report: dict) -> list[str]:
     if has_original:
         lines += ["", f"timm's original: {orig.get('model', 'timm')}; ONNX engines run timm's own `torch.onnx.export`, "
                       "torch engines timm's module."]
+    return lines
+
+
+def _accuracy_lines(report: dict) -> list[str]:
+    """The accuracy section: which images (and which calibrated), dense vs pruned in fp32, then the original
+    and the pruned model per engine and precision."""
+    a, cal = report["accuracy"], report.get("calibration") or {}
+    imgs = a.get("images") or {}
+    what = imgs.get("what") or f"{a['n']} images from {report['inputs']['data']}"
+    lines = ["## Accuracy", "", f"Measured on {what}, the model's timm eval transform."
+             + (f" Left out: {imgs['excluded']} images that {imgs['excluded_because']}." if imgs.get("excluded") else "")]
+    if cal.get("n"):
+        lines += ["", f"Calibration: {cal['n']} images ({cal['source']}; {cal.get('dir', '')}, sha256 {cal.get('sha256', '')[:12]})."]
+    elif cal.get("source", "none") != "none":
+        lines += ["", f"Calibration: {cal['source']} -- INT8 accuracy below is not meaningful."]
+    lines += ["", "| | top-1 | top-5 |", "|---|---|---|",
+              f"| dense (ONNX Runtime fp32) | {a['dense_top1']:.4f} | {a['dense_top5']:.4f} |",
+              f"| pruned (ONNX Runtime fp32) | {a['pruned_top1']:.4f} | {a['pruned_top5']:.4f} |", "",
+              f"Top-1 agreement between dense and pruned: {a['top1_agreement']:.4f}.", ""]
+    rows = a.get("engines") or []
+    if rows:
+        lines += ["Per engine and precision (original: timm's own model at that precision):", "",
+                  "| engine | precision | original top-1 | pruned top-1 | drop (points) | original top-5 | pruned top-5 | top-1 agreement |",
+                  "|---|---|---|---|---|---|---|---|"]
+        f = lambda v: "--" if v is None else f"{v:.4f}"  # noqa: E731
+        for r in rows:
+            drop = "--" if r["original_top1"] is None else f"{100 * (r['original_top1'] - r['pruned_top1']):.1f}"
+            lines.append(f"| {r['engine']} | {r['precision']} | {f(r['original_top1'])} | {f(r['pruned_top1'])} | {drop} | "
+                         f"{f(r['original_top5'])} | {f(r['pruned_top5'])} | {f(r['top1_agreement'])} |")
+        lines.append("")
     return lines
 
 
@@ -158,20 +205,7 @@ def markdown(report: dict) -> str:
     ]
     lines += ["", "![latency vs MACs](latency.png)", "", *_engine_lines(report.get("engines", {}))]
     if "accuracy" in report:
-        a = report["accuracy"]
-        lines += [
-            "## Accuracy",
-            "",
-            f"{a['n']} images from {report['inputs']['data']}, the model's timm eval transform, ONNX Runtime.",
-            "",
-            "| | top-1 | top-5 |",
-            "|---|---|---|",
-            f"| dense | {a['dense_top1']:.4f} | {a['dense_top5']:.4f} |",
-            f"| pruned | {a['pruned_top1']:.4f} | {a['pruned_top5']:.4f} |",
-            "",
-            f"Top-1 agreement between dense and pruned: {a['top1_agreement']:.4f}.",
-            "",
-        ]
+        lines += _accuracy_lines(report)
     lines += [
         "## Structure",
         "",
@@ -189,7 +223,8 @@ def markdown(report: dict) -> str:
                       f"`{report['structure']['token_layout']}` layout."]
     lines += ["", "![widths per block](widths.png)", ""]
     eng = report.get("engines", {})
-    if "tensorrt" in eng:
-        t = eng["tensorrt"]
-        lines += ["## TensorRT", "", f"skipped: {t['skipped']}" if "skipped" in t else f"engine: {t['file']}", ""]
+    trt = [n for n in ("tensorrt", "tensorrt-int8") if n in eng]
+    if trt:
+        lines += ["## TensorRT", ""] + [f"- {n}: " + (f"skipped: {eng[n]['skipped']}" if "skipped" in eng[n] else
+                                                      f"engine: {eng[n]['file']}") for n in trt] + [""]
     return "\n".join(lines)

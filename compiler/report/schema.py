@@ -29,14 +29,29 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   (per-round latencies, what ``vitshrink check --baseline`` bootstraps); against the user's original
   model (timm's own module or its ``torch.onnx.export``, timed in the same rounds): ``baseline_ms``,
   ``baseline_throughput``, ``speedup_vs_original``, ``realization_vs_original``,
-  ``stability_vs_original``, ``dense_vs_original``
-- ``accuracy`` (with ``--data``): ``n``, ``dense_top1``, ``pruned_top1``, ``dense_top5``,
-  ``pruned_top5``, ``top1_agreement`` (fractions)
+  ``stability_vs_original``, ``dense_vs_original``; a low-precision entry (``precision`` ``int8``, ``bf16``,
+  ``fp16``) times the original *at that precision* (quantized by the same tool with the same calibration
+  images) as ``baseline_ms`` / ``speedup_vs_original``, and the fp32 original in the same rounds:
+  ``original_fp32_ms``, ``speedup_vs_original_fp32``, ``stability_vs_original_fp32``
+- ``calibration``: the images that calibrated the INT8 engines -- ``source`` (``--calib``, ``--data, held
+  out from accuracy``, the spec's mask calibration images, or the verification inputs), ``dir``, ``n``,
+  ``files``, ``sha256`` (names and contents), ``seed`` -- or ``source: none``
+- ``precision``: per low-precision artifact kind (``ov-int8``, ``ort-qdq``, ``onnx-fp16``) the ``tool``, ``file``,
+  ``engines``, ``calibration_images``, ``seconds`` per model; ``cpu_note`` when the CPU lacks int8 instructions
+- ``accuracy`` (with ``--data``): ``n``, ``images`` (``dir``, ``n``, ``excluded``: images left out because they
+  calibrated or chose the masks, ``excluded_because``, ``what``), ``dense_top1``, ``pruned_top1``,
+  ``dense_top5``, ``pruned_top5``, ``top1_agreement`` (fractions; ONNX Runtime fp32), and ``engines``: per
+  engine run a row ``{engine, precision, original_top1, pruned_top1, original_top5, pruned_top5,
+  top1_agreement, original}`` -- the ``ort`` fp32 row first, then every low-precision engine (its
+  original at that precision)
 - ``engines``: per engine of ``--engines`` (:mod:`vitshrink.runtime.engines`): ``status`` (ok / skipped
   with ``reason``), ``runtime``, ``version``, ``device``, ``precision`` (and ``precision_reported``: what the
-  engine says it ran at), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff`` / ``top1_agreement`` vs
-  torch on the verification images, ``tolerance``, ``passed``; ``tensorrt`` (``--trt``): file or
-  ``skipped`` with the reason. Latency entries carry ``engine`` and ``precision``.
+  engine says it ran at: ``i8+f32`` for an INT8 model), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff``
+  / ``rel_l2`` / ``top1_agreement`` vs torch fp32 on the verification images, ``metric`` (``max_abs``; int8:
+  ``rel_l2``, on the real verification images when they calibrated on real ones: ``images``),
+  ``tolerance``, ``passed``, ``file``; a low-precision engine also ``original_rel_l2`` / ``original_passed``;
+  ``tensorrt`` / ``tensorrt-int8`` (``--trt``): file or ``skipped`` with the reason. Latency entries carry
+  ``engine`` and ``precision``.
 """
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 // vitshrink-run: run and time exported vitshrink ONNX models with OpenVINO's C++ API -- no Python.
 //
-//   vitshrink-run --model pruned.onnx [--model dense.onnx ...] [--batch 1] [--input images.f32]
-//                 [--output logits.f32] [--threads 2] [--runs 50] [--warmup 3]
+//   vitshrink-run --model pruned.onnx [--model dense.xml ...] [--batch 1] [--input images.f32]
+//                 [--output logits.f32] [--threads 2] [--runs 50] [--warmup 3] [--precision f32]
 //
-// Loads every --model (input [B, C, H, W] float32 with a dynamic or fixed batch), fixes the batch,
-// compiles it for the CPU in fp32 (INFERENCE_PRECISION_HINT f32: the CPU plugin would otherwise pick
-// bf16 on CPUs that have it), runs the same input through each, and prints one JSON object:
+// Loads every --model -- an ONNX file, or an OpenVINO IR (.xml + .bin: the NNCF INT8 model) -- (input
+// [B, C, H, W] float32 with a dynamic or fixed batch), fixes the batch, compiles it for the CPU at
+// --precision (INFERENCE_PRECISION_HINT, default f32: the CPU plugin would otherwise pick bf16 on CPUs
+// that have it; an INT8 IR runs its quantized layers in int8 and the rest at this precision), runs the
+// same input through each, and prints one JSON object (precision: "i8+f32" when a model runs int8 layers;
+// the top-level one is the first int8 model's, else the first model's):
 //   {"openvino": version, "device": "CPU", "precision": ..., "threads": T, "batch": B, "runs": N,
-//    "models": [{"path", "input_shape", "output_shape", "checksum", "ms": [per run], "p50", "p90"}]}
+//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "ms": [per run], "p50", "p90"}]}
 // Runs are interleaved (round r runs every model once, rotating which goes first), so models compared
 // in one call see the same machine state. --input: raw little-endian float32, exactly B*C*H*W values
 // (default: a seeded pseudo-random batch). --output: the first model's logits as raw float32.
@@ -38,6 +41,7 @@ struct Args {
     std::string input, output;
     int64_t batch = 1;
     int threads = 2, runs = 50, warmup = 3;
+    std::string precision = "f32";
 };
 
 int to_int(const std::string& flag, const std::string& v) {
@@ -56,8 +60,8 @@ Args parse(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         std::string f = argv[i];
         if (f == "-h" || f == "--help") {
-            std::cout << "usage: vitshrink-run --model M.onnx [--model ...] [--batch 1] [--input x.f32] [--output y.f32]"
-                         " [--threads 2] [--runs 50] [--warmup 3]\n";
+            std::cout << "usage: vitshrink-run --model M.onnx|M.xml [--model ...] [--batch 1] [--input x.f32] [--output y.f32]"
+                         " [--threads 2] [--runs 50] [--warmup 3] [--precision f32|bf16|f16]\n";
             std::exit(0);
         }
         if (i + 1 >= argc) throw BadInput("flag " + f + " needs a value");
@@ -69,6 +73,10 @@ Args parse(int argc, char** argv) {
         else if (f == "--threads") a.threads = to_int(f, v);
         else if (f == "--runs") a.runs = std::max(1, to_int(f, v));
         else if (f == "--warmup") a.warmup = to_int(f, v);
+        else if (f == "--precision") {
+            if (v != "f32" && v != "bf16" && v != "f16") throw BadInput("--precision must be f32, bf16 or f16, got '" + v + "'");
+            a.precision = v;
+        }
         else throw BadInput("unknown flag " + f);
     }
     if (a.models.empty()) throw BadInput("no --model given");
@@ -103,6 +111,7 @@ struct Loaded {
     std::string path;
     ov::InferRequest request;
     ov::Shape in_shape, out_shape;
+    std::string precision;
     std::vector<double> ms;
 };
 
@@ -118,13 +127,15 @@ int main(int argc, char** argv) {
         for (const auto& path : a.models) {
             if (!std::ifstream(path).good()) throw BadInput("model " + path + ": no such file");
             std::shared_ptr<ov::Model> m;
-            try {  // the ONNX frontend only: Core::read_model would try every framework on a bad file
+            const bool ir = path.size() > 4 && path.compare(path.size() - 4, 4, ".xml") == 0;
+            try {  // one frontend each: Core::read_model would try every framework on a bad file
                 static ov::frontend::FrontEndManager fem;
-                static ov::frontend::FrontEnd::Ptr onnx = fem.load_by_framework("onnx");
-                m = onnx->convert(onnx->load(path));
+                ov::frontend::FrontEnd::Ptr fe = fem.load_by_framework(ir ? "ir" : "onnx");
+                m = fe->convert(fe->load(path));
             } catch (const std::exception& e) {
                 std::string msg = e.what();
-                throw BadInput("model " + path + ": not a readable ONNX model (" + msg.substr(0, msg.find('\n')) + ")");
+                throw BadInput("model " + path + ": not a readable " + (ir ? "OpenVINO IR" : "ONNX model") + " (" +
+                               msg.substr(0, msg.find('\n')) + ")");
             }
             if (m->inputs().size() != 1) throw BadInput("model " + path + ": expected one input");
             ov::PartialShape ps = m->input().get_partial_shape();
@@ -135,11 +146,25 @@ int main(int argc, char** argv) {
             ov::Shape s = ps.to_shape();
             if (!shape.empty() && s != shape) throw BadInput("model " + path + ": input shape differs from the first model's");
             shape = s;
-            ov::CompiledModel cm = core.compile_model(m, "CPU", ov::hint::inference_precision(ov::element::f32),
+            ov::element::Type hint = a.precision == "bf16" ? ov::element::bf16 : a.precision == "f16" ? ov::element::f16
+                                                                                                       : ov::element::f32;
+            ov::CompiledModel cm = core.compile_model(m, "CPU", ov::hint::inference_precision(hint),
                                                       ov::inference_num_threads(a.threads),
                                                       ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY));
-            precision = cm.get_property(ov::hint::inference_precision).get_type_name();
-            Loaded l{path, cm.create_infer_request(), s, cm.output().get_shape(), {}};
+            std::string p = cm.get_property(ov::hint::inference_precision).get_type_name();
+            for (const auto& op : cm.get_runtime_model()->get_ordered_ops()) {  // int8 GEMMs / convolutions
+                const auto& rt = op->get_rt_info();
+                auto prec = rt.find("runtimePrecision"), type = rt.find("layerType");
+                if (prec == rt.end() || type == rt.end()) continue;
+                const std::string pr = prec->second.as<std::string>(), ty = type->second.as<std::string>();
+                if ((pr == "i8" || pr == "u8") && (ty == "FullyConnected" || ty == "FullyConnectedQuantizedLegacy" ||
+                                                   ty == "MatMul" || ty == "Convolution")) {
+                    p = "i8+" + p;
+                    break;
+                }
+            }
+            if (precision.empty() || p.rfind("i8+", 0) == 0) precision = p;
+            Loaded l{path, cm.create_infer_request(), s, cm.output().get_shape(), p, {}};
             models.push_back(std::move(l));
         }
 
@@ -189,7 +214,8 @@ int main(int argc, char** argv) {
                 f.write(reinterpret_cast<const char*>(p), y.get_byte_size());
             }
             o << (k ? ", " : "") << "{\"path\": " << json_str(l.path) << ", \"input_shape\": " << shape_json(l.in_shape)
-              << ", \"output_shape\": " << shape_json(y.get_shape()) << ", \"checksum\": " << checksum << ", \"ms\": [";
+              << ", \"output_shape\": " << shape_json(y.get_shape()) << ", \"precision\": " << json_str(l.precision)
+              << ", \"checksum\": " << checksum << ", \"ms\": [";
             for (size_t i = 0; i < l.ms.size(); ++i) o << (i ? ", " : "") << l.ms[i];
             o << "], \"p50\": " << percentile(l.ms, 0.5) << ", \"p90\": " << percentile(l.ms, 0.9) << "}";
         }

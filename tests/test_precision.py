@@ -1,0 +1,175 @@
+"""Low precision: calibration images disjoint from the accuracy images and recorded; the engines' own
+quantizers (NNCF, ONNX Runtime QDQ, fp16 conversion) checked against fp32 torch on a small model; a
+quantizer failure is one error with nothing left behind; bad calibration input is named (exit 2); and on
+the real DeiT-Tiny weights, INT8 engines timed against the INT8 original with the fp32 original beside,
+accuracy per engine on held-out images, gated per engine."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import DEIT_TINY_CKPT, IMAGENET_VAL, REPO, images, need, require_shared, small_vit
+from vitshrink.cli import main
+from vitshrink.errors import VerificationError, VitshrinkError
+from vitshrink.pipeline.calibration import find_images, plan, record
+
+EXAMPLE = str(REPO / "compiler" / "examples" / "deit_tiny_example.json")
+
+
+def _folder(root, classes=3, per=4, nested=True):
+    """An image folder: ``classes`` class folders of ``per`` small JPEGs (or all flat)."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"c{c}" if nested else root
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(d / f"c{c}_{i}.jpg")
+    return root
+
+
+def test_calibration_and_accuracy_images_are_disjoint_and_recorded(tmp_path):
+    data = _folder(tmp_path / "data")
+    sets = plan(None, 4, str(data), 3, {}, needed=True)
+    calib = {p.resolve() for p in sets.calib_paths}
+    held = {p.resolve() for p, _ in sets.accuracy_items}
+    assert len(calib) == 4 and len(held) == 8 and not calib & held  # disjoint, all 12 used
+    assert sets.calibration["source"].startswith("--data") and len(sets.calibration["sha256"]) == 64
+    assert sets.accuracy_images["excluded"] == 4 and "not used for calibration" in sets.accuracy_images["what"]
+    assert plan(None, 4, str(data), 3, {}, needed=True).calib_paths == sets.calib_paths  # seeded: the same choice
+    # the images a spec's masks were chosen on are left out of accuracy even when nothing calibrates here
+    meta = {"calibration": record(sets.calib_paths[:3], data, "vitshrink masks --data")}
+    only = plan(None, 4, str(data), 3, meta, needed=False)
+    assert only.calib_paths is None and only.accuracy_images["excluded"] == 3 and len(only.accuracy_items) == 9
+    # ... and calibrate the INT8 engines when they need images
+    assert plan(None, 4, str(data), 3, meta, needed=True).calib_paths == [p for p in sets.calib_paths[:3]]
+    # --calib: a flat folder, labels unused; its files are left out of --data when they are the same files
+    flat = _folder(tmp_path / "flat", classes=2, per=3, nested=False)
+    assert len(plan(str(flat), 100, str(data), 3, {}, needed=True).calib_paths) == 6
+    same = plan(str(data), 5, str(data), 3, {}, needed=True)
+    assert same.accuracy_images["excluded"] == 5 and len(same.accuracy_items) == 7
+    # no images at all: the verification inputs, with a warning
+    none = plan(None, 4, None, 3, {}, needed=True)
+    assert none.calib_paths is None and none.warning and none.calibration["source"].startswith("verification")
+
+
+def test_bad_calibration_input_is_named(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    for args, words in ((("--calib", str(tmp_path / "empty")), ("--calib", "no images found")),
+                        (("--calib", str(tmp_path / "nope")), ("--calib", "no such directory")),
+                        (("--calib-images", "0"), ("--calib-images", "positive"))):
+        out = tmp_path / "o"
+        res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", EXAMPLE, "--out", str(out),
+                                        "--engines", "ort-int8", "--quiet", *args])
+        assert res.exit_code == 2, res.output
+        line = res.output.strip().splitlines()[-1]
+        assert line.startswith("error:") and all(w in line for w in words) and not out.exists(), res.output
+    data = _folder(tmp_path / "d", classes=1, per=2)
+    with pytest.raises(VitshrinkError, match="every image was used for calibration"):
+        plan(str(data), 5, str(data), 1, {}, needed=True)
+    with pytest.raises(VitshrinkError, match="--calib"):
+        find_images(tmp_path / "empty")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small ViT exported to ONNX, 8 calibration-like images and torch's logits on them."""
+    from vitshrink.export import export_onnx
+
+    model = small_vit(seed=5)
+    x = images(8, seed=6)
+    path = export_onnx(model, tmp_path_factory.mktemp("q") / "small.onnx", (3, 32, 32))
+    with torch.no_grad():
+        return path, x.numpy(), model(x).numpy()
+
+
+def _rel_l2(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_the_engines_own_quantizers_on_a_small_model(small, tmp_path):
+    need("nncf", "engines")
+    from vitshrink.runtime.compare import compare_with_torch
+    from vitshrink.runtime.engines import make_runner, tolerance
+    from vitshrink.runtime.quantize import quantize_openvino, quantize_ort, to_fp16
+
+    path, x, want = small
+    tol, metric = tolerance("int8", 1e-4)
+    xml = quantize_openvino(path, tmp_path / "m.int8.xml", x)
+    qdq = quantize_ort(path, tmp_path / "m.int8.onnx", x)
+    assert xml.with_suffix(".bin").is_file()
+    for engine, art in (("openvino-int8", xml), ("ort-int8", qdq)):
+        r = compare_with_torch(lambda a=art, e=engine: make_runner(e, a, 2), x, want, tol, engine, metric)
+        assert r["passed"] and 0 < r["rel_l2"] <= tol, (engine, r["rel_l2"])  # close, not exact: it is int8
+        assert r["max_abs_diff"] > 1e-4
+    assert make_runner("openvino-int8", xml, 2).precision == "i8+f32"
+    assert make_runner("openvino", path, 2).precision == "f32"
+    import onnx
+
+    qdq_ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= qdq_ops  # the QDQ format
+    half = to_fp16(path, tmp_path / "m.fp16.onnx")
+    from vitshrink.runtime.ort import OrtRunner
+
+    got = OrtRunner(half).run(x)
+    assert got.dtype == np.float32 and 0 < np.abs(got - want).max() <= 5e-2  # fp16 inside, fp32 at the edges
+    # a broken artifact is caught: another model's int8 IR against these logits
+    other = quantize_openvino(path, tmp_path / "o.int8.xml", x)
+    r = compare_with_torch(lambda: make_runner("openvino-int8", other, 2), x, -want, tol, "broken", metric)
+    assert not r["passed"] and r["rel_l2"] > 1
+
+
+def test_a_quantizer_failure_is_one_error_and_leaves_nothing(small, tmp_path, monkeypatch):
+    nncf = need("nncf", "engines")
+    from vitshrink.runtime.quantize import quantize_openvino
+
+    def boom(*a, **k):
+        (tmp_path / "m.int8.xml").write_text("half")
+        raise RuntimeError("statistics collection failed\nlong traceback")
+
+    monkeypatch.setattr(nncf, "quantize", boom)
+    with pytest.raises(VerificationError) as e:
+        quantize_openvino(small[0], tmp_path / "m.int8.xml", small[1], what="original")
+    assert str(e.value) == "NNCF (openvino-int8) could not quantize the original model: RuntimeError: statistics collection failed"
+    assert not (tmp_path / "m.int8.xml").exists()
+
+
+@pytest.mark.slow
+def test_real_deit_tiny_int8_against_the_int8_original(tmp_path):
+    """The issue's compile: L1 masks, INT8 on ONNX Runtime and OpenVINO, calibration held out of --data."""
+    require_shared()
+    need("nncf", "engines")
+    spec, out = tmp_path / "spec.json", tmp_path / "o"
+    assert CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--heads", "0.67",
+                                     "--mlp", "0.75", "--out", str(spec)]).exit_code == 0
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--spec", str(spec),
+                                    "--data", str(IMAGENET_VAL), "--limit", "150", "--calib-images", "64", "--engines",
+                                    "openvino-int8", "--batch", "1", "--bench-seconds", "0.5", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    assert r["calibration"]["n"] == 64 and r["calibration"]["source"] == "--data, held out from accuracy"
+    acc = r["accuracy"]
+    assert acc["n"] == 150 and acc["images"]["excluded"] == 64
+    calib = set(r["calibration"]["files"])
+    assert len(calib) == 64
+    rows = {row["engine"]: row for row in acc["engines"]}
+    assert set(rows) == {"ort", "openvino-int8"} and rows["ort"]["precision"] == "fp32"  # the fp32 row is always there
+    for e in ("openvino-int8",):  # post-training INT8 of timm's original costs a few points at most
+        assert rows[e]["precision"] == "int8" and abs(rows[e]["original_top1"] - rows["ort"]["original_top1"]) <= 0.04, rows
+        assert r["engines"][e]["passed"] and r["engines"][e]["images"] == 4  # verified on real images
+    for e in (x for x in r["latency"] if x["precision"] == "int8"):
+        assert {"baseline_ms", "speedup_vs_original", "realization_vs_original", "original_fp32_ms",
+                "speedup_vs_original_fp32"} <= set(e)
+        assert e["speedup_vs_original"] > 1.1  # MACs x1.39: faster than the INT8 original
+    assert (out / "model.int8.xml").is_file() and (out / "model.int8.bin").is_file()
+    md = (out / "report.md").read_text()
+    assert "timm's original, int8" in md and "timm's original, fp32" in md and "Left out: 64 images" in md
+    gate = lambda *a: CliRunner().invoke(main, ["check", str(out), *a])  # noqa: E731
+    assert gate("--max-top1-drop", "openvino-int8=100").exit_code == 0
+    failed = gate("--max-top1-drop", "100", "--max-top1-drop", "openvino-int8=-1")
+    assert failed.exit_code == 3 and "top-1 drop openvino-int8" in failed.output
+    assert gate("--max-top1-drop", "tensorrt-int8=1").exit_code == 3
