@@ -27,6 +27,28 @@ def _custom_mapping() -> dict:
 
 
 @torch.no_grad()
+def count_macs_by_module(model: nn.Module, names: list[str], input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> dict[str, int]:
+    """MACs per image of one forward pass of ``model``, in total (``""``) and inside each of the submodules
+    ``names`` (qualified names as ``model.named_modules()`` gives them), counted as :func:`count_macs` counts.
+
+    Returns:
+        ``{"": total, name: MACs inside that module}``.
+    Raises:
+        KeyError: a name that is not a submodule of ``model``.
+    """
+    modules = dict(model.named_modules())
+    for n in names:
+        if n not in modules:
+            raise KeyError(f"{n!r} is not a submodule of {type(model).__name__}")
+    x = torch.zeros(input_shape)
+    with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
+        model(x)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    per = {n: sum(counts.get(f"{root}.{n}", {}).values()) // 2 // input_shape[0] for n in names}
+    return {"": counter.get_total_flops() // 2 // input_shape[0], **per}
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224)) -> int:
     """MACs of one forward pass of ``model`` per image (input [1, C, H, W] float32).
 

@@ -17,33 +17,35 @@ BIN = Path(sys.executable).with_name("vitshrink")
 
 @pytest.mark.slow
 def test_real_deit_tiny_heads_and_mlp(tmp_path):
+    """The README's main job: data-aware masks and re-fitted weights from 256 calibration images, compiled
+    exactly, top-1 on the 744 others (the L1 masks of the same structure keep 0.018)."""
     require_shared()
     spec = tmp_path / "spec.json"
-    subprocess.run([BIN, "masks", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT,
-                    "--heads", "0.67", "--mlp", "0.5", "--out", spec], check=True, capture_output=True)
+    proc = subprocess.run([BIN, "masks", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--data", IMAGENET_VAL,
+                           "--heads", "0.67", "--mlp", "0.5", "--out", spec, "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(spec.read_text())["meta"]
+    assert meta["calibration"]["n"] == 256 and meta["criterion"] == "obs" and meta["reconstructed"]
+    weights = tmp_path / "spec.weights.safetensors"
     out = tmp_path / "tiny"
-    proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--spec", spec,
-                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1,8", "--bench-seconds", "3", "--quiet"],
+    proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", weights, "--spec", spec,
+                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "3", "--quiet"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["max_abs_diff"] <= 1e-4 and r["export"]["onnx_max_abs_diff"] <= 1e-4
     a = r["accuracy"]
-    assert a["n"] == 1000
-    assert abs(a["dense_top1"] - 0.789) <= 0.005  # what timm gives on these images
-    for k in ("dense_top1", "pruned_top1", "top1_agreement"):  # counts over 1000 images
-        assert abs(a[k] * 1000 - round(a[k] * 1000)) < 1e-6, (k, a[k])
-    # a third of the heads and half the MLP gone one-shot, no fine-tuning: top-1 collapses (1.8% here),
-    # yet stays well above a constant prediction (~0.1%) -- the pruned model still reads the image
-    assert 0.005 < a["pruned_top1"] < a["dense_top1"] - 0.1
-    # predictions that agree on a fraction q of the images bound the top-1 gap by 1 - q
-    assert abs(a["dense_top1"] - a["pruned_top1"]) <= 1 - a["top1_agreement"] + 1e-9 and a["top1_agreement"] < 1
-    assert a["dense_top5"] >= a["dense_top1"] and a["pruned_top5"] >= a["pruned_top1"]
+    assert a["n"] == 744 and a["images"]["excluded"] == 256  # the calibration images are not measured
+    for k in ("dense_top1", "pruned_top1", "top1_agreement"):  # counts over 744 images
+        assert abs(a[k] * 744 - round(a[k] * 744)) < 1e-6, (k, a[k])
+    # a third of the heads and half the MLP gone, no fine-tuning: 0.499 here (dense 0.784 on these images)
+    assert a["pruned_top1"] >= 0.45, a["pruned_top1"]
+    # the compile's "dense" is the dense layout of the re-fitted weights: the masked dense model itself
+    assert a["top1_agreement"] == 1.0 and a["dense_top1"] == a["pruned_top1"]
     assert r["macs"]["dense"] == 1_253_683_200
     assert all(b["heads"] == [3, 2] and b["mlp"] == [768, 384] for b in r["structure"]["blocks"])
-    assert r["inputs"]["checkpoint"]["sha256"] and "pruned top-1" not in proc.stderr
-    print(f"\ndense top-1 {a['dense_top1']:.4f}, pruned top-1 {a['pruned_top1']:.4f}, "
-          f"realization {[round(e['realization'], 3) for e in r['latency']]}")
+    assert r["inputs"]["checkpoint"]["sha256"]
+    print(f"\npruned top-1 {a['pruned_top1']:.4f}, realization {[round(e['realization'], 3) for e in r['latency']]}")
 
 
 def test_exactness_failure_leaves_nothing(tmp_path, monkeypatch):

@@ -1,0 +1,146 @@
+"""Post-training masks on real weights: what L1 masks, data-aware masks and data-aware masks + least-squares
+reconstruction keep of DeiT-Tiny's accuracy, against MACs and measured latency -- the Pareto front a
+deployer picks from.
+
+DeiT-Tiny with the ImageNet weights of ../shared/data; ``vitshrink masks --data`` chooses 256 calibration
+images (seeded) of the 1000 in ``imagenet-sample/val`` and ``vitshrink compile --data`` measures top-1 on
+the 744 others (the L1 specs are given the same calibration record, so every row is measured on the same
+744 images). Budgets ``--macs`` 0.9 ... 0.5 and the README main job's structure (``--heads 0.67 --mlp
+0.5``); latency is ONNX Runtime fp32, 2 threads, batch 1, against timm's own model in the same rounds
+(the compile's interleaved timing; medians). Every row compiled exactly (the report's max abs diff).
+
+Writes benchmarks/results/posttrain.json and posttrain.png (top-1 against latency; the time each method
+took), prints the table.
+
+    python benchmarks/posttrain.py [--seconds 3] [--only macs0.58,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from main_job import CKPT, DATA, MODEL, REPO, VAL, run  # the same model, data and subprocess helper
+
+BUDGETS = (0.9, 0.8, 0.7, 0.58, 0.5)
+#: method -> extra `vitshrink masks` arguments
+METHODS = {"L1 (no data)": None, "data-aware": ["--no-reconstruct"], "data-aware + reconstruction": []}
+L1_SPECS = {"heads0.67+mlp0.5": ["--heads", "0.67", "--mlp", "0.5"], "mlp0.75": ["--mlp", "0.75"],
+            "heads0.67": ["--heads", "0.67"]}
+
+
+def configs() -> list[tuple[str, str, list[str]]]:
+    rows = []
+    for method, extra in METHODS.items():
+        if extra is None:
+            rows += [(method, name, args) for name, args in L1_SPECS.items()]
+            continue
+        rows.append((method, "heads0.67+mlp0.5", ["--heads", "0.67", "--mlp", "0.5", *extra]))
+        rows += [(method, f"macs{b}", ["--macs", str(b), *extra]) for b in BUDGETS]
+    return rows
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--plot-only"]:
+        plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[2]).with_suffix(".png"))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--only", default=None, help="comma-separated structure names (macs0.58, heads0.67+mlp0.5, ...)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "posttrain.json"))
+    a = ap.parse_args()
+    if not CKPT.is_file():
+        raise SystemExit(f"needs the real weights and images in {DATA}")
+    exe = str(Path(sys.executable).with_name("vitshrink"))
+    rows, machine, calibration = [], None, None
+    todo = [c for c in configs() if not a.only or c[1] in a.only.split(",")]
+    todo.sort(key=lambda c: c[0].startswith("L1"))  # the data-aware specs first: their calibration record is reused
+    with tempfile.TemporaryDirectory() as d:
+        for i, (method, name, args) in enumerate(todo):
+            tag = f"{i:02d}"
+            spec, out = Path(d) / f"{tag}.json", Path(d) / tag
+            data = [] if method.startswith("L1") else ["--data", VAL, "--calib-images", "256"]
+            t0 = time.perf_counter()
+            run([exe, "masks", MODEL, "--checkpoint", CKPT, *data, *args, "--out", spec, "--quiet"])
+            took = time.perf_counter() - t0
+            s = json.loads(spec.read_text())
+            if calibration is None and "calibration" in s["meta"]:
+                calibration = s["meta"]["calibration"]
+            if method.startswith("L1") and calibration is not None:  # measured on the same held-out images
+                s["meta"]["calibration"] = calibration
+                spec.write_text(json.dumps(s))
+            weights = spec.with_name(f"{tag}.weights.safetensors")
+            ck = weights if weights.is_file() else CKPT
+            run([exe, "compile", MODEL, "--checkpoint", ck, "--spec", spec, "--data", VAL, "--batch", "1",
+                 "--bench-seconds", str(a.seconds), "--out", out, "--quiet"])
+            r = json.loads((out / "report.json").read_text())
+            machine = r["machine"]
+            acc, m, lat = r["accuracy"], r["macs"], r["latency"][0]
+            row = {"method": method, "structure": name, "masks_args": args, "masks_seconds": round(took, 1),
+                   "macs": [m["dense"], m["pruned"]], "macs_ratio": m["pruned"] / m["dense"],
+                   "pruned_top1": acc["pruned_top1"], "pruned_top5": acc["pruned_top5"], "n": acc["n"],
+                   "dense_top1": acc["dense_top1"] if method.startswith("L1") else None,
+                   "exactness": r["exactness"]["max_abs_diff"],
+                   "original_ms": lat["baseline_ms"]["p50"], "pruned_ms": lat["pruned_ms"]["p50"],
+                   "speedup_vs_original": lat["speedup_vs_original"], "realization_vs_original": lat["realization_vs_original"]}
+            rows.append(row)
+            print(f"{method:28s} {name:18s} MACs x{row['macs_ratio']:.3f}  top-1 {row['pruned_top1']:.3f} (n={acc['n']})  "
+                  f"{row['original_ms']:.2f} -> {row['pruned_ms']:.2f} ms x{row['speedup_vs_original']:.2f} "
+                  f"(realization {row['realization_vs_original']:.2f})  masks {took:.0f} s", flush=True)
+    dense = [r["dense_top1"] for r in rows if r["dense_top1"] is not None]
+    out = {"model": MODEL, "checkpoint": CKPT.name, "images": str(VAL.relative_to(DATA.parent)),
+           "calibration": {k: calibration[k] for k in ("n", "sha256", "seed")} if calibration else None,
+           "accuracy_images": "the images of imagenet-sample/val not used for calibration",
+           "dense_top1": dense[0] if dense else None, "engine": "ort fp32 (2 threads), batch 1",
+           "bench_seconds": a.seconds, "machine": machine, "rows": rows}
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    plot(out, Path(a.out).with_suffix(".png"))
+    return 0
+
+
+def plot(res: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2.2, 1]})
+    colors = {"L1 (no data)": "tab:gray", "data-aware": "tab:orange", "data-aware + reconstruction": "tab:blue"}
+    rows = res["rows"]
+    for method, c in colors.items():
+        pts = sorted((r["pruned_ms"], r["pruned_top1"], r["structure"]) for r in rows if r["method"] == method)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if not method.startswith("L1") else "s", color=c,
+                label=method)
+        for x, y, s in pts:
+            ax.annotate(s.replace("heads0.67+mlp0.5", "h.67+m.5"), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=c)
+    orig = [r["original_ms"] for r in rows]
+    if res.get("dense_top1") is not None and orig:
+        ms = sorted(orig)[len(orig) // 2]
+        ax.plot([ms], [res["dense_top1"]], "*", color="black", markersize=12, label="timm's original (dense)")
+    ax.set_xlabel("latency, ms per image (ONNX Runtime fp32, 2 threads, batch 1; median)")
+    ax.set_ylabel(f"top-1 on {rows[0]['n'] if rows else '?'} held-out images")
+    ax.set_title("DeiT-Tiny pruned without retraining: accuracy vs latency", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(bottom=0)
+    per = {}
+    for r in rows:
+        per.setdefault(r["method"], []).append(r["masks_seconds"])
+    names = [m for m in colors if m in per]
+    bx.bar(range(len(names)), [sum(per[m]) / len(per[m]) for m in names], color=[colors[m] for m in names])
+    bx.set_xticks(range(len(names)), [m.replace(" + ", "\n+ ") for m in names], fontsize=8)
+    bx.set_ylabel("seconds per `vitshrink masks` run (mean)")
+    bx.set_title("time each method took", fontsize=11)
+    cpu = (res.get("machine") or {}).get("cpu", "")
+    fig.suptitle(f"benchmarks/posttrain.py -- {cpu}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
