@@ -15,7 +15,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,63 @@ from .spec.resolved import ResolvedSpec
 IR = Union[ViTIR, SwinIR]
 #: the seed of a model's random weights when no checkpoint is given (recorded in report.json)
 RANDOM_INIT_SEED = 0
+
+
+@runtime_checkable
+class FrontendLayer(Protocol):
+    """``Family.frontend``: a framework model -> the family's IR."""
+    TESTED_MODELS: Any
+
+    def accepts(self, model): ...
+    def from_timm(self, model, name=None): ...
+    def timm_blocks(self, model): ...
+
+
+@runtime_checkable
+class SpecLayer(Protocol):
+    """``Family.spec``: mask names and shapes, a spec resolved against the IR."""
+    def mask_shapes(self, ir): ...
+    def resolve(self, spec, ir, tensors): ...
+    def block_name(self, ir, source_index): ...
+
+
+@runtime_checkable
+class PassesLayer(Protocol):
+    """``Family.passes``: IR -> IR."""
+    def apply_spec(self, ir, spec, tensors): ...
+    def lay_out(self, ir, heads, token_layout): ...
+
+
+@runtime_checkable
+class CodegenLayer(Protocol):
+    """``Family.codegen``: IR -> architecture dict -> nn.Module."""
+    ARCH_FORMAT: str
+
+    def architecture(self, ir): ...
+    def build_module(self, ir, share, trace): ...
+
+
+@runtime_checkable
+class ReferenceLayer(Protocol):
+    """``Family.reference``: the masked dense reference."""
+    def reference_forward(self, dense, spec, images, tensors, trace, residuals): ...
+
+
+@runtime_checkable
+class ReportLayer(Protocol):
+    """``Family.report``: report.json ``structure``."""
+    def block_table(self, dense, pruned): ...
+
+
+@runtime_checkable
+class MasksLayer(Protocol):
+    """``Family.masks``: the L1 producer of ``vitshrink masks``."""
+    def l1_spec(self, ir, heads, mlp, embed): ...
+
+
+#: the Protocol each layer's module of every family satisfies (checked by tests/test_families.py)
+LAYERS = {"frontend": FrontendLayer, "spec": SpecLayer, "passes": PassesLayer, "codegen": CodegenLayer,
+          "reference": ReferenceLayer, "report": ReportLayer, "masks": MasksLayer}
 
 
 @dataclass(frozen=True)
@@ -75,33 +132,44 @@ class Family:
     report: ModuleType
     masks: ModuleType
     token_pruning: bool
+    #: why token masks and rules do not apply, where ``token_pruning`` is off (``vitshrink masks --tokens`` says it)
+    no_tokens_because: str = ""
 
 
 VIT = Family(name="vit", title="ViT/DeiT", ir=ViTIR, frontend=timm_vit, spec=spec_vit, passes=passes_vit,
              codegen=codegen_vit, reference=reference_vit, report=report_vit, masks=masks_vit, token_pruning=True)
 SWIN = Family(name="swin", title="Swin", ir=SwinIR, frontend=timm_swin, spec=spec_swin, passes=passes_swin,
-              codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False)
+              codegen=codegen_swin, reference=reference_swin, report=report_swin, masks=masks_swin, token_pruning=False,
+              no_tokens_because="its shifted windows need every token")
 #: timm's ``Eva`` class (EVA-02, DINOv3, Perception Encoder, ``vit_*_rope_*``): the ViT IR with rotary
 #: position embedding -- its own frontend, every other layer the ViT one
-EVA = replace(VIT, name="eva", title="Eva (EVA-02, DINOv3, RoPE ViTs)", frontend=timm_eva, token_pruning=False)
+EVA = replace(VIT, name="eva", title="Eva (EVA-02, DINOv3, RoPE ViTs)", frontend=timm_eva, token_pruning=False,
+              no_tokens_because="rotary position embedding belongs to each token's position")
 #: ViTs with a relative position bias: BEiT / BEiT v2 and ``VisionTransformerRelPos`` (``vit_relpos_*``)
 RELPOS = replace(VIT, name="relpos", title="ViT with relative position bias (BEiT, vit_relpos)", frontend=timm_relpos,
-                 token_pruning=False)
+                 token_pruning=False, no_tokens_because="a relative position bias belongs to each token's position")
 #: Swin V2 (cosine attention, continuous position bias, res-post-norm): the Swin IR, its own frontend
 SWINV2 = replace(SWIN, name="swinv2", title="Swin V2", frontend=timm_swinv2)
 #: CaiT: the ViT IR with talking-heads attention and class-attention blocks (the class token joins late)
-CAIT = replace(VIT, name="cait", title="CaiT", frontend=timm_cait, token_pruning=False)
+CAIT = replace(VIT, name="cait", title="CaiT", frontend=timm_cait, token_pruning=False,
+               no_tokens_because="talking-heads attention and class-attention blocks")
 #: every family vitshrink compiles, in the order a timm model is offered to their frontends (an IR or an
 #: arch.json finds the first family of its class: the ViT one for Eva)
 FAMILIES: tuple[Family, ...] = (VIT, SWIN, EVA, RELPOS, SWINV2, CAIT)
 
 
 def family_of(obj: Any) -> Family:
-    """The family of an IR, a framework model (a timm module) or an architecture dict (``arch.json``).
+    """The family of an IR, a framework model (a timm module) or an architecture dict (``arch.json``): the one
+    its frontend stamped on the IR (``ir.meta["family"]``, carried into ``arch.json``), else the first family
+    whose IR class / architecture format / frontend matches.
 
     Raises:
         ModelError: no family handles it (the families are named).
     """
+    named = (getattr(obj, "meta", None) or {}).get("family") if not isinstance(obj, dict) else obj.get("family")
+    for f in FAMILIES:  # the family its frontend stamped on the IR (meta.family; arch.json "family")
+        if named == f.name and (isinstance(obj, f.ir) or (isinstance(obj, dict) and obj.get("format") == f.codegen.ARCH_FORMAT)):
+            return f
     for f in FAMILIES:
         if isinstance(obj, f.ir):
             return f

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vitshrink.runtime.base import Runner
 from vitshrink.runtime.latency import measure_interleaved
@@ -76,3 +77,29 @@ def test_a_busy_neighbour_is_flagged(small_model, tmp_path):
     assert e["load"]["other_cores"] > 0.5 and e["stability"]["contended"] and e["stability"]["verdict"] == "noisy"
     assert any("contended" in r for r in e["stability"]["reasons"])
     assert e["realization"] > 1.02 and "realization" in e["suspect"]  # the same model twice: x1.0 of an ideal x0.9
+
+
+@pytest.mark.parametrize("engines", [["ort"], ["ort", "openvino", "native", "torch"]])
+def test_latency_plot_keeps_title_and_legend_inside(tmp_path, monkeypatch, engines):
+    """Issue 25 item 5: with one engine the title and legend ran past both edges of latency.png."""
+    import matplotlib.pyplot as plt
+
+    from vitshrink.report import plots
+
+    def entry(eng, batch):
+        ms = {"p50": 10.0 * batch}
+        return {"engine": eng, "runtime": eng, "device": "cpu", "batch": batch, "threads": 2, "baseline_ms": ms,
+                "dense_ms": ms, "pruned_ms": {"p50": 6.0 * batch}, "ideal_speedup": 1.72, "speedup_vs_original": 1.65,
+                "realization_vs_original": 0.96, "speedup": 1.6, "realization": 0.93, "stability": {"verdict": "stable"}}
+    report = {"model": "deit_tiny_patch16_224", "latency": [entry(e, b) for e in engines for b in (1, 8)]}
+    figs = []
+    monkeypatch.setattr(plots.plt, "close", lambda fig=None: figs.append(fig))
+    plots.plot_latency(report, tmp_path / "latency.png")
+    (fig,) = figs
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for artist in [fig._suptitle, *fig.legends]:
+        ext = artist.get_window_extent(renderer)
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y1 <= box.y1 + 1, (artist, ext, box)
+    plt.close(fig)
+    assert (tmp_path / "latency.png").stat().st_size > 0

@@ -229,7 +229,7 @@ def architecture(ir: SwinIR) -> dict:
             "blocks": blocks, "to_raster": None if last else _reorder(order, None),
         })
     return {
-        "format": ARCH_FORMAT, "family": "swin", "name": ir.name, "img_size": list(ir.img_size),
+        "format": ARCH_FORMAT, "family": ir.meta.get("family", "swin"), "name": ir.name, "img_size": list(ir.img_size),
         "patch_size": list(ir.patch_size), "in_chans": ir.in_chans, "patch_bias": ir.patch_bias is not None,
         "patch_norm_eps": ir.patch_norm.eps, "stages": stages, "norm_eps": None if ir.norm is None else ir.norm.eps,
         "num_classes": ir.num_classes, "head_bias": ir.head.bias is not None,

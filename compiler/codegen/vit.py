@@ -256,6 +256,7 @@ def architecture(ir: ViTIR) -> dict:
         })
     return {
         "format": ARCH_FORMAT,
+        "family": ir.meta.get("family", "vit"),
         "name": ir.name,
         "img_size": list(ir.img_size),
         "patch_size": list(ir.patch_size),

@@ -93,5 +93,5 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         embed_ids=tuple(range(D)), patch_weight=pe.proj.weight.detach().clone(), patch_bias=clone(pe.proj.bias),
         prefix=(PrefixTokenIR("cls", model.cls_token.detach().reshape(D).clone()),),
         pos_embed=model.pos_embed.detach().reshape(-1, D).clone(), blocks=tuple(blocks), norm=layer_norm(model.norm),
-        heads=tuple(heads), meta={"frontend": "timm-cait"}, pool="token", feature_dim=0 if heads else D, prefix_at=L,
+        heads=tuple(heads), meta={"frontend": "timm-cait", "family": "cait"}, pool="token", feature_dim=0 if heads else D, prefix_at=L,
     )

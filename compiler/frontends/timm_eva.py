@@ -167,7 +167,7 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         embed_ids=tuple(range(D)), patch_weight=pe.proj.weight.detach().clone(), patch_bias=clone(pe.proj.bias),
         prefix=tuple(prefix), pos_embed=_pos_embed(model, P, D), blocks=tuple(blocks),
         norm=None if is_identity(model.norm) else layer_norm(model.norm), heads=tuple(heads),
-        meta={"frontend": "timm-eva"}, pool="map" if pool_ir is not None else model.global_pool,
+        meta={"frontend": "timm-eva", "family": "eva"}, pool="map" if pool_ir is not None else model.global_pool,
         fc_norm=None if is_identity(model.fc_norm) else layer_norm(model.fc_norm),
         norm_pre=None if is_identity(model.norm_pre) else layer_norm(model.norm_pre), attn_pool=pool_ir,
         feature_dim=0 if heads else (pool_ir.out_features if pool_ir is not None else D),

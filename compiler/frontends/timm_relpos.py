@@ -118,6 +118,6 @@ def from_timm(model: nn.Module, name: Optional[str] = None) -> ViTIR:
         embed_ids=tuple(range(D)), patch_weight=pe.proj.weight.detach().clone(), patch_bias=clone(pe.proj.bias),
         prefix=tuple(prefix), pos_embed=torch.zeros(N, D) if pos is None else pos.detach().reshape(N, D).clone(),
         blocks=tuple(blocks), norm=None if is_identity(model.norm) else layer_norm(model.norm), heads=tuple(heads),
-        meta={"frontend": "timm-relpos"}, pool=model.global_pool,
+        meta={"frontend": "timm-relpos", "family": "relpos"}, pool=model.global_pool,
         fc_norm=None if is_identity(model.fc_norm) else layer_norm(model.fc_norm), feature_dim=0 if heads else D,
     )

@@ -113,10 +113,11 @@ def plot_latency(report: dict, path: Path) -> None:
     handles = ([Patch(color=colors["original"], label="timm's original model")] if has_original else []) + [
         Patch(color=colors["dense"], label="vitshrink dense"), Patch(color=colors["pruned"], label="pruned"),
         plt.Line2D([], [], color="k", lw=2, label="ideal (baseline / MACs ratio)")]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.95), ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.93), ncol=len(handles) if cols > 1 else 2,
+               fontsize=8, frameon=False)
     against = "timm's original" if has_original else "vitshrink's dense model"
-    fig.suptitle(f"{report['model']}: latency per engine; label: speed-up vs {against} (realization; ? = not stable)",
-                 fontsize=9, y=0.99)
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"{report['model']}: latency per engine\nlabel: speed-up vs {against} (realization; ? = not stable)",
+                 fontsize=9, y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.83 if cols == 1 else 0.86))
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # nothing cut at the edges
     plt.close(fig)
