@@ -240,3 +240,36 @@ def test_slowdown_measured_by_retiming_both_models(tmp_path):
     (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=1))
     assert deeper.status == "fail" and deeper.value > 0.5 and deeper.interval[0] > 0.05
     assert retimer(tmp_path / "same", tmp_path / "nowhere", seconds=1) is None  # a bare report: rounds compared
+
+
+def test_junit_has_the_real_times(tmp_path):
+    """Issue 26 item 9: suites carry what their entry took (the file the sum), not time="0"."""
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    from vitshrink.gate.render import junit_suites
+    from vitshrink.gate.evaluate import Check
+
+    ok = Check(name="speedup ort", threshold_name="min_speedup", value=2.0, threshold=1.5, status="pass")
+    junit_suites({"a": ([ok], None, 29.4), "b": ([], "did not compile", 41.25)}, tmp_path / "j.xml")
+    xmlschema.XMLSchema(str(Path(__file__).parent / "data" / "junit.xsd")).validate(str(tmp_path / "j.xml"))
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert float(root.get("time")) == pytest.approx(70.65)
+    times = {s.get("name"): float(s.get("time")) for s in root.iter("testsuite")}
+    assert times == {"a": pytest.approx(29.4), "b": pytest.approx(41.25)}
+    assert float(root.find("testsuite[@name='b']/testcase").get("time")) == pytest.approx(41.25)
+
+
+def test_check_and_diff_on_a_run_folder_name_its_entries(tmp_path):
+    """Issue 26 item 7: a `vitshrink run` output folder is not one report: say so and list the entries."""
+    run = tmp_path / "r1"
+    for name in ("tiny", "small"):
+        (run / name).mkdir(parents=True)
+        write(run / name, crafted())
+    (run / "summary.json").write_text("{}")
+    for args in (["check", str(run), "--min-speedup", "1.5"], ["diff", str(run), str(run)]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        assert "a `vitshrink run` folder" in res.stderr and "entries: small, tiny" in res.stderr
+    assert CliRunner().invoke(main, ["check", str(run / "tiny"), "--min-speedup", "1.5"]).exit_code == 0

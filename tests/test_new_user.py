@@ -32,6 +32,16 @@ def test_a_spec_for_another_model_is_refused(tmp_path):
     assert res.exit_code == 0, res.output
 
 
+def test_a_mistyped_model_with_a_spec_gets_did_you_mean_first(tmp_path):
+    """Issue 26 item 6: the spec-mismatch hint (--allow-model-mismatch) must not be the answer to a typo."""
+    spec = _masks(tmp_path, "tiny.json")
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_22", "--spec", str(spec), "--out", str(tmp_path / "o"), *FAST])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists()
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert "unknown model 'deit_tiny_patch16_22'" in line and "deit_tiny_patch16_224" in line
+    assert "--allow-model-mismatch" not in line
+
+
 @pytest.mark.parametrize("form", ["json", "safetensors"])
 def test_both_spec_forms_round_trip_through_masks_and_compile(tmp_path, form):
     spec = _masks(tmp_path, f"spec.{form}")

@@ -86,7 +86,7 @@ def run_cmd(runfile, out, ray_address, trust_pickle, quiet):
     md = _markdown(rows)
     Path(out, "summary.md").write_text(md)
     Path(out, "summary.json").write_text(json.dumps({"runfile": runfile, "exit_code": worst_exit(results), "entries": rows}, indent=1))
-    junit_suites({r["name"]: ([Check(**c) for c in r["checks"]], r["error"] if r["exit_code"] in (1, 2) else None)
-                  for r in results}, Path(out, "junit.xml"))
+    junit_suites({r["name"]: ([Check(**c) for c in r["checks"]], r["error"] if r["exit_code"] in (1, 2) else None,
+                              r.get("seconds")) for r in results}, Path(out, "junit.xml"))
     append_github_summary(md)
     sys.exit(worst_exit(results))

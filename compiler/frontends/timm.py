@@ -17,8 +17,18 @@ from ..errors import CheckpointError, ModelError
 from .timm_common import timm
 from .timm_vit import TESTED_MODELS, from_timm
 
-__all__ = ["TESTED_MODELS", "create_model", "eval_transform", "from_timm", "load_checkpoint", "load_state",
+__all__ = ["TESTED_MODELS", "check_model_name", "create_model", "eval_transform", "from_timm", "load_checkpoint", "load_state",
            "read_state_dict"]
+
+
+def check_model_name(name: str) -> None:
+    """Raises:
+        ModelError: timm has no model ``name`` (the closest names are suggested)."""
+    t = timm()
+    if not t.is_model(name):
+        close = difflib.get_close_matches(name, t.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model '{name}' (not a timm model name){hint}")
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -27,12 +37,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
     Raises:
         ModelError: timm has no model of that name (closest names are suggested).
     """
-    t = timm()
-    if not t.is_model(name):
-        close = difflib.get_close_matches(name, t.list_models(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"unknown model '{name}' (not a timm model name){hint}")
-    return t.create_model(name, pretrained=False, **kwargs).eval()
+    check_model_name(name)
+    return timm().create_model(name, pretrained=False, **kwargs).eval()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

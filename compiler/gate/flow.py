@@ -62,7 +62,8 @@ def run_gate(report: dict, gate: Gate, baseline: Optional[dict], outputs: dict, 
     if outputs.get("markdown"):
         Path(outputs["markdown"]).write_text(md)
     if outputs.get("junit"):
-        junit(checks, outputs["junit"])
+        timings = report.get("timings_s") if isinstance(report, dict) else None
+        junit(checks, outputs["junit"], seconds=sum(timings.values()) if isinstance(timings, dict) else None)
     append_github_summary(md)
     if not passed(checks):
         failed = [c.name for c in checks if c.status == "fail"]

@@ -79,26 +79,32 @@ def append_github_summary(text: str) -> Optional[Path]:
     return Path(path)
 
 
-def junit(checks: list[Check], path: str | Path, suite: str = "vitshrink.gate") -> None:
+def junit(checks: list[Check], path: str | Path, suite: str = "vitshrink.gate", seconds: Optional[float] = None) -> None:
     """JUnit XML (``testsuites`` > ``testsuite`` > ``testcase``, ``failure`` / ``skipped``), one test
-    case per check, as pytest writes it and Jenkins' junit-10.xsd describes it."""
-    junit_suites({suite: (checks, None)}, path)
+    case per check, as pytest writes it and Jenkins' junit-10.xsd describes it; ``seconds``: what the
+    compile took (the suite's ``time``; the checks themselves take none)."""
+    junit_suites({suite: (checks, None, seconds)}, path)
 
 
-def junit_suites(suites: dict[str, tuple[list[Check], Optional[str]]], path: str | Path) -> None:
-    """Several suites in one JUnit file (``vitshrink run``: one per entry). A suite whose ``error`` is
-    set (the entry did not compile) gets one test case with an ``error`` element."""
+def junit_suites(suites: dict[str, tuple], path: str | Path) -> None:
+    """Several suites in one JUnit file (``vitshrink run``: one per entry), each ``(checks, error[, seconds])``.
+    A suite whose ``error`` is set (the entry did not compile) gets one test case with an ``error`` element;
+    ``seconds`` (what the entry took) is the suite's ``time`` and that case's, their sum the file's."""
     root = ET.Element("testsuites", {"name": "vitshrink", "tests": "0", "failures": "0", "errors": "0", "time": "0"})
     totals = {"tests": 0, "failures": 0, "errors": 0}
-    for suite, (checks, error) in suites.items():
+    total_time = 0.0
+    for suite, (checks, error, *rest) in suites.items():
+        seconds = float(rest[0]) if rest and rest[0] is not None else 0.0
+        total_time += seconds
         n_fail = sum(c.status == "fail" for c in checks)
         attrs = {"name": suite, "tests": str(len(checks) + bool(error)), "failures": str(n_fail),
-                 "errors": str(int(bool(error))), "skipped": str(sum(c.status == "skip" for c in checks)), "time": "0"}
+                 "errors": str(int(bool(error))), "skipped": str(sum(c.status == "skip" for c in checks)),
+                 "time": f"{seconds:.3f}"}
         ts = ET.SubElement(root, "testsuite", attrs)
         for k in totals:
             totals[k] += int(attrs[k])
         if error:
-            case = ET.SubElement(ts, "testcase", {"classname": suite, "name": "compile", "time": "0"})
+            case = ET.SubElement(ts, "testcase", {"classname": suite, "name": "compile", "time": f"{seconds:.3f}"})
             ET.SubElement(case, "error", {"message": error, "type": "compile"}).text = error
         for c in checks:
             case = ET.SubElement(ts, "testcase", {"classname": f"{suite}.{c.threshold_name}", "name": c.name, "time": "0"})
@@ -110,6 +116,6 @@ def junit_suites(suites: dict[str, tuple[list[Check], Optional[str]]], path: str
                 ET.SubElement(case, "skipped", {"message": c.note})
             else:
                 ET.SubElement(case, "system-out").text = text
-    root.attrib.update({k: str(v) for k, v in totals.items()})
+    root.attrib.update({k: str(v) for k, v in totals.items()}, time=f"{total_time:.3f}")
     ET.indent(root)
     Path(path).write_bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))

@@ -45,9 +45,14 @@ def check_spec_model(spec, model_name: str, allowed: bool) -> None:
     must be compiled for that model: its index lists would fit any larger one.
 
     Raises:
+        ModelError: ``meta.model`` names another model and ``model_name`` is no timm model (a typo: checked
+            first, with the closest names, so the hint below is not followed into "unknown model").
         SpecError: ``meta.model`` names another model and ``allowed`` is off (both are named).
     """
     named = spec.meta.get("model") if isinstance(spec.meta, dict) else None
+    if named and named != model_name:
+        from ..frontends.timm import check_model_name  # lazy: timm loads only here
+        check_model_name(model_name)
     if named and named != model_name and not allowed:
         raise SpecError("meta.model", f"{spec.source} was written for {named}, not {model_name} "
                                       "(pass --allow-model-mismatch to compile it anyway)")

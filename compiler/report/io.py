@@ -13,10 +13,15 @@ def read_report(path: str | Path) -> dict:
     """A parsed report.json (``path`` is the file or the compile's output directory).
 
     Raises:
-        VitshrinkError: missing, not JSON, or not a ``vitshrink.report/1``, naming the file.
+        VitshrinkError: missing, not JSON, or not a ``vitshrink.report/1``, naming the file; a ``vitshrink run``
+            output folder (its entries named).
     """
     p = Path(path)
     if p.is_dir():
+        if not (p / "report.json").exists() and (p / "summary.json").is_file():  # a `vitshrink run` folder
+            entries = sorted(d.name for d in p.iterdir() if (d / "report.json").is_file())
+            raise VitshrinkError(f"report {p}: a `vitshrink run` folder, not one compile's: name an entry ({p}/ENTRY; "
+                                 f"entries: {', '.join(entries) or 'none compiled'}); its summary is {p / 'summary.md'}")
         p = p / "report.json"
     try:
         doc = json.loads(p.read_text())
