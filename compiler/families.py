@@ -24,7 +24,7 @@ from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
 from .frontends import timm_cait, timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
-from .frontends.timm import create_model, load_checkpoint, load_state
+from .frontends.timm import create_model, fit_pos_embed, load_checkpoint, load_state, read_state_dict
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
 from .masks import swin as masks_swin
@@ -183,7 +183,7 @@ def family_of(obj: Any) -> Family:
 
 
 def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict: Optional[dict[str, Tensor]] = None,
-                 configure=None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
+                 configure=None, img_size: Optional[tuple[int, int]] = None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
     """Create timm model ``name``, load its weights and translate it with its family's frontend.
 
     Args:
@@ -193,6 +193,8 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             neither: random weights drawn with seed :data:`RANDOM_INIT_SEED`, with a warning.
         configure: called on the timm model before translation (an importer's
             :meth:`~vitshrink.importers.base.ImportResult.configure`: e.g. the source's LayerNorm eps).
+        img_size: (H, W) to create the model at (timm's ``img_size=``); the weights' absolute position
+            embedding is resampled to it as timm resamples it (:func:`~vitshrink.frontends.timm.fit_pos_embed`).
     Returns:
         (timm model in eval mode, dense IR -- :class:`~vitshrink.ir.vit.ViTIR`,
         :class:`~vitshrink.ir.swin.SwinIR` --, extra checkpoint tensors not in the model).
@@ -203,11 +205,13 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
     random = state_dict is None and checkpoint is None
     with torch.random.fork_rng():  # random weights are seeded (two compiles agree); the caller's RNG is untouched
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = create_model(name)
+        model = create_model(name, **({"img_size": tuple(img_size)} if img_size else {}))
     family = family_of(model)
     extras: dict[str, Tensor] = {}
+    if img_size and (state_dict is not None or checkpoint is not None):
+        state_dict = fit_pos_embed(model, state_dict if state_dict is not None else read_state_dict(checkpoint))
     if state_dict is not None:
-        extras = load_state(model, state_dict, f"imported weights for {name}")
+        extras = load_state(model, state_dict, f"imported weights for {name}" if checkpoint is None else f"checkpoint '{checkpoint}'")
     elif random:
         warnings.warn(
             f"no checkpoint given: {name} has RANDOM weights (seed {RANDOM_INIT_SEED}; latency and exactness are "

@@ -34,6 +34,19 @@ def int_list(ctx, param, value: str) -> list[int]:
     return out
 
 
+def img_size_option(ctx, param, value):
+    """``--img-size H[,W]`` -> (H, W) or None; a bad value is a usage error naming it."""
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in str(value).split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give H or H,W in pixels (e.g. 224)") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: give H or H,W in pixels (e.g. 224)")
+    return (parts[0], parts[-1])
+
+
 def engines_option(ctx, param, value: str) -> tuple[str, ...]:
     """click callback: ``--engines ort,openvino`` / ``all`` -> engine names."""
     try:

@@ -9,7 +9,7 @@ import tempfile
 import click
 
 from ..errors import VitshrinkError
-from .common import EXIT_CODES, engines_option, fail, int_list
+from .common import EXIT_CODES, engines_option, fail, img_size_option, int_list
 from .gate import gate_options, split_gate_kwargs
 from .imports import parse_options
 
@@ -31,6 +31,9 @@ Examples:
 @click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
 @click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
 @click.option("--allow-model-mismatch", is_flag=True, help="Compile a spec whose meta.model names another model.")
+@click.option("--img-size", default=None, callback=img_size_option,
+              help="Input size H[,W]: the timm model is created at it (position embeddings of the checkpoint resampled "
+                   "as timm does), e.g. 224 for DINOv2 (518 by default).")
 @click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
               help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
 @click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of the original, dense and pruned models "
@@ -58,7 +61,7 @@ Examples:
                    "with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
-def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, import_options,
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, img_size, import_options,
                 data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
@@ -76,7 +79,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
                           dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
-                          engines=engines, allow_model_mismatch=allow_model_mismatch)
+                          engines=engines, allow_model_mismatch=allow_model_mismatch, img_size=img_size)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import VitshrinkError
-from .common import EXIT_CODES, fail
+from .common import EXIT_CODES, fail, img_size_option
 
 
 @click.command("masks", epilog="""\b
@@ -23,6 +23,8 @@ Examples:
 """ + EXIT_CODES)
 @click.argument("model")
 @click.option("--checkpoint", default=None, help="Weights to score (random weights when omitted).")
+@click.option("--img-size", default=None, callback=img_size_option,
+              help="Input size H[,W] to create the model at (as compile --img-size; recorded in the spec).")
 @click.option("--heads", type=float, default=None, help="Keep ratio of heads per block (largest score).")
 @click.option("--mlp", type=float, default=None, help="Keep ratio of MLP hidden neurons per block (largest score).")
 @click.option("--embed", type=float, default=None, help="Keep ratio of embedding channels (largest score).")
@@ -39,7 +41,7 @@ Examples:
                    "(the energy a unit writes into the residual stream) or fisher (Fisher information of unit masks, "
                    "Kwon et al. 2022).")
 @click.option("--steps", type=int, default=2, show_default=True,
-              help="--macs: prune in N rounds (geometric schedule), re-fitting and re-scoring between rounds.")
+              help="--macs with reconstruction: prune in N rounds (geometric schedule), re-fitting and re-scoring between rounds.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="--macs: MLP neurons per block in multiples of N.")
 @click.option("--no-reconstruct", is_flag=True, help="With --data: keep the weights; do not re-fit proj / fc2.")
 @click.option("--weights-out", default=None,
@@ -53,7 +55,7 @@ Examples:
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
 @click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors); its folder is created.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def masks_cmd(model, checkpoint, heads, mlp, embed, macs, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
+def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
               tokens, token_mode, fuse, out, quiet):
     """Write a mask spec for MODEL: L1 width criteria, or with --data data-aware masks (per block or one --macs
     budget) and re-fitted weights; and/or a token schedule."""
@@ -83,7 +85,7 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, macs, data, calib_images, cr
         log = Log(not quiet)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            timm_model, ir, extras = families.import_model(model, checkpoint)
+            timm_model, ir, extras = families.import_model(model, checkpoint, img_size=img_size)
         family = families.family_of(ir)
         if tokens and not family.token_pruning:
             raise VitshrinkError(f"--tokens: token schedules do not apply to {model} ({family.title}: {family.no_tokens_because})")
@@ -116,6 +118,8 @@ def masks_cmd(model, checkpoint, heads, mlp, embed, macs, data, calib_images, cr
         if paths:  # compile --data leaves these images out of its accuracy
             spec.meta["calibration"] = record(paths, data, "vitshrink masks --data")
         spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
+        if img_size:
+            spec.meta["img_size"] = list(img_size)  # compile it with the same --img-size
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if result is not None and result.pruned_ir is not None:
             weights_out = weights_out or str(out_path.with_name(out_path.stem + ".weights.safetensors"))

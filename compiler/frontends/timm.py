@@ -17,7 +17,7 @@ from ..errors import CheckpointError, ModelError
 from .timm_common import timm
 from .timm_vit import TESTED_MODELS, from_timm
 
-__all__ = ["TESTED_MODELS", "check_model_name", "create_model", "eval_transform", "from_timm", "load_checkpoint", "load_state",
+__all__ = ["TESTED_MODELS", "check_model_name", "create_model", "fit_pos_embed", "eval_transform", "from_timm", "load_checkpoint", "load_state",
            "read_state_dict"]
 
 
@@ -101,6 +101,33 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str = "stat
             )
     model.load_state_dict({k: sd[k].float() for k in own}, strict=True)
     return {k: v.float() for k, v in sd.items() if k not in own}
+
+
+def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` with its absolute position embedding (``pos_embed`` [1, prefix + h*w, D]) resampled to the patch
+    grid of ``model`` (created at another ``img_size``) by timm's own ``resample_abs_pos_embed`` (bicubic, the
+    prefix tokens' rows kept), as timm's checkpoint filters do; other keys unchanged.
+
+    Raises:
+        CheckpointError: a ``pos_embed`` that is not [1, prefix + h*w, D] for a square h*w grid.
+    """
+    own = model.state_dict().get("pos_embed")
+    pe = sd.get("pos_embed")
+    if own is None or pe is None or tuple(pe.shape) == tuple(own.shape):
+        return sd
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
+    n = pe.shape[1] - prefix
+    side = int(round(n ** 0.5))
+    if pe.dim() != 3 or side * side != n or pe.shape[-1] != own.shape[-1]:
+        raise CheckpointError(f"'pos_embed' has shape {list(pe.shape)}: cannot resample it to {list(own.shape)} "
+                              "(expected [1, prefix + h*w, D] on a square grid)")
+    grid = tuple(model.patch_embed.grid_size)
+    out = dict(sd)
+    out["pos_embed"] = resample_abs_pos_embed(pe.float(), new_size=list(grid), old_size=[side, side],
+                                              num_prefix_tokens=prefix, verbose=False)
+    return out
 
 
 def eval_transform(model: nn.Module):

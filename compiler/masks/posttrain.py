@@ -69,6 +69,8 @@ def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Op
         raise VitshrinkError("--macs allocates heads and MLP neurons itself: give it without --heads / --mlp")
     if steps < 1:
         raise VitshrinkError(f"--steps {steps}: give a positive number of rounds")
+    if not reconstruct:
+        steps = 1  # the rounds score a re-fitted model: without reconstruction there is none
     if round_to < 1:
         raise VitshrinkError(f"--round-to {round_to}: give a positive number of neurons")
     if embed is not None and criterion != "fisher":

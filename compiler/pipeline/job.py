@@ -95,11 +95,12 @@ class CompileJob:
                                                       opt.trust_pickle, opt.import_options)
                     self.spec = self.imported.spec
                     timm_model, dense_ir, extras = families.import_model(
-                        self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure)
+                        self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure,
+                        img_size=opt.img_size)
                 else:
                     self.spec = load_spec(self.spec_path)
                     check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
-                    timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint)
+                    timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint, img_size=opt.img_size)
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
             self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)

@@ -54,6 +54,8 @@ class CompileOptions:
             ``tensorrt-int8`` imply ``trt``.
         allow_model_mismatch: compile a spec whose ``meta.model`` names another model (masks index lists
             that fit any larger model; refused by default).
+        img_size: (H, W) to create the timm model at (``--img-size``; the checkpoint's absolute position
+            embeddings resampled as timm resamples them); None: the model's default.
     Raises:
         VitshrinkError: an unknown engine (named); :meth:`check`: a value out of range (named).
     """
@@ -78,6 +80,7 @@ class CompileOptions:
     import_options: Optional[dict] = None
     engines: Sequence[str] | str = ("ort",)
     allow_model_mismatch: bool = False
+    img_size: Optional[tuple[int, int]] = None
 
     def __post_init__(self):
         try:
