@@ -109,11 +109,41 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
             raise VitshrinkError(f"checkpoint '{path}': ambiguous, looks like {' and '.join(f.name for f, _ in hits)}; "
                                  f"choose with --from FORMAT (known: {names})")
         fmt_obj, reason = hits[0]
+    _check_entries(obj, fmt_obj, fmt is not None, path)
     result = fmt_obj.convert(obj, ctx)
     result.format, result.reason = fmt_obj.name, reason
     result.notes.setdefault("loader", loader)
     result.notes.setdefault("widths", widths(result, ctx))
     return result
+
+
+#: top-level entries of a training checkpoint that no importer needs and none is lost by leaving
+HARMLESS = frozenset({"optimizer", "optimizer_state_dict", "lr_scheduler", "scheduler", "scaler", "amp", "epoch", "step",
+                      "global_step", "iteration", "args", "config", "cfg", "hyper_parameters", "arch", "version",
+                      "best_acc", "best_acc1", "max_accuracy", "acc", "acc1", "metrics", "loss", "train_args", "seed"})
+#: entries that hold the weights (:func:`.load.as_state_dict` looks under them)
+WEIGHTS = ("model", "state_dict", "model_ema")
+
+
+def _check_entries(obj, fmt: Format, chosen: bool, path: Path) -> None:
+    """Nothing in a wrapped checkpoint is silently ignored: every top-level entry beside the weights is
+    read by the format (``Format.reads``) or harmless (:data:`HARMLESS`); with ``--from`` (``chosen``),
+    entries another format reads are left as asked.
+
+    Raises:
+        VitshrinkError: an entry no importer reads (named, with the harmless ones).
+    """
+    if not isinstance(obj, dict) or not any(k in obj for k in WEIGHTS) or fmt.name in ("hf", "torch-pruning"):
+        return  # a flat state dict, an HF directory, a pickled module and what was saved with it
+    allowed = set(HARMLESS) | set(WEIGHTS) | set(fmt.reads)
+    if chosen:
+        allowed |= {k for f in FORMATS for k in f.reads}
+    unknown = [k for k, v in obj.items() if isinstance(k, str) and k not in allowed and v is not None]  # None holds nothing
+    if unknown:
+        readers = [f.name for f in FORMATS if unknown[0] in f.reads]
+        hint = f" (the {' / '.join(readers)} format reads it: --from {readers[0]})" if readers else ""
+        raise VitshrinkError(f"checkpoint '{path}': entry '{unknown[0]}' is read by no importer of format {fmt.name}"
+                             f"{hint}; entries left out as harmless: {', '.join(sorted(HARMLESS))}")
 
 
 def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:

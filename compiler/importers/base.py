@@ -108,3 +108,4 @@ class Format:
     convert: Callable[[Any, ImportContext], ImportResult]
     fallback: bool = False  # chosen only when no specific format matches (``zeroed``)
     families: tuple[Family, ...] = (VIT,)  # the model families whose checkpoints it reads
+    reads: tuple[str, ...] = ()  # top-level entries of a wrapped checkpoint it reads besides the weights

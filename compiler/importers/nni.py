@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import CheckpointError, VitshrinkError
 from ..families import SWIN, VIT
 from .base import Format, ImportContext, ImportResult
-from .load import dense_state
+from .load import as_state_dict, dense_state
 from .zeroed import from_zeroed
 
 
@@ -25,20 +25,39 @@ def _mask_dict(obj: Any) -> Optional[dict[str, dict[str, Tensor]]]:
     return obj
 
 
+def _split(obj: Any) -> tuple[Optional[dict], Optional[dict]]:
+    """(the NNI mask dict, the weights saved beside it): ``get_masks()`` itself, or a checkpoint
+    ``{"masks": <mask dict>, "state_dict" | "model": <weights>}``."""
+    if isinstance(obj, dict) and "masks" in obj:
+        return _mask_dict(obj["masks"]), as_state_dict({k: v for k, v in obj.items() if k != "masks"})
+    return _mask_dict(obj), None
+
+
 def _probe_nni(obj: Any, ctx: ImportContext) -> Optional[str]:
-    masks = _mask_dict(obj)
+    masks, weights = _split(obj)
     if masks is None:
         return None
     modules = dict(ctx.model.named_modules())
     known = [k for k in masks if k in modules]
+    if weights is not None:  # an entry named "masks" in NNI's layout: NNI's, even where a mask fits no layer
+        return f"NNI masks over {len(masks)} modules beside the weights ({{'masks': {{module: {{weight, bias}}}}, 'state_dict'}})"
     return f"mask dict over {len(known)} modules of {ctx.model_name} ({{module: {{weight, bias}}}}, NNI get_masks())" if known else None
 
 
+def _dense_from(weights: dict) -> dict:
+    """Weights saved beside the masks; torch.nn.utils.prune pairs among them count as their ``*_orig``."""
+    out = {k: v for k, v in weights.items() if not k.endswith(("_orig", "_mask"))}
+    for k, v in weights.items():
+        if k.endswith("_orig") and k[: -len("_orig")] + "_mask" in weights:
+            out[k[: -len("_orig")]] = v
+    return out
+
+
 def _convert_nni(obj: Any, ctx: ImportContext) -> ImportResult:
-    if ctx.dense_checkpoint is None:
+    masks, weights = _split(obj)
+    if ctx.dense_checkpoint is None and weights is None:
         raise VitshrinkError(f"'{ctx.path}' holds NNI masks but no weights: give the dense weights with --dense-checkpoint")
-    masks = _mask_dict(obj)
-    dense = dense_state(ctx)
+    dense = dense_state(ctx) if ctx.dense_checkpoint is not None else _dense_from(weights)
     modules = dict(ctx.model.named_modules())
     out = dict(dense)
     for module, entry in masks.items():
@@ -49,10 +68,11 @@ def _convert_nni(obj: Any, ctx: ImportContext) -> ImportResult:
             if key not in dense:
                 raise CheckpointError(f"mask '{module}'/'{param}': the dense weights have no '{key}'")
             if tuple(mask.shape) != tuple(dense[key].shape):
-                raise CheckpointError(f"mask '{module}'/'{param}' has shape {list(mask.shape)}, '{key}' is {list(dense[key].shape)}")
+                raise CheckpointError(f"mask '{module}'/'{param}' has shape {list(mask.shape)}, '{key}' of {ctx.model_name} "
+                                      f"is {list(dense[key].shape)} (NNI masks in '{ctx.path}': of another model?)")
             out[key] = dense[key] * mask.to(dense[key].dtype)
     return from_zeroed(out, ctx, {"masks": len(masks)})
 
 
-FORMAT = Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint", _probe_nni, _convert_nni,
-                families=(VIT, SWIN))
+FORMAT = Format("nni", "NNI mask dict {module: {weight, bias}} + --dense-checkpoint (or beside the weights)", _probe_nni,
+                _convert_nni, families=(VIT, SWIN), reads=("masks",))

@@ -50,4 +50,5 @@ def _convert_s2vite(obj: Any, ctx: ImportContext) -> ImportResult:
     return from_zeroed(sd, ctx, {"method": "S2ViTE structured masks (and SViTE unstructured ones)"})
 
 
-FORMAT = Format("s2vite", "SViTE / S2ViTE: {'model', 'atten_mask', 'other_mask', 'mask'}", _probe_s2vite, _convert_s2vite)
+FORMAT = Format("s2vite", "SViTE / S2ViTE: {'model', 'atten_mask', 'other_mask', 'mask'}", _probe_s2vite, _convert_s2vite,
+                reads=("atten_mask", "other_mask", "mask"))

@@ -100,4 +100,4 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
 
 
 FORMAT = Format("vtc-lfc", "VTC-LFC: {'model', 'dim_cfg', 'token_cfg', ...} (unequal q/k and v widths, LFE token rule)",
-                _probe, _convert)
+                _probe, _convert, reads=("dim_cfg", "token_cfg"))
