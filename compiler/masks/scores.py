@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -251,34 +252,43 @@ def obs_order(weight: Tensor, gram: Tensor, total: Tensor, rows: int, groups: Op
     mean = total / rows
     h = gram - rows * torch.outer(mean, mean)
     h = h + alpha * float(torch.diagonal(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.inv(h)
-    w = weight.clone()
+    hinv = torch.linalg.inv(h).numpy().copy()
+    w = weight.double().numpy().copy()
     k = h.shape[0]
-    groups = torch.arange(k) if groups is None else groups
+    if groups is None:  # one input per unit: rank-1 updates in place (a removed unit's row and column become 0)
+        scores = np.zeros(k)
+        alive = np.ones(k, dtype=bool)
+        running = 0.0
+        for _ in range(k - 1):
+            d = np.diagonal(hinv)
+            cost = np.where(alive, (w * w).sum(0) / np.where(alive, d, 1.0), np.inf)
+            j = int(np.argmin(cost))
+            running = max(running, float(cost[j]))
+            scores[j], alive[j] = running, False
+            col, row = hinv[:, j].copy(), hinv[j, :].copy()
+            w -= np.outer(w[:, j] / row[j], row)
+            hinv -= np.outer(col / row[j], row)
+            w[:, j] = 0.0
+        scores[alive] = running * 2 + 1.0  # the last unit: removed last
+        return torch.from_numpy(scores)
     n_units = int(groups.max()) + 1
-    members = [torch.nonzero(groups == u).flatten() for u in range(n_units)]
+    members = [np.nonzero(groups.numpy() == u)[0] for u in range(n_units)]
     alive = list(range(n_units))
     scores = torch.zeros(n_units, dtype=torch.float64)
     running = 0.0
-    single = all(len(m) == 1 for m in members)
     while len(alive) > 1:
-        if single:
-            idx = torch.tensor([int(members[u][0]) for u in alive])
-            d = torch.diagonal(hinv)[idx]
-            cost = (w[:, idx] ** 2).sum(0) / d
-        else:
-            cost = torch.stack([torch.trace(w[:, members[u]] @ torch.linalg.solve(hinv[members[u]][:, members[u]],
-                                                                                   w[:, members[u]].T)) for u in alive])
-        j = int(torch.argmin(cost))
+        cost = [float(np.trace(w[:, members[u]] @ np.linalg.solve(hinv[np.ix_(members[u], members[u])], w[:, members[u]].T)))
+                for u in alive]
+        j = int(np.argmin(cost))
         u = alive.pop(j)
-        running = max(running, float(cost[j]))
+        running = max(running, cost[j])
         scores[u] = running
         g = members[u]
-        s_inv = torch.linalg.inv(hinv[g][:, g])
+        s_inv = np.linalg.inv(hinv[np.ix_(g, g)])
         w = w - w[:, g] @ s_inv @ hinv[g, :]
         hinv = hinv - hinv[:, g] @ s_inv @ hinv[g, :]
         w[:, g] = 0.0
-    scores[alive[0]] = running * 2 + 1.0  # the last unit: removed last
+    scores[alive[0]] = running * 2 + 1.0
     return scores
 
 
