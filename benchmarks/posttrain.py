@@ -47,6 +47,9 @@ def main() -> int:
     if sys.argv[1:2] == ["--plot-only"]:
         plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[2]).with_suffix(".png"))
         return 0
+    if sys.argv[1:2] == ["--table"]:  # the README's markdown table
+        print(table(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--only", default=None, help="comma-separated structure names (macs0.58, heads0.67+mlp0.5, ...)")
@@ -99,6 +102,24 @@ def main() -> int:
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(a.out).with_suffix(".png"))
     return 0
+
+
+def table(res: dict) -> str:
+    """One row per structure: MACs, top-1 per method, latency of the reconstructed (else the only) model."""
+    by: dict = {}
+    for r in res["rows"]:
+        by.setdefault(r["structure"], {})[r["method"]] = r
+    lines = ["| `vitshrink masks` | MACs | top-1: L1 (no data) | data-aware | + reconstruction | ORT b1: original -> pruned ms, "
+             "speed-up (realization) | masks s |", "|---|---|---|---|---|---|---|"]
+    order = sorted(by, key=lambda k: (not k.startswith("heads0.67+"), -by[k][next(iter(by[k]))]["macs_ratio"]))
+    for name in order:
+        m = by[name]
+        r = m.get("data-aware + reconstruction") or next(iter(m.values()))
+        top = [f"{m[k]['pruned_top1']:.3f}" if k in m else "--" for k in METHODS]
+        args = " ".join(a for a in r["masks_args"] if a != "--no-reconstruct")
+        lines.append(f"| `{args}` | x{r['macs_ratio']:.2f} | {' | '.join(top)} | {r['original_ms']:.1f} -> {r['pruned_ms']:.1f}, "
+                     f"x{r['speedup_vs_original']:.2f} ({r['realization_vs_original']:.2f}) | {r['masks_seconds']:.0f} |")
+    return "\n".join(lines)
 
 
 def plot(res: dict, path: Path) -> None:

@@ -273,3 +273,27 @@ def test_check_and_diff_on_a_run_folder_name_its_entries(tmp_path):
         assert res.exit_code == 2, res.output
         assert "a `vitshrink run` folder" in res.stderr and "entries: small, tiny" in res.stderr
     assert CliRunner().invoke(main, ["check", str(run / "tiny"), "--min-speedup", "1.5"]).exit_code == 0
+
+
+def test_diff_leads_with_the_paired_ratio_and_flags_drift(tmp_path):
+    """Issue 26 item 10: identical models, the machine 14% slower today -- the absolute rows say it is drift;
+    a pruned model that really got slower (the ratio moved too) gets no such note."""
+    import copy
+
+    from vitshrink.report.diff import diff_reports
+
+    old = crafted(seed=1)
+    drift = copy.deepcopy(old)
+    for e in drift["latency"]:
+        for k in ("dense_ms", "pruned_ms", "baseline_ms"):
+            if k in e:
+                e[k] = {q: v * 1.14 for q, v in e[k].items()}
+        e["speedup"] *= 1.003
+    rows = diff_reports(old, drift)
+    lat = [r for r in rows if r["section"] == "latency"]
+    assert lat[0]["field"].endswith(" speed-up")  # the paired ratio leads
+    ms = [r for r in lat if r["field"].endswith(" p50 ms")]
+    assert ms and all("within run-to-run drift" in r["note"] for r in ms), ms
+    slower = crafted(seed=1, slower=1.2)
+    real = [r for r in diff_reports(old, slower) if r["field"].endswith("pruned p50 ms")]
+    assert real and all(r["note"] == "" for r in real), real
