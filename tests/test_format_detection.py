@@ -93,3 +93,30 @@ def test_torch_nn_utils_prune_state_dict_is_not_ambiguous(tmp_path, save):
     sd = _torch_prune()
     torch.save(sd if save == "state_dict" else {"model": sd, "epoch": 3}, tmp_path / "p.pth")
     assert import_checkpoint(tmp_path / "p.pth", small_vit(seed=0)).format == "torch-prune"
+
+
+def test_every_wrong_from_is_one_line_naming_what_the_file_is(tmp_path):
+    """Issue 26 item 1: every format's file with every other --from: exit 2 in one line that says what the
+    file is instead (its own format's name) -- never a traceback from a converter fed the wrong thing."""
+    from vitshrink.errors import VitshrinkError
+
+    paths = _files(tmp_path)
+    model = small_vit(seed=0)
+    tried = 0
+    for name, path in paths.items():
+        obj, loader = load_source(path)
+        ctx = ImportContext("small", model, path, family_of(model), loader=loader)
+        for f in FORMATS:
+            fmt = f.name
+            if fmt == name or f.probe(obj, ctx):  # its own, or a reading the other format also claims (zeroed:
+                continue                         # any dense-shaped state dict, as asked)
+            tried += 1
+            try:
+                import_checkpoint(path, model, fmt=fmt)
+            except VitshrinkError as e:
+                msg = str(e)
+                assert "\n" not in msg and f"not a {fmt} file" in msg, (name, fmt, msg)
+                assert f"--from {name}" in msg, (name, fmt, msg)  # what it is, and how to read it
+            else:
+                raise AssertionError(f"the {name} file read with --from {fmt} did not fail")
+    assert tried >= len(paths) * (len(FORMATS) - 2)

@@ -96,8 +96,14 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
         chosen = [f for f in formats if f.name == fmt]
         if not chosen:
             raise VitshrinkError(f"--from '{fmt}': unknown format (known: {names})")
-        reason = chosen[0].probe(obj, ctx) or f"--from {fmt} (the file does not look like it: conversion may fail)"
         fmt_obj = chosen[0]
+        reason = fmt_obj.probe(obj, ctx)
+        if not reason:  # say what the file is instead of converting what it is not
+            found = [(f, r) for f in formats if f is not fmt_obj for r in [f.probe(obj, ctx)] if r]
+            found = [(f, r) for f, r in found if not f.fallback] or found
+            what = (f"it looks like {found[0][0].name} ({found[0][1]}); try --from {found[0][0].name}" if found
+                    else f"it matches no known format ({describe(obj)})")
+            raise VitshrinkError(f"checkpoint '{path}' is not a {fmt} file ({fmt_obj.description}): {what}")
     else:
         hits = [(f, r) for f in formats for r in [f.probe(obj, ctx)] if r]
         if any(not f.fallback for f, _ in hits):
@@ -110,7 +116,13 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
                                  f"choose with --from FORMAT (known: {names})")
         fmt_obj, reason = hits[0]
     _check_entries(obj, fmt_obj, fmt is not None, path)
-    result = fmt_obj.convert(obj, ctx)
+    try:
+        result = fmt_obj.convert(obj, ctx)
+    except VitshrinkError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:  # a file its probe let through
+        raise VitshrinkError(f"checkpoint '{path}': the {fmt_obj.name} importer could not read it "
+                             f"({type(e).__name__}: {e}); `vitshrink inspect` says what it holds") from e
     result.format, result.reason = fmt_obj.name, reason
     result.notes.setdefault("loader", loader)
     result.notes.setdefault("widths", widths(result, ctx))
@@ -144,6 +156,16 @@ def _check_entries(obj, fmt: Format, chosen: bool, path: Path) -> None:
         hint = f" (the {' / '.join(readers)} format reads it: --from {readers[0]})" if readers else ""
         raise VitshrinkError(f"checkpoint '{path}': entry '{unknown[0]}' is read by no importer of format {fmt.name}"
                              f"{hint}; entries left out as harmless: {', '.join(sorted(HARMLESS))}")
+
+
+def describe(obj) -> str:
+    """What a loaded file holds, in a few words (for errors)."""
+    if is_module_record(obj):
+        return f"a pickled {getattr(obj, 'path', type(obj).__name__)} module"
+    if isinstance(obj, dict):
+        keys = [str(k) for k in list(obj)[:5]]
+        return f"a dict of {len(obj)} entries ({', '.join(keys)}{', ...' if len(obj) > 5 else ''})"
+    return f"a {type(obj).__name__}"
 
 
 def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:
