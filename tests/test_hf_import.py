@@ -130,3 +130,38 @@ def test_hf_model_name_guessed(tmp_path):
                                                          num_hidden_layers=1))
     m.save_pretrained(tmp_path / "d")
     assert guess_model(tmp_path / "d") == "deit_tiny_distilled_patch16_224"
+
+
+def test_hf_wrong_model_and_unshrunk_pruned_heads_say_what_to_do(tmp_path):
+    """Issue 26 items 2 and 4: an HF directory for another model says it does not fit, naming both
+    shapes; config.pruned_heads over layers that still hold every head (transformers 5 cannot shrink
+    them) says how to bring the heads instead."""
+    need("transformers")
+    from vitshrink.errors import CheckpointError
+    from vitshrink.importers import import_checkpoint
+
+    _save(_hf("vit"), tmp_path / "a", "v5")
+    with pytest.raises(CheckpointError, match=r"does not fit small_other: its config.json has hidden_size 48, 4 heads"):
+        from timm.models.vision_transformer import VisionTransformer
+        other = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0,
+                                  num_classes=10).eval()
+        other.default_cfg = {"architecture": "small_other"}
+        import_checkpoint(tmp_path / "a", other)
+    _save(_hf("vit"), tmp_path / "b", "v5")
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    cfg["pruned_heads"] = {"1": [0, 2]}
+    (tmp_path / "b" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"pruned_heads lists heads \[0, 2\] of layer 1.*still hold all 4 heads.*--spec"):
+        import_checkpoint(tmp_path / "b", _timm("vit"))
+
+
+def test_masks_on_an_hf_directory_says_how(tmp_path):
+    """Issue 26 item 4: `vitshrink masks MODEL --checkpoint <HF directory>` said "no such file"."""
+    from click.testing import CliRunner
+
+    from vitshrink.cli import main
+
+    _save(_hf("vit"), tmp_path / "hf", "v5")
+    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "hf"), "--mlp", "0.5",
+                                    "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 2 and "a Hugging Face directory" in res.output and "vitshrink import" in res.output, res.output

@@ -49,6 +49,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         CheckpointError: missing or unreadable file, or no state dict inside.
     """
     path = Path(path)
+    if path.is_dir():
+        what = "a Hugging Face directory" if (path / "config.json").is_file() else "a directory"
+        raise CheckpointError(f"checkpoint '{path}': {what}, not a weights file: convert it with `vitshrink import {path} "
+                              f"--out DIR` and use DIR/dense.safetensors (and DIR/spec.json)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}': no such file")
     try:

@@ -104,9 +104,21 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
     pruned = {int(k): sorted(v) for k, v in (cfg.get("pruned_heads") or {}).items()}
     masks: dict[str, Tensor] = {}
     D = ctx.model.embed_dim
+    H0, hidden0 = dims[0][0], dims[0][2]
+    got = (cfg.get("hidden_size"), cfg.get("num_attention_heads"), cfg.get("intermediate_size"))
+    if None not in got and got != (D, H0, hidden0):
+        raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: its config.json has hidden_size "
+                              f"{got[0]}, {got[1]} heads, intermediate_size {got[2]}; {ctx.model_name} has embed_dim {D}, "
+                              f"{H0} heads, MLP hidden {hidden0} (name the model the directory was trained from)")
     for i, (H, hd, _) in enumerate(dims):
         lay, p = layers[i], f"blocks.{i}."
         kept = [h for h in range(H) if h not in pruned.get(i, [])]
+        if pruned.get(i) and lay["q.weight"].shape[0] == H * hd:
+            raise CheckpointError(f"HF checkpoint '{ctx.path}': config.pruned_heads lists heads {pruned[i]} of layer {i}, but "
+                                  f"its q/k/v layers still hold all {H} heads (transformers 5 has no prune_heads and does not "
+                                  "shrink them): either shrink the q/k/v rows and the output columns of those heads, or drop "
+                                  "pruned_heads from config.json and give the heads as a spec (vitshrink masks / "
+                                  "'blocks.{i}.heads' masks) with --spec")
         if lay["q.weight"].shape[0] != len(kept) * hd:
             raise CheckpointError(f"HF checkpoint '{ctx.path}': layer {i} query has {lay['q.weight'].shape[0]} rows, "
                                   f"expected {len(kept)} heads x {hd} (config.pruned_heads: {pruned.get(i, [])})")
