@@ -6,7 +6,12 @@
 The settings of Torch-Pruning's examples/transformers/prune_timm_vit.py (L1 group importance, one
 uniform ratio, head_dim pruning or whole heads, the classifier left alone), with two things that example
 gets wrong today: its attention forward lacks the ``attn_mask`` argument timm >= 1.0.20 blocks pass, and
-its ``--save_as tp.pth`` calls ``os.makedirs('')``. No fine-tuning here: the point is the file.
+its ``--save_as tp.pth`` calls ``os.makedirs('')``, and the file it saves keeps the patched forward
+(a bound method of the script), so a plain ``torch.load`` elsewhere fails ("'Attention' object has no
+attribute 'attention_forward'"). Here timm's own ``Attention.forward`` is put back before saving, with
+``num_heads`` / ``head_dim`` / ``attn_dim`` / ``scale`` of the pruned widths (checked to compute what the
+patched model computed): ``torch.load(path, weights_only=False)`` works in any script that imports timm.
+No fine-tuning here: the point is the file.
 """
 from __future__ import annotations
 
@@ -64,6 +69,16 @@ def main() -> int:
         if isinstance(m, Attention):
             m.num_heads = pruner.num_heads[m.qkv]
             m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        patched = model(x)
+    for m in model.modules():  # timm's own forward, by the pruned widths: the file reloads without this script
+        if isinstance(m, Attention):
+            del m.forward
+            m.attn_dim, m.scale = m.num_heads * m.head_dim, m.head_dim ** -0.5
+    with torch.no_grad():
+        diff = float((model(x) - patched).abs().max())
+    assert diff <= 1e-5, f"timm's Attention by the pruned widths differs from the patched one by {diff:.3g}"
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # the example's os.makedirs('') fails on a bare file name
     torch.save(model, out)

@@ -25,6 +25,11 @@ def test_torch_pruning_recipe_runs_as_written(tmp_path):
                            "--out", "tp.pth"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "tp.pth").is_file()  # a bare file name, where the example's os.makedirs('') failed
+    # the file reloads in another script with a plain torch.load (issue 26 item 5): no patched forward in it
+    code = ("import vitshrink\nvitshrink.ensure_timm_importable()\nimport torch, timm\n"
+            "m = torch.load('tp.pth', weights_only=False)\nprint(tuple(m(torch.randn(1, 3, 224, 224)).shape))\n")
+    reload = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert reload.returncode == 0 and "(1, 1000)" in reload.stdout, reload.stderr[-2000:]
     proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", "tp.pth", "--out", "runs/tp",
                            "--bench-seconds", "0", "--quiet"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
