@@ -83,13 +83,18 @@ def _macs(fam, ir, spec: Spec, shape) -> int:
     return count_macs(fam.codegen.build_module(pruned, share=True), (1, *shape))
 
 
-@pytest.mark.parametrize("kind", ["vit", "swin"])
+@pytest.mark.parametrize("kind", ["vit", "swin", "eva"])
 def test_budget_is_met_and_every_block_legal(kind):
     """--macs R: the generated model's counted MACs at most R x dense, >= 1 head in every block, neuron
-    counts multiples of --round-to, for a ViT and a Swin (its windows priced as they run)."""
+    counts multiples of --round-to, for a ViT, a Swin (its windows priced as they run) and an Eva with
+    RoPE and SwiGLU (whole heads only, so every rotation pair is kept or removed with its head)."""
     if kind == "vit":
         m = small_vit(depth=3)
         ir, x = from_timm(m, "small_vit"), images(8)
+    elif kind == "eva":
+        from test_eva import eva
+        m, ir = eva("rope_mixed")
+        x = images(8)
     else:
         from timm.models.swin_transformer import SwinTransformer
         from vitshrink.frontends.timm_swin import from_timm as from_timm_swin
@@ -108,6 +113,8 @@ def test_budget_is_met_and_every_block_legal(kind):
                 assert v.sum() >= 1, k
             if k.endswith(".mlp"):
                 assert int(v.sum()) % 4 == 0, (k, int(v.sum()))
+            assert not k.endswith((".qk", ".v")), k  # whole heads: q/k channel pairs are never split
+        fam.spec.resolve(r.spec, ir, {})  # legal for the family (RoPE pairs, heads)
 
 
 def test_budget_below_the_floor_is_refused(small):
@@ -150,6 +157,26 @@ def test_reconstruction_lowers_the_error_and_writes_back_exactly(small, tmp_path
     assert (reference - refitted).abs().max() <= TOL
 
 
+def test_eva_refit_writes_back_exactly():
+    """RoPE + SwiGLU (timm's Eva): re-fitted proj / fc2 in timm's layout compile to the re-fitted model."""
+    from test_eva import eva
+
+    m, ir = eva("rope_mixed")
+    fam = families.family_of(ir)
+    r = posttrain(fam, ir, images(32, seed=1), (3, 32, 32), heads=0.5, mlp=0.5, reconstruct=True)
+    assert all(rec["mlp"][1] <= rec["mlp"][0] * (1 + 1e-9) for rec in r.refit)
+    import copy
+    state = dense_state(fam, copy.deepcopy(m), ir, r.pruned_ir)
+    fresh = copy.deepcopy(m)
+    fresh.load_state_dict(state, strict=True)
+    ir2 = families.from_timm(fresh, "rope_mixed")
+    x = images(4, seed=3)
+    with torch.no_grad():
+        got = fam.codegen.build_module(fam.passes.apply_spec(ir2, fam.spec.resolve(r.spec, ir2, {}), {}), share=True)(x)
+        want = fam.codegen.build_module(r.pruned_ir, share=True)(x)
+    assert (got - want).abs().max() <= TOL
+
+
 def test_layerscale_is_folded_into_the_refitted_layer(tmp_path):
     """A model with LayerScale: the written weights carry gamma inside proj / fc2 (gamma = 1) and still
     compile to the re-fitted model."""
@@ -186,12 +213,16 @@ def _image_dir(root: Path, n: int) -> Path:
     (["--mlp", "0.5", "--data", "IMAGES", "--weights-out", "w.pt"], "--weights-out 'w.pt': use a .safetensors"),
     (["--macs", "0.6", "--data", "IMAGES", "--steps", "0"], "--steps 0"),
     (["--macs", "0.6", "--mlp", "0.5", "--data", "IMAGES"], "without --heads / --mlp"),
+    (["--macs", "1.5", "--data", "IMAGES"], "--macs"),
+    (["--macs", "0", "--data", "IMAGES"], "--macs"),
+    (["--mlp", "0.5", "--data", "NOWHERE"], "no such directory"),
     (["--embed", "0.5", "--data", "IMAGES"], "no embedding-channel scores"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     (tmp_path / "empty").mkdir()
     imgs = _image_dir(tmp_path / "imgs", 4)
-    args = [str(tmp_path / "empty") if a == "EMPTY" else str(imgs) if a == "IMAGES" else a for a in args]
+    where = {"EMPTY": str(tmp_path / "empty"), "IMAGES": str(imgs), "NOWHERE": str(tmp_path / "nowhere")}
+    args = [where.get(a, a) for a in args]
     out = tmp_path / "o" / "spec.json"
     res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", *args, "--calib-images", "4", "--quiet",
                                     "--out", str(out)])
