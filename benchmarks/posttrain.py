@@ -131,7 +131,7 @@ def plot(res: dict, path: Path) -> None:
     colors = {"L1 (no data)": "tab:gray", "data-aware": "tab:orange", "data-aware + reconstruction": "tab:blue"}
     rows = res["rows"]
     for method, c in colors.items():
-        pts = sorted((r["pruned_ms"], r["pruned_top1"], r["structure"]) for r in rows if r["method"] == method)
+        pts = sorted((r["macs_ratio"], r["pruned_top1"], r["structure"]) for r in rows if r["method"] == method)
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if not method.startswith("L1") else "s", color=c,
@@ -139,13 +139,11 @@ def plot(res: dict, path: Path) -> None:
         for x, y, s in pts:
             ax.annotate(s.replace("heads0.67+mlp0.5", "h.67+m.5"), (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=c)
-    orig = [r["original_ms"] for r in rows]
-    if res.get("dense_top1") is not None and orig:
-        ms = sorted(orig)[len(orig) // 2]
-        ax.plot([ms], [res["dense_top1"]], "*", color="black", markersize=12, label="timm's original (dense)")
-    ax.set_xlabel("latency, ms per image (ONNX Runtime fp32, 2 threads, batch 1; median)")
+    if res.get("dense_top1") is not None:
+        ax.plot([1.0], [res["dense_top1"]], "*", color="black", markersize=12, label="timm's original (dense)")
+    ax.set_xlabel("MACs of the pruned model / dense (ORT speed-ups in the JSON track it: realization 0.91-1.06)")
     ax.set_ylabel(f"top-1 on {rows[0]['n'] if rows else '?'} held-out images")
-    ax.set_title("DeiT-Tiny pruned without retraining: accuracy vs latency", fontsize=11)
+    ax.set_title("DeiT-Tiny pruned without retraining: accuracy vs MACs", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_ylim(bottom=0)
@@ -156,7 +154,7 @@ def plot(res: dict, path: Path) -> None:
     bx.bar(range(len(names)), [sum(per[m]) / len(per[m]) for m in names], color=[colors[m] for m in names])
     bx.set_xticks(range(len(names)), [m.replace(" + ", "\n+ ") for m in names], fontsize=8)
     bx.set_ylabel("seconds per `vitshrink masks` run (mean)")
-    bx.set_title("time each method took", fontsize=11)
+    bx.set_title("time each method took\n(cores shared with other jobs in this run)", fontsize=10)
     cpu = (res.get("machine") or {}).get("cpu", "")
     fig.suptitle(f"benchmarks/posttrain.py -- {cpu}", fontsize=9)
     fig.tight_layout()

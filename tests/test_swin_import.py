@@ -90,7 +90,7 @@ def test_vit_only_formats_are_refused_for_swin(tmp_path):
     torch.save(model.state_dict(), tmp_path / "sd.pth")
     with pytest.raises(VitshrinkError, match="ViT/DeiT models only.*torch-pruning, hf, torch-prune, nni, zeroed"):
         import_checkpoint(tmp_path / "sd.pth", model, fmt="vtc-lfc")
-    with pytest.raises(VitshrinkError, match="not a Torch-Pruning checkpoint"):  # a state dict, not a module
+    with pytest.raises(VitshrinkError, match="not a torch-pruning file"):  # a state dict, not a module
         import_checkpoint(tmp_path / "sd.pth", model, fmt="torch-pruning")
 
 

@@ -119,7 +119,7 @@ def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, to
     pe = sd.get("pos_embed")
     if own is None or pe is None or tuple(pe.shape) == tuple(own.shape):
         return sd
-    from timm.layers import resample_abs_pos_embed
+    from timm.layers import resample_abs_pos_embed  # lazy: timm loads only when a checkpoint is resampled
 
     prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
     n = pe.shape[1] - prefix

@@ -37,6 +37,7 @@ import torch
 from scipy.linalg import eigh
 from torch import Tensor, nn
 
+from ..codegen.block import Block
 from ..spec.format import Spec
 from .scores import block_modules
 
@@ -248,7 +249,6 @@ def _run_to(model: nn.Module, blk: nn.Module, x: Tensor, what: str):
 
 
 def _plain(blk) -> bool:
-    from ..codegen.block import Block
     return (isinstance(blk, Block) and not blk.post_norm and blk.select is None and not blk.query and not blk.drop
             and hasattr(blk.attn, "proj") and hasattr(blk.mlp, "fc2"))
 
