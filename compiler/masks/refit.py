@@ -52,7 +52,7 @@ class _Normal:
     """The normal equations of ``min ||A W^T + 1 b^T - Y||^2`` accumulated over batches (float64)."""
 
     def __init__(self):
-        self.n, self.ata, self.weighted = 0, None, False
+        self.n, self.ata = 0, None
 
     def add(self, a: Tensor, y: Tensor, images: int, weights: Optional[Tensor] = None) -> None:
         """One batch of ``images``: ``a`` [..., k] features, ``y`` [..., D] targets, rows weighted per token
@@ -62,7 +62,6 @@ class _Normal:
         w = torch.ones(a.shape[0], a.shape[1])
         if weights is not None and weights.shape[0] == a.shape[1]:
             w = weights.float()[None, :].expand(a.shape[0], -1)
-            self.weighted = True
         a, y, w = a.reshape(-1, a.shape[-1]), y.reshape(-1, y.shape[-1]), w.reshape(-1, 1)
         if self.ata is None:
             k, d = a.shape[1], y.shape[1]
@@ -91,10 +90,6 @@ class _Normal:
                + 2 * float(bb @ (w @ self.sa)) + self.n * float(bb @ bb))
         return max(sse, 0.0) / (self.n * w.shape[0])
 
-    def solve(self, w0: Tensor, bias: bool, alpha: float) -> tuple[Tensor, Optional[Tensor]]:
-        """The ridge solution towards ``w0`` [D, k]; with ``bias`` the intercept is fitted (data centred)."""
-        return self.path(w0, bias, (alpha,))[0]
-
     def path(self, w0: Tensor, bias: bool, alphas) -> list[tuple[Tensor, Optional[Tensor]]]:
         """The ridge solutions for several strengths from one eigendecomposition of the (centred) ``A^T A``:
         ``W^T = Q (L + lambda I)^-1 Q^T (A^T Y + lambda W_0^T)``, ``lambda = alpha * mean(diag A^T A)``."""
@@ -119,10 +114,6 @@ class _Normal:
 #: ridge strengths tried per layer (relative to the mean diagonal of A^T A); the one with the least error on
 #: held-out calibration images is used -- or no change at all when the original weights do better there
 ALPHAS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-
-def _mean_target(y: Tensor) -> Tensor:
-    return y.reshape(-1, y.shape[-1]).double().mean(0)
 
 
 def refit(family, dense_ir, resolved_masks: dict[str, Tensor], settings: dict, images: Tensor, alpha: Optional[float] = None,
@@ -170,7 +161,7 @@ def refit(family, dense_ir, resolved_masks: dict[str, Tensor], settings: dict, i
                 for part in ("attn", "mlp"):
                     rec[part] = _refit_part(model, blk, tblocks[s], part, batches, alpha, w,
                                             stream if _plain(blk) else None, teacher)
-                previous = [_run_to(model, blk, x, "out") for x in batches]
+                previous = [_stream(model, blk, x)[2] for x in batches]
             records.append(rec)
             if progress:
                 progress(done + 1, len(pblocks))
@@ -229,23 +220,6 @@ class _skip_to:
         for j in range(self.k):
             del self.blocks[j].forward  # back to the class's forward
         return False
-
-
-def _run_to(model: nn.Module, blk: nn.Module, x: Tensor, what: str):
-    """Run ``model`` on ``x`` until ``blk`` has run; its output (``what="out"``), as the block returns it."""
-    got = {}
-
-    def hook(m, a, out):
-        got["out"] = out
-        raise _Stop
-    h = blk.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    return got[what]
 
 
 def _plain(blk) -> bool:

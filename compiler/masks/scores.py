@@ -115,15 +115,19 @@ class _Recorder:
             self._store(key, prod if columns is None else columns(prod))
         t.register_hook(hook)
 
-    def _proj(self, mod, args):
-        a = args[0]
-        if self.gradients and a.requires_grad:
-            self._taylor("v", a)
+    def _reader(self, kind: str, layer: str, mod, x: Tensor) -> None:
+        """The input ``x`` of the layer that reads ``kind``'s units (proj: v channels, fc2: neurons): its Taylor
+        terms, its second moments (obs) and its energy through the layer's columns (activation)."""
+        if self.gradients and x.requires_grad:
+            self._taylor(kind, x)
         if self.moments:
-            self._gram("proj", a)
-            self.proj_weight = mod.weight.detach().double()
-        w2 = mod.weight.detach().double().pow(2).sum(0)  # ||proj column||^2 per channel
-        self._store("v_energy", _per_image(a.detach().double().pow(2), self.n).sum(1) * w2)
+            self._gram(layer, x)
+            setattr(self, f"{layer}_weight", mod.weight.detach().double())
+        w2 = mod.weight.detach().double().pow(2).sum(0)  # ||column||^2 per input channel
+        self._store(f"{kind}_energy", _per_image(x.detach().double().pow(2), self.n).sum(1) * w2)
+
+    def _proj(self, mod, args):
+        self._reader("v", "proj", mod, args[0])
 
     def _qkv(self, mod, args, out):
         if out.requires_grad:
@@ -131,14 +135,7 @@ class _Recorder:
             self._taylor("qk", out, lambda p: p[:, :q] + p[:, q:2 * q])
 
     def _fc2(self, mod, args):
-        h = args[0]
-        if self.gradients and h.requires_grad:
-            self._taylor("mlp", h)
-        if self.moments:
-            self._gram("fc2", h)
-            self.fc2_weight = mod.weight.detach().double()
-        w2 = mod.weight.detach().double().pow(2).sum(0)
-        self._store("mlp_energy", _per_image(h.detach().double().pow(2), self.n).sum(1) * w2)
+        self._reader("mlp", "fc2", mod, args[0])
 
     def _block_in(self, mod, args, kwargs):
         x = args[0]
