@@ -65,9 +65,11 @@ class SpecLayer(Protocol):
 
 @runtime_checkable
 class PassesLayer(Protocol):
-    """``Family.passes``: IR -> IR."""
+    """``Family.passes``: IR -> IR, and the same passes as checkable steps (:mod:`vitshrink.passes.steps`)."""
     def apply_spec(self, ir, spec, tensors): ...
     def lay_out(self, ir, heads, token_layout): ...
+    def steps(self, spec, tensors): ...
+    def layout_steps(self, heads, token_layout): ...
 
 
 @runtime_checkable
@@ -111,7 +113,9 @@ class Family:
       ``timm_blocks(model) -> [(state-dict prefix, block)]``, ``TESTED_MODELS``;
     - ``spec``: ``mask_shapes(ir) -> {name: shape}``, ``resolve(spec, ir, tensors) -> ResolvedSpec``,
       ``block_name(ir, source_index) -> str`` (the canonical name prefix of a block);
-    - ``passes``: ``apply_spec(ir, resolved, tensors) -> IR``, ``lay_out(ir, heads, token_layout) -> IR``;
+    - ``passes``: ``apply_spec(ir, resolved, tensors) -> IR``, ``lay_out(ir, heads, token_layout) -> IR``,
+      and the same as :class:`~vitshrink.passes.steps.Step` lists: ``steps(resolved, tensors)``,
+      ``layout_steps(heads, token_layout)``;
     - ``codegen``: ``ARCH_FORMAT``, ``architecture(ir) -> dict``, ``build_module(ir, share, trace)``;
     - ``reference``: ``reference_forward(dense, resolved, images, tensors, trace, residuals)``;
     - ``report``: ``block_table(dense, pruned) -> dict`` (report.json ``structure``);

@@ -46,7 +46,7 @@ from .runtime.engines import parse_engines
 ENTRY_FIELDS = {
     "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
     "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
-    "allow_model_mismatch",
+    "allow_model_mismatch", "verify_each",
 }
 PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "baseline")
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
@@ -98,7 +98,7 @@ def read_runfile(path: str | Path) -> list[dict]:
 
 def _options(entry: dict, trust_pickle: bool) -> CompileOptions:
     kw = {k: entry[k] for k in ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout",
-                                "token_layout", "tolerance", "dense_checkpoint", "import_options", "engines", "allow_model_mismatch") if k in entry}
+                                "token_layout", "tolerance", "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each") if k in entry}
     if "from" in entry:
         kw["source_format"] = entry["from"]
     return CompileOptions(progress=False, trust_pickle=trust_pickle, **kw)

@@ -16,6 +16,7 @@ from vitshrink.ir.swin import SwinIR
 from vitshrink.spec.resolved import ResolvedSpec
 
 from . import layout
+from .steps import Step, run
 from .structural import embed_block, keep_positions, layer_norm_keep, prune_head_channels, prune_heads, prune_mlp, remove_blocks
 
 
@@ -60,20 +61,43 @@ def prune_stage_embed(ir: SwinIR, stage: int, embed: Tensor) -> SwinIR:
     return replace(ir, stages=tuple(stages), blocks=blocks, **changes)
 
 
-def apply_spec(ir: SwinIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> SwinIR:
-    """Every pass a resolved Swin spec asks for (heads, q/k/v channels, MLP, blocks, stage channels);
+def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> list[Step]:
+    """The passes a resolved Swin ``spec`` asks for, in the order they run (only those with something
+    to do): q/k and v channels, heads, MLP neurons, blocks, each stage's residual channels.
     ``tensors`` is unused (Swin specs read nothing else from the checkpoint)."""
-    ir = prune_head_channels(ir, spec.qk, spec.v)
-    ir = prune_heads(ir, spec.heads)
-    ir = prune_mlp(ir, spec.mlp)
-    ir = remove_blocks(ir, spec.removed_blocks)
-    for s, mask in sorted(spec.stage_embed.items()):
+    out = []
+    if spec.qk or spec.v:
+        out.append(Step("prune_head_channels", "q/k and v channels", ("qk", "v"), lambda ir: prune_head_channels(ir, spec.qk, spec.v)))
+    if spec.heads:
+        out.append(Step("prune_heads", "attention heads", ("heads",), lambda ir: prune_heads(ir, spec.heads)))
+    if spec.mlp:
+        out.append(Step("prune_mlp", "MLP hidden neurons", ("mlp",), lambda ir: prune_mlp(ir, spec.mlp)))
+    if spec.removed_blocks:
+        out.append(Step("remove_blocks", "whole blocks", ("removed_blocks",), lambda ir: remove_blocks(ir, spec.removed_blocks)))
+    if spec.stage_embed:
+        out.append(Step("prune_stage_embed", "stage residual channels", ("stage_embed",), lambda ir: _stage_embeds(ir, spec.stage_embed)))
+    return out
+
+
+def _stage_embeds(ir: SwinIR, masks: Mapping[int, Tensor]) -> SwinIR:
+    for s, mask in sorted(masks.items()):
         ir = prune_stage_embed(ir, s, mask)
     return ir
+
+
+def apply_spec(ir: SwinIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> SwinIR:
+    """Every pass a resolved Swin spec asks for (the :func:`steps`, in order)."""
+    return run(ir, steps(spec, tensors))
+
+
+def layout_steps(heads: str = "pad", token_layout: str = "prefix") -> list[Step]:
+    """The exact head layout before codegen as one step (:func:`~.layout.lay_out_heads`);
+    ``token_layout`` has nothing to lay out (Swin keeps every token)."""
+    return [Step("lay_out_heads", f"head layout ({heads})", (), lambda ir: layout.lay_out_heads(ir, heads))]
 
 
 def lay_out(ir: SwinIR, heads: str = "pad", token_layout: str = "prefix") -> SwinIR:
     """The exact head layout before codegen: irregular heads padded (``"pad"``), grouped by width
     (``"group"``) or in fused-kernel buckets (``"fused"``) -- :func:`~.layout.lay_out_heads`;
     ``token_layout`` has nothing to lay out (Swin keeps every token)."""
-    return layout.lay_out_heads(ir, heads)
+    return run(ir, layout_steps(heads, token_layout))

@@ -11,6 +11,7 @@ from vitshrink.ir.vit import ViTIR
 from vitshrink.spec.resolved import ResolvedSpec
 
 from . import layout, tokens
+from .steps import Step, run
 from .structural import embed_block, keep_positions, layer_norm_keep, prune_head_channels, prune_heads, prune_mlp, remove_blocks
 
 
@@ -63,8 +64,47 @@ def early_exit(
     return replace(ir, blocks=blocks, norm=new_norm, heads=tuple(new_heads), exit_after=block)
 
 
+def _exit(ir: ViTIR, e, tensors: Mapping[str, Tensor]) -> ViTIR:
+    """:func:`early_exit` with the exit classifier (and its norm) read from the checkpoint ``tensors``."""
+    norm = None
+    if e.norm is not None:
+        norm = LayerNormIR(tensors[f"{e.norm}.weight"], tensors[f"{e.norm}.bias"], ir.norm.eps if ir.norm is not None else 1e-6)
+    heads = {}
+    for name, prefix in (("head", e.head), ("head_dist", e.head_dist)):
+        if prefix is not None:
+            heads[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
+    return early_exit(ir, e.block, norm=norm, heads=heads)
+
+
+def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> list[Step]:
+    """The passes a resolved ViT ``spec`` asks for, in the order they run (only those with something
+    to do): q/k and v channels, heads, MLP neurons, early exit, static tokens, dynamic token rules,
+    blocks, embedding channels. ``tensors``: checkpoint tensors for the exit classifier and predictors."""
+    tensors = tensors or {}
+    out = []
+    if spec.qk or spec.v:
+        out.append(Step("prune_head_channels", "q/k and v channels", ("qk", "v"), lambda ir: prune_head_channels(ir, spec.qk, spec.v)))
+    if spec.heads:
+        out.append(Step("prune_heads", "attention heads", ("heads",), lambda ir: prune_heads(ir, spec.heads)))
+    if spec.mlp:
+        out.append(Step("prune_mlp", "MLP hidden neurons", ("mlp",), lambda ir: prune_mlp(ir, spec.mlp)))
+    if spec.exit is not None:
+        out.append(Step("early_exit", "blocks after the exit, with its classifier", ("exit",), lambda ir: _exit(ir, spec.exit, tensors)))
+    if spec.tokens:
+        out.append(Step("static_tokens", "tokens (static masks)", ("tokens", "token_mode"),
+                        lambda ir: tokens.static_tokens(ir, spec.tokens, spec.token_mode)))
+    if spec.dynamic:
+        out.append(Step("dynamic_tokens", "tokens (dynamic rules)", ("dynamic",), lambda ir: tokens.dynamic_tokens(ir, spec.dynamic, tensors)))
+    if spec.removed_blocks:
+        out.append(Step("remove_blocks", "whole blocks", ("removed_blocks",), lambda ir: remove_blocks(ir, spec.removed_blocks)))
+    if spec.embed is not None:
+        out.append(Step("prune_embed", "embedding (residual) channels", ("embed",), lambda ir: prune_embed(ir, spec.embed)))
+    return out
+
+
 def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> ViTIR:
-    """Apply every structural and token pass a resolved ViT ``spec`` asks for to the dense ``ir``.
+    """Apply every structural and token pass a resolved ViT ``spec`` asks for to the dense ``ir``
+    (the :func:`steps`, in order).
 
     Args:
         ir: dense import of the model the spec was resolved against.
@@ -73,26 +113,17 @@ def apply_spec(ir: ViTIR, spec: ResolvedSpec, tensors: Optional[Mapping[str, Ten
     Returns:
         The pruned IR (structure physically removed, token rules attached; not yet laid out: :func:`lay_out`).
     """
-    tensors = tensors or {}
-    ir = prune_head_channels(ir, spec.qk, spec.v)
-    ir = prune_heads(ir, spec.heads)
-    ir = prune_mlp(ir, spec.mlp)
-    if spec.exit is not None:
-        e = spec.exit
-        norm = None
-        if e.norm is not None:
-            norm = LayerNormIR(tensors[f"{e.norm}.weight"], tensors[f"{e.norm}.bias"], ir.norm.eps if ir.norm is not None else 1e-6)
-        heads = {}
-        for name, prefix in (("head", e.head), ("head_dist", e.head_dist)):
-            if prefix is not None:
-                heads[name] = (tensors[f"{prefix}.weight"], tensors.get(f"{prefix}.bias"))
-        ir = early_exit(ir, e.block, norm=norm, heads=heads)
-    ir = tokens.static_tokens(ir, spec.tokens, spec.token_mode)
-    ir = tokens.dynamic_tokens(ir, spec.dynamic, tensors)
-    ir = remove_blocks(ir, spec.removed_blocks)
-    if spec.embed is not None:
-        ir = prune_embed(ir, spec.embed)
-    return ir
+    return run(ir, steps(spec, tensors))
+
+
+def layout_steps(heads: str = "pad", token_layout: str = "prefix") -> list[Step]:
+    """The exact re-layouts before codegen, as steps (they apply no masks): the head layout
+    (:func:`~.layout.lay_out_heads`), then -- with ``token_layout="prefix"`` -- the static token
+    permutation (:func:`~.tokens.prefix_token_order`)."""
+    out = [Step("lay_out_heads", f"head layout ({heads})", (), lambda ir: layout.lay_out_heads(ir, heads))]
+    if token_layout == "prefix":
+        out.append(Step("prefix_token_order", "token layout (prefix)", (), lambda ir: tokens.prefix_token_order(ir)))
+    return out
 
 
 def lay_out(ir: ViTIR, heads: str = "pad", token_layout: str = "prefix") -> ViTIR:
@@ -100,5 +131,4 @@ def lay_out(ir: ViTIR, heads: str = "pad", token_layout: str = "prefix") -> ViTI
     (``"group"``) or in fused-kernel buckets (``"fused"``) -- :func:`~.layout.lay_out_heads` --, and
     static token masks as one permutation after the position embedding (``token_layout="prefix"``,
     :func:`~.tokens.prefix_token_order`) or as gathers per block (``"gather"``)."""
-    ir = layout.lay_out_heads(ir, heads)
-    return tokens.prefix_token_order(ir) if token_layout == "prefix" else ir
+    return run(ir, layout_steps(heads, token_layout))

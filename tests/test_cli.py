@@ -28,7 +28,7 @@ def compiled(tmp_path_factory):
     """The README's main job on the built-in default, through the installed console script."""
     out = tmp_path_factory.mktemp("cli") / "demo"
     proc = subprocess.run([Path(sys.executable).with_name("vitshrink"), "compile", MODEL, "--spec", EXAMPLE, "--out", out,
-                           "--batch", "1,2", "--bench-seconds", "1"], capture_output=True, text=True)
+                           "--batch", "1,2", "--bench-seconds", "1", "--verify-each"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -38,6 +38,11 @@ def test_main_job_on_builtin_default(compiled):
     assert "RANDOM weights" in proc.stderr  # visible warning
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["passed"] and r["exactness"]["max_abs_diff"] <= 1e-4
+    # --verify-each: every pass the spec asks for checked on its own, in the order they ran
+    assert [p["pass"] for p in r["exactness"]["per_pass"]] == [
+        "prune_head_channels", "prune_heads", "prune_mlp", "early_exit", "remove_blocks", "prune_embed", "lay_out_heads",
+        "prefix_token_order"], r["exactness"]["per_pass"]
+    assert all(p["passed"] and p["max_abs_diff"] <= 1e-4 for p in r["exactness"]["per_pass"])
     assert r["export"]["passed"] and r["export"]["onnx_max_abs_diff"] <= 1e-4
     assert r["macs"]["pruned"] < r["macs"]["dense"] and r["params"]["pruned"] < r["params"]["dense"]
     assert [(e["batch"], e["threads"]) for e in r["latency"]] == [(1, 2), (2, 2)]

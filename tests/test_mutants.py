@@ -101,6 +101,34 @@ MUTANTS = {f.__name__: f for f in (wrong_scale, qk_bias_dropped, v_bias_dropped,
                                     layer_norm_from_wrong_channels, stale_head_count, unpadded_irregular_head,
                                     exit_norm_from_wrong_block, wrong_token_order)}
 
+#: the pass each mutant is a bug of: (module, function) it is planted in, as the per-pass check names it
+PLANTED_IN = {
+    "wrong_scale": ("vit", "prune_head_channels"), "v_bias_dropped": ("vit", "prune_head_channels"),
+    "k_rows_off_by_one": ("vit", "prune_head_channels"), "qk_bias_dropped": ("vit", "prune_heads"),
+    "stale_head_count": ("vit", "prune_heads"), "mlp_rows_off_by_one": ("vit", "prune_mlp"),
+    "layer_norm_from_wrong_channels": ("vit", "prune_embed"), "exit_norm_from_wrong_block": ("vit", "early_exit"),
+    "unpadded_irregular_head": ("layout", "lay_out_heads"), "wrong_token_order": ("tokens", "prefix_token_order"),
+}
+
+
+def plant(monkeypatch, mutant: str, dense) -> str:
+    """Replace the pass of ``mutant`` (:data:`PLANTED_IN`) in its module by the pass followed by the bug
+    (the head layout: by the bug alone -- it is the unpadded form); returns the pass's name."""
+    import vitshrink.passes.layout as layout
+    import vitshrink.passes.tokens as tokens
+    import vitshrink.passes.vit as vit
+
+    module_name, fn_name = PLANTED_IN[mutant]
+    module = {"vit": vit, "layout": layout, "tokens": tokens}[module_name]
+    real = getattr(module, fn_name)
+
+    def planted(ir, *args, **kwargs):
+        out = ir if mutant == "unpadded_irregular_head" else real(ir, *args, **kwargs)
+        return MUTANTS[mutant](replace(out, meta={**out.meta, "dense": dense}))
+
+    monkeypatch.setattr(module, fn_name, planted)
+    return fn_name
+
 
 def spec_for(ir, mutant: str) -> tuple[Spec, dict]:
     """A spec that exercises the mutated part: every structural kind, an early exit with its own
@@ -159,6 +187,66 @@ def test_check_exact_catches(mutant):
         assert float((build_module(bad)(x) - ref).abs().max()) > 10 * TOL, f"mutant {mutant} survived"
 
 
+@pytest.mark.parametrize("mutant", list(MUTANTS))
+def test_verify_each_names_the_pass(monkeypatch, mutant):
+    """Every mutant planted in its own pass: the per-pass check passes the steps before it and names it."""
+    from vitshrink.families import family_of
+    from vitshrink.pipeline.verify_each import describe, first_failure, verify_each
+
+    model = small_vit(seed=9)
+    ir = from_timm(model, "small")
+    spec, tensors = spec_for(ir, mutant)
+    rs = resolve_spec(spec, ir, tensors)
+    x = images(3, seed=2)
+    clean = verify_each(family_of(ir), ir, rs, x, tensors, "pad", "prefix", TOL)
+    assert all(r["passed"] for r in clean) and len(clean) >= 5, clean  # the passes themselves are exact
+    name = plant(monkeypatch, mutant, ir)
+    rows = verify_each(family_of(ir), ir, rs, x, tensors, "pad", "prefix", TOL, stop_at_first=True)
+    bad = first_failure(rows)
+    assert bad is not None and bad["pass"] == name and rows[-1] is bad, rows
+    assert all(r["passed"] for r in rows[:-1]) and bad["max_abs_diff"] > 10 * TOL
+    assert f"first pass not exact: {name}" in describe(rows, TOL)
+
+
+def test_verify_each_on_swin(monkeypatch):
+    """Swin's steps too: a bug planted in its stage-channel pass is named, the passes before it exact."""
+    import vitshrink.passes.swin as swin_passes
+    from test_swin import SMALL_SWIN, swin_images
+    from timm.models.swin_transformer import SwinTransformer
+    from conftest import randomise
+    from vitshrink.families import family_of
+    from vitshrink.frontends.timm_swin import from_timm as from_timm_swin
+    from vitshrink.pipeline.verify_each import first_failure, verify_each
+
+    ir = from_timm_swin(randomise(SwinTransformer(**SMALL_SWIN), seed=4), "small_swin")
+    masks = {f"layers.{s.index}.embed": torch.arange(s.dim) % 3 != 1 for s in ir.stages}
+    for s in ir.stages:
+        for j, g in enumerate(s.block_ids):
+            a, hidden = ir.block(g).attn, ir.block(g).mlp.hidden
+            masks[f"layers.{s.index}.blocks.{j}.heads"] = torch.arange(a.num_heads) != j % a.num_heads
+            masks[f"layers.{s.index}.blocks.{j}.mlp"] = torch.arange(hidden) % 2 == 0
+    rs = resolve_spec(Spec(masks), ir)
+    x = swin_images(2, seed=5)
+    clean = verify_each(family_of(ir), ir, rs, x, None, "pad", "prefix", TOL)
+    assert [r["pass"] for r in clean] == ["prune_heads", "prune_mlp", "prune_stage_embed", "lay_out_heads"], clean
+    assert all(r["passed"] for r in clean), clean
+    real = swin_passes.prune_stage_embed
+
+    def wrong_norm(ir, s, m):  # the stage's first norm1 from the first C' channels instead of the kept ones
+        out = real(ir, s, m)
+        g = out.stages[s].block_ids[0]
+        b, d = out.block(g), ir_dense.block(g).norm1
+        n = len(b.norm1.weight)
+        return replace(out, blocks=tuple(replace(c, norm1=replace(c.norm1, weight=d.weight[:n].clone(), bias=d.bias[:n].clone()))
+                                         if c.source_index == g else c for c in out.blocks))
+
+    ir_dense = ir
+    monkeypatch.setattr(swin_passes, "prune_stage_embed", wrong_norm)
+    rows = verify_each(family_of(ir), ir, rs, x, None, "pad", "prefix", TOL)
+    bad = first_failure(rows)
+    assert bad is not None and bad["pass"] == "prune_stage_embed" and rows[0]["passed"] and rows[1]["passed"], rows
+
+
 def test_per_token_check_catches_what_logits_miss():
     """A bug on tokens no classifier reads: in query mode (Patch Slimming) the last block updates
     every token instead of the kept ones. The logits cannot see it; the per-token check does."""
@@ -205,28 +293,17 @@ CLI_MUTANTS = ["wrong_scale", "qk_bias_dropped", "v_bias_dropped", "k_rows_off_b
 
 @pytest.mark.parametrize("mutant", CLI_MUTANTS)
 def test_compile_and_cli_catch(tmp_path, monkeypatch, real_tiny_spec, mutant):
-    """The mutant injected into the compile's passes, on real DeiT-Tiny weights: exit 1, nothing written."""
-    import vitshrink.passes.layout as layout
-    import vitshrink.passes.vit as passes
+    """The mutant planted in its pass of the compile, on real DeiT-Tiny weights: exit 1 naming that pass, nothing written."""
     from vitshrink.cli import main
+    from vitshrink.families import import_model
 
-    real_apply, real_pad, dense = passes.apply_spec, layout.pad_heads, {}
-
-    def apply_spy(ir, rs, tensors=None):  # the compile hands the dense IR to apply_spec: keep it
-        dense["ir"] = ir
-        return real_apply(ir, rs, tensors)
-
-    def pad_then_mutate(ir, multiple=1):  # the layout pass the compile runs, then the bug
-        base = ir if mutant == "unpadded_irregular_head" else real_pad(ir, multiple)
-        return MUTANTS[mutant](replace(base, meta={**base.meta, "dense": dense["ir"]}))
-
-    monkeypatch.setattr(passes, "apply_spec", apply_spy)
-    monkeypatch.setattr(layout, "pad_heads", pad_then_mutate)
+    name = plant(monkeypatch, mutant, import_model("deit_tiny_patch16_224", DEIT_TINY_CKPT)[1])
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--spec",
                                     str(real_tiny_spec), "--out", str(tmp_path / "o"), "--bench-seconds", "0", "--layout", "pad",
                                     "--quiet"])
     assert res.exit_code == 1, (mutant, res.stderr)
-    assert "exactness failed" in res.stderr.splitlines()[-1]
+    last = res.stderr.splitlines()[-1]
+    assert "exactness failed" in last and f"first pass not exact: {name} (" in last, last
     assert not (tmp_path / "o").exists()
 
 

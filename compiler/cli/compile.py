@@ -52,6 +52,9 @@ Examples:
 @click.option("--token-layout", type=click.Choice(["prefix", "gather"]), default="prefix", show_default=True,
               help="Static token masks: permute tokens once so kept sets are prefixes (slice), or gather/scatter per block.")
 @click.option("--tolerance", default=1e-4, show_default=True, help="Max abs diff on logits for exactness and export.")
+@click.option("--verify-each", is_flag=True,
+              help="Check every pass's output against the reference with the masks so far (report.json exactness.per_pass); "
+                   "automatic, to name the pass, when the final exactness check fails.")
 @click.option("--trt", is_flag=True, help="Also build a TensorRT fp16 engine (skipped with a reason when unavailable).")
 @click.option("--engines", default="ort", show_default=True, callback=engines_option,
               help="Engines to verify against torch and time: ort,openvino,native,torch (CPU fp32); ort-int8, "
@@ -62,7 +65,7 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
 def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, img_size, import_options,
-                data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, trt, engines, quiet, **gate_kwargs):
+                data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, verify_each, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
     the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
@@ -77,7 +80,7 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
         fail(e)
     opts = CompileOptions(checkpoint=checkpoint, data=data, calib=calib, calib_images=calib_images, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
-                          tolerance=tolerance, trt=trt, progress=not quiet, source_format=source_format,
+                          tolerance=tolerance, verify_each=verify_each, trt=trt, progress=not quiet, source_format=source_format,
                           dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
                           engines=engines, allow_model_mismatch=allow_model_mismatch, img_size=img_size)
     try:

@@ -9,7 +9,8 @@
 3. :meth:`~CompileJob.prune` (the family's passes) and :meth:`~CompileJob.lay_out` (head layout chosen,
    exact re-layouts, codegen);
 4. :meth:`~CompileJob.check_exactness`: the pruned module vs the family's masked dense reference (max
-   abs diff on logits <= tolerance; dynamic token rules also keep identical tokens), and the saved
+   abs diff on logits <= tolerance; dynamic token rules also keep identical tokens; then per pass,
+   :mod:`~.verify_each`), and the saved
    checkpoint reloaded with :func:`vitshrink.load`; :meth:`~CompileJob.count`: MACs, parameters, structure;
 5. :meth:`~CompileJob.export`: ONNX of dense and pruned, onnx.checker, ONNX Runtime vs torch; every
    requested engine against torch;
@@ -55,6 +56,7 @@ from .original import OriginalBaseline
 from .precision import build_low_precision, kinds_needed
 from .output import check_output, commit_output, prepare_output, scratch_dir, sha256, toolchain
 from .progress import Log
+from .verify_each import check_each_pass
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -163,9 +165,9 @@ class CompileJob:
     def lay_out(self, work: Path) -> None:
         """Stage 3b: the head layout (timed on the first engine with ``--layout auto``), the exact
         re-layouts and codegen."""
-        layout, self.report["layout"], self.timed_layout = choose_layout(self.pruned_ir, self.opt, self.shape, work, self.log)
-        with self.log.stage("codegen", f"layout ({layout}) + codegen"):
-            self.laid_out = self.family.passes.lay_out(self.pruned_ir, layout, self.opt.token_layout)
+        self.layout, self.report["layout"], self.timed_layout = choose_layout(self.pruned_ir, self.opt, self.shape, work, self.log)
+        with self.log.stage("codegen", f"layout ({self.layout}) + codegen"):
+            self.laid_out = self.family.passes.lay_out(self.pruned_ir, self.layout, self.opt.token_layout)
             self.pruned = self.family.codegen.build_module(self.laid_out)
         self.padded = any(sum(b.attn.qk_dims) != sum(c.attn.qk_dims) or sum(b.attn.v_dims) != sum(c.attn.v_dims)
                           for b, c in zip(self.pruned_ir.blocks, self.laid_out.blocks))  # grouping only reorders
@@ -206,9 +208,12 @@ class CompileJob:
             self.report["exactness"]["token_ids_identical"] = ids_same
             if not ids_same:
                 raise VerificationError("exactness failed: dynamic token rules kept other tokens than the reference")
-        if exact > tol or reload_diff > tol:
-            raise VerificationError(f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "
-                                    f"(reload {reload_diff:.3g}) > {tol:g}")
+        failure = (f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "
+                   f"(reload {reload_diff:.3g}) > {tol:g}") if exact > tol or reload_diff > tol else None
+        if failure or opt.verify_each:  # name the pass that broke it (check every pass with --verify-each)
+            with self.log.stage("verify-each", "verify after each pass"):
+                self.report["exactness"]["per_pass"] = check_each_pass(
+                    self.family, self.dense_ir, self.resolved, x, self.tensors, (self.layout, opt.token_layout), tol, failure)
 
     def count(self) -> None:
         """MACs (structure after pruning, and what the laid-out graph executes), parameters, structure;
@@ -330,8 +335,7 @@ class CompileJob:
             save_spec(self.spec, tmp / "spec.json")
             if self.imported is not None:
                 (tmp / "import.json").write_text(json.dumps(self.report["import"], indent=1) + "\n")
-            self.report["timings_s"] = self.log.timings
-            self.report["peak_rss_gb"] = self.log.peak_rss_gb  # process peak resident memory after each stage
+            self.report.update(timings_s=self.log.timings, peak_rss_gb=self.log.peak_rss_gb)  # peak RSS after each stage
             write_report(self.report, tmp)
 
     def run(self) -> dict:
@@ -369,10 +373,7 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
                   options: Optional[CompileOptions] = None, **kwargs) -> dict:
     """Compile ``model_name`` pruned as ``spec`` says into the directory ``out`` (``vitshrink compile``).
 
-    Stages: import, import fidelity, passes + codegen, exactness against the masked dense reference
-    (max abs diff on logits, fp32), ONNX export (dense and pruned) checked in ONNX Runtime, latency
-    (dense and pruned interleaved; ms, speed-up and realization = speed-up / MACs ratio), accuracy
-    (:class:`CompileJob`).
+    The stages are :class:`CompileJob`'s (latency in ms, speed-up, realization = speed-up / MACs ratio).
 
     Example::
 
@@ -388,8 +389,8 @@ def compile_model(model_name: str, spec: str | Path | None = None, out: str | Pa
         out: output directory; written atomically (built in a temporary sibling, then moved).
         options: a :class:`~vitshrink.pipeline.options.CompileOptions`; or give its fields as
             keyword arguments (``checkpoint=``, ``data=``, ``batch=``, ``threads=``, ``bench_seconds=``, ``limit=``,
-            ``layout=``, ``token_layout=``, ``tolerance=``, ``verify_images=``, ``trt=``, ``progress=``),
-            which override the fields of ``options``.
+            ``layout=``, ``token_layout=``, ``tolerance=``, ``verify_images=``, ``verify_each=``, ``trt=``,
+            ``progress=``), which override the fields of ``options``.
     Returns:
         The report, a dict (the content of ``out/report.json``; fields in :mod:`vitshrink.report.schema`).
     Raises:

@@ -39,6 +39,8 @@ class CompileOptions:
         token_layout: static tokens as ``"prefix"`` slices (one permutation) or ``"gather"``/scatter.
         tolerance: max abs diff on logits (fp32) for import fidelity, exactness and export.
         verify_images: seeded random images used for verification (plus 2 flat-block, plus real ones).
+        verify_each: check every pass's output against the reference with the masks applied so far
+            (report.json ``exactness.per_pass``); without it this runs only when the final check fails.
         trt: also build a TensorRT fp16 engine (skipped with the reason where TensorRT is missing).
         progress: stage lines and progress bars on stderr (the CLI's ``--quiet`` turns them off).
         source_format: without a spec, ``checkpoint`` is a pruned checkpoint of another tool; its format
@@ -72,6 +74,7 @@ class CompileOptions:
     token_layout: str = "prefix"
     tolerance: float = DEFAULT_TOLERANCE
     verify_images: int = 4
+    verify_each: bool = False
     trt: bool = False
     progress: bool = True
     source_format: Optional[str] = None

@@ -15,7 +15,9 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   MLP, [dense, pruned]) and ``token_rule`` (a dynamic rule)
 - ``import.max_abs_diff`` (codegen of the unpruned IR vs timm), ``exactness.max_abs_diff``,
   ``exactness.passed``, ``exactness.reload_max_abs_diff``, ``exactness.token_ids_identical`` (dynamic
-  rules: the kept tokens of compiled model and reference agree on every verification image); ``export.onnx_max_abs_diff`` (ONNX
+  rules: the kept tokens of compiled model and reference agree on every verification image), with
+  ``--verify-each`` ``exactness.per_pass`` (per pass in the order they ran: ``pass``, ``what``,
+  ``max_abs_diff`` against the reference with the masks so far, ``passed``); ``export.onnx_max_abs_diff`` (ONNX
   Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff``, ``export.passed``; ``verified``
 - ``layout``: ``policy`` (``--layout``), ``chosen``, ``reason`` (and the timings when ``auto`` timed the
   candidates), ``padded``
