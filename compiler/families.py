@@ -187,7 +187,8 @@ def family_of(obj: Any) -> Family:
 
 
 def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict: Optional[dict[str, Tensor]] = None,
-                 configure=None, img_size: Optional[tuple[int, int]] = None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
+                 configure=None, img_size: Optional[tuple[int, int]] = None,
+                 model_kwargs: Optional[dict] = None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
     """Create timm model ``name``, load its weights and translate it with its family's frontend.
 
     Args:
@@ -199,6 +200,8 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             :meth:`~vitshrink.importers.base.ImportResult.configure`: e.g. the source's LayerNorm eps).
         img_size: (H, W) to create the model at (timm's ``img_size=``); the weights' absolute position
             embedding is resampled to it as timm resamples it (:func:`~vitshrink.frontends.timm.fit_pos_embed`).
+        model_kwargs: more timm ``create_model`` arguments (an importer's
+            :attr:`~vitshrink.importers.base.ImportResult.model_kwargs`: an HF tower's ``num_classes``).
     Returns:
         (timm model in eval mode, dense IR -- :class:`~vitshrink.ir.vit.ViTIR`,
         :class:`~vitshrink.ir.swin.SwinIR` --, extra checkpoint tensors not in the model).
@@ -209,7 +212,7 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
     random = state_dict is None and checkpoint is None
     with torch.random.fork_rng():  # random weights are seeded (two compiles agree); the caller's RNG is untouched
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = create_model(name, **({"img_size": tuple(img_size)} if img_size else {}))
+        model = create_model(name, **{**(model_kwargs or {}), **({"img_size": tuple(img_size)} if img_size else {})})
     family = family_of(model)
     extras: dict[str, Tensor] = {}
     if img_size and (state_dict is not None or checkpoint is not None):

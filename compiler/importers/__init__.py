@@ -39,10 +39,10 @@ from torch import nn
 
 from ..errors import VitshrinkError
 from ..families import family_of
-from ..frontends.timm import create_model
+from ..frontends.timm import check_model_name, create_model
 from . import hf, nni, s2vite, savit, torch_prune, torch_pruning, vtc_lfc, wdpruning, zeroed
 from .base import Format, ImportContext, ImportResult
-from .hf import timm_name
+from .hf import model_kwargs, timm_name
 from .load import load_source
 from .safe_pickle import find, is_module_record
 
@@ -78,11 +78,14 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
             that does not fit the model (the key and shapes are named), an unknown pickle class.
     """
     path = Path(path)
+    if not isinstance(model_name, nn.Module):
+        check_model_name(model_name)  # a mistyped name is said before anything about the file
+    obj, loader = load_source(path, trust)
+    kwargs = model_kwargs(obj["hf_config"]) if isinstance(obj, dict) and "hf_config" in obj else {}
     if isinstance(model_name, nn.Module):
         model, model_name = model_name.eval(), getattr(model_name, "default_cfg", {}).get("architecture", type(model_name).__name__)
     else:
-        model = create_model(model_name)
-    obj, loader = load_source(path, trust)
+        model = create_model(model_name, **kwargs)
     family = family_of(model)
     ctx = ImportContext(model_name, model, path, family, Path(dense_checkpoint) if dense_checkpoint else None, trust,
                         loader, dict(options or {}))
@@ -124,6 +127,7 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
         raise VitshrinkError(f"checkpoint '{path}': the {fmt_obj.name} importer could not read it "
                              f"({type(e).__name__}: {e}); `vitshrink inspect` says what it holds") from e
     result.format, result.reason = fmt_obj.name, reason
+    result.model_kwargs = {**kwargs, **result.model_kwargs}
     result.notes.setdefault("loader", loader)
     result.notes.setdefault("widths", widths(result, ctx))
     return result

@@ -30,6 +30,8 @@ class ImportResult:
         layer_norm_eps: the source's LayerNorm eps where it differs from timm's (Hugging Face: 1e-12).
         reference_exit: the source ends early (WDPruning): (blocks kept, norm prefix, head prefix) -- the
             reference is timm's model cut by hand after that many blocks with that norm and classifier.
+        model_kwargs: timm ``create_model`` arguments the source's architecture needs beyond the model name
+            (an HF vision tower's ``num_classes=0`` or projection width, its ``img_size``).
     """
 
     format: str
@@ -42,6 +44,7 @@ class ImportResult:
     notes: dict = field(default_factory=dict)
     layer_norm_eps: Optional[float] = None
     reference_exit: Optional[tuple[int, str, str]] = None
+    model_kwargs: dict = field(default_factory=dict)
 
     def configure(self, model: nn.Module) -> nn.Module:
         """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps)."""

@@ -1,5 +1,6 @@
 """Hugging Face transformers ``ViTForImageClassification`` / ``DeiTForImageClassificationWithTeacher``
-(and ``SwinForImageClassification``: :mod:`.hf_swin`) directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) -> the timm layout.
+(and ``SwinForImageClassification``: :mod:`.hf_swin`; the DINOv2, CLIP and SigLIP vision towers:
+:mod:`.hf_towers`) directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``) -> the timm layout.
 
 Both key layouts are read: transformers v4 (``{vit,deit}.encoder.layer.{i}.attention.attention.query``,
 ``.attention.output.dense``, ``.intermediate.dense``, ``.output.dense``) and v5
@@ -20,7 +21,7 @@ from torch import Tensor
 from ..errors import CheckpointError, ModelError
 from ..families import SWIN, VIT
 from ..spec.format import Spec
-from . import hf_swin
+from . import hf_swin, hf_towers
 from .base import Format, ImportContext, ImportResult
 
 _LAYER_V4 = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.attention.query": "q",
@@ -36,13 +37,40 @@ _LAYER_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$
 
 
 #: the transformers ``model_type`` values read, per family
-MODEL_TYPES = {VIT: ("vit", "deit"), SWIN: hf_swin.MODEL_TYPES}
+MODEL_TYPES = {VIT: ("vit", "deit", *hf_towers.MODEL_TYPES), SWIN: hf_swin.MODEL_TYPES}
+KNOWN = {t for types in MODEL_TYPES.values() for t in types}
+
+
+def refusal(config: dict) -> Optional[str]:
+    """Why the transformers class of ``config`` is not imported (None: it is read)."""
+    if config.get("model_type") not in KNOWN:
+        return (f"Hugging Face {hf_towers.architecture(config)} (model_type '{config.get('model_type')}') is not imported"
+                + (f": {hf_towers.WHY_NOT[hf_towers.architecture(config)]}" if hf_towers.architecture(config) in hf_towers.WHY_NOT
+                   else "; vitshrink reads ViTForImageClassification, DeiTForImageClassification(WithTeacher), "
+                        "SwinForImageClassification, Dinov2Model, Dinov2WithRegistersModel, CLIPVisionModel(WithProjection), "
+                        "SiglipVisionModel"))
+    return hf_towers.refuse(config) if config.get("model_type") in hf_towers.MODEL_TYPES else None
+
+
+def model_kwargs(config: dict) -> dict:
+    """timm ``create_model`` arguments an HF config needs beyond the model name (the towers' output width)."""
+    return hf_towers.model_kwargs(config) if config.get("model_type") in hf_towers.MODEL_TYPES else {}
 
 
 def timm_name(config: dict) -> Optional[str]:
-    """The timm model with the architecture of an HF ViT/DeiT/Swin config (the common sizes), or None."""
+    """The timm model with the architecture of an HF ViT/DeiT/Swin/DINOv2/CLIP/SigLIP config (the common
+    sizes), or None.
+
+    Raises:
+        ModelError: a transformers class vitshrink does not import (named, with what to do).
+    """
+    why = refusal(config)
+    if why:
+        raise ModelError(why)
     if config.get("model_type") in hf_swin.MODEL_TYPES:
         return hf_swin.timm_swin_name(config)
+    if config.get("model_type") in hf_towers.MODEL_TYPES:
+        return hf_towers.timm_name(config)
     size = {192: "tiny", 384: "small", 768: "base", 1024: "large"}.get(config.get("hidden_size"))
     p, img = config.get("patch_size", 16), config.get("image_size", 224)
     if size is None:
@@ -57,6 +85,8 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
     if not (isinstance(obj, dict) and "hf_config" in obj):
         return None
     cfg = obj["hf_config"]
+    if cfg.get("model_type") not in KNOWN:  # an HF class no format reads: the converter refuses it by name
+        return f"Hugging Face {hf_towers.architecture(cfg)} directory (model_type '{cfg.get('model_type')}')"
     if cfg.get("model_type") not in MODEL_TYPES.get(ctx.family, ()):
         return None
     pruned = {k: v for k, v in (cfg.get("pruned_heads") or {}).items() if v}
@@ -65,9 +95,14 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
 
 
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
+    cfg, state = obj["hf_config"], obj["state"]
+    why = refusal(cfg)
+    if why:
+        raise ModelError(why)
     if ctx.family is SWIN:
         return hf_swin.convert_swin(obj, ctx)
-    cfg, state = obj["hf_config"], obj["state"]
+    if cfg["model_type"] in hf_towers.MODEL_TYPES:
+        return _convert_tower(cfg, state, ctx)
     prefix = cfg["model_type"]
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise ModelError(f"unsupported HF option hidden_act={cfg.get('hidden_act')!r}: only exact (erf) GELU")
@@ -149,5 +184,17 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
                                "removed": {"heads": sum(len(v) for v in pruned.values())}, "not_removed": [], "unstructured": []})
 
 
-FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT/Swin directory (config.json + weights), config.pruned_heads",
+def _convert_tower(cfg: dict, state: dict, ctx: ImportContext) -> ImportResult:
+    """A DINOv2 / CLIP / SigLIP vision tower (:mod:`.hf_towers`): dense, as transformers computes it."""
+    sd, eps = hf_towers.convert(cfg, state, ctx)
+    cls = hf_towers.architecture(cfg)
+    spec = Spec({}, {}, meta={"producer": "vitshrink import", "source": str(ctx.path), "format": "hf"})
+    return ImportResult("", "", sd, spec, reference_state_dict=sd, layer_norm_eps=eps, model_kwargs=model_kwargs(cfg),
+                        reference_note=f"transformers' {cls}: its weights in the timm layout, LayerNorm eps {eps:g}",
+                        notes={"index_history": "dense (no pruned heads)", "layer_norm_eps": eps, "hf_class": cls,
+                               "output": "image_embeds" if cls.endswith("WithProjection") else "pooler_output",
+                               "removed": {}, "not_removed": [], "unstructured": []})
+
+
+FORMAT = Format("hf", "Hugging Face transformers ViT/DeiT/Swin/DINOv2/CLIP/SigLIP directory (config.json + weights), config.pruned_heads",
                 _probe, _convert, families=(VIT, SWIN))

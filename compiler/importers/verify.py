@@ -20,7 +20,7 @@ def source_model(result: ImportResult, model_name: str | torch.nn.Module) -> Opt
     (then the masked dense reference is the only anchor; ``result.reference_note`` says why)."""
     if result.reference_state_dict is None:
         return None
-    model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name)
+    model = copy.deepcopy(model_name) if isinstance(model_name, torch.nn.Module) else create_model(model_name, **result.model_kwargs)
     own = set(model.state_dict())
     model.load_state_dict({k: v for k, v in result.reference_state_dict.items() if k in own}, strict=True)
     result.configure(model)

@@ -98,7 +98,7 @@ class CompileJob:
                     self.spec = self.imported.spec
                     timm_model, dense_ir, extras = families.import_model(
                         self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure,
-                        img_size=opt.img_size)
+                        img_size=opt.img_size, model_kwargs=self.imported.model_kwargs)
                 else:
                     self.spec = load_spec(self.spec_path)
                     check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
