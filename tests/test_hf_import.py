@@ -155,13 +155,41 @@ def test_hf_wrong_model_and_unshrunk_pruned_heads_say_what_to_do(tmp_path):
         import_checkpoint(tmp_path / "b", _timm("vit"))
 
 
-def test_masks_on_an_hf_directory_says_how(tmp_path):
-    """Issue 26 item 4: `vitshrink masks MODEL --checkpoint <HF directory>` said "no such file"."""
+def test_masks_and_compile_read_an_hf_directory(tmp_path):
+    """Issue 26 item 4: `vitshrink masks MODEL --checkpoint <HF directory>` said "no such file": now masks
+    and `compile --spec` read the directory's weights (the hf importer), and one for another model says so."""
     from click.testing import CliRunner
+    from transformers import ViTConfig, ViTForImageClassification
 
     from vitshrink.cli import main
 
-    _save(_hf("vit"), tmp_path / "hf", "v5")
-    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "hf"), "--mlp", "0.5",
+    _save(_hf("vit"), tmp_path / "small", "v5")
+    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "small"), "--mlp", "0.5",
                                     "--out", str(tmp_path / "s.json")])
-    assert res.exit_code == 2 and "a Hugging Face directory" in res.output and "vitshrink import" in res.output, res.output
+    assert res.exit_code == 2 and "does not fit deit_tiny_patch16_224" in res.output, res.output
+    torch.manual_seed(6)  # transformers' own initialisation: 12 blocks of conftest's random weights end far above 1e-4 in fp32
+    tiny = ViTForImageClassification(ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                                               intermediate_size=768, num_labels=1000)).eval()
+    _save(tiny, tmp_path / "hf", "v4")
+    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "hf"), "--mlp", "0.5",
+                                    "--out", str(tmp_path / "s.json"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(tmp_path / "hf"), "--spec",
+                                    str(tmp_path / "s.json"), "--out", str(tmp_path / "o"), "--bench-seconds", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["exactness"]["passed"] and r["macs"]["ratio"] < 0.8
+    from vitshrink import load
+    from vitshrink.spec import load_spec
+
+    masked = copy.deepcopy(tiny)  # transformers' model with the spec's MLP neurons zeroed: what the compile must compute
+    spec = load_spec(tmp_path / "s.json")
+    with torch.no_grad():
+        for i in range(12):
+            layer = masked.base_model.layers[i] if hasattr(masked.base_model, "layers") else masked.base_model.encoder.layer[i]
+            fc2 = layer.mlp.fc2 if hasattr(layer, "mlp") else layer.output.dense
+            kept = torch.as_tensor(spec.masks[f"blocks.{i}.mlp"])
+            keep = kept if kept.dtype == torch.bool else torch.zeros(768, dtype=torch.bool).index_fill_(0, kept, True)
+            fc2.weight[:, ~keep] = 0
+        x = images(2, size=224, seed=1)
+        assert diff(load(tmp_path / "o" / "model")(x), masked(pixel_values=x).logits) <= 1e-4

@@ -61,6 +61,7 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
     budget) and re-fitted weights; and/or a token schedule."""
     from .. import families  # lazy: the compile stack loads only for commands that use it
     from ..frontends.timm import eval_transform  # lazy: as above
+    from ..importers import import_dense  # lazy: as above
     from ..masks.tokens import token_spec  # lazy: as above
     from ..pipeline.calibration import choose, find_images, load_images, record  # lazy: as above
     from ..pipeline.progress import Log  # lazy: as above
@@ -85,7 +86,7 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
         log = Log(not quiet)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            timm_model, ir, extras = families.import_model(model, checkpoint, img_size=img_size)
+            timm_model, ir, extras = import_dense(model, checkpoint, img_size)  # a transformers directory too
         family = families.family_of(ir)
         if tokens and not family.token_pruning:
             raise VitshrinkError(f"--tokens: token schedules do not apply to {model} ({family.title}: {family.no_tokens_because})")

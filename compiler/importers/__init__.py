@@ -38,7 +38,7 @@ from typing import Optional
 from torch import nn
 
 from ..errors import VitshrinkError
-from ..families import family_of
+from ..families import family_of, import_model
 from ..frontends.timm import check_model_name, create_model
 from . import hf, nni, s2vite, savit, torch_prune, torch_pruning, vtc_lfc, wdpruning, zeroed
 from .base import Format, ImportContext, ImportResult
@@ -191,6 +191,25 @@ def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:
         rows.append({"block": i, "name": prefix.rstrip("."), "heads": [H, n_heads], "qk": [H * hd, chan("qk")], "v": [H * hd, chan("v")],
                      "mlp": [hidden, int(mlp.sum()) if mlp is not None else hidden]})
     return rows
+
+
+def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Optional[tuple[int, int]] = None):
+    """:func:`vitshrink.families.import_model` for the dense weights a spec is applied to, where ``checkpoint``
+    may also be a transformers directory (read by the ``hf`` importer: its weights in timm's layout, its
+    LayerNorm eps and, for a vision tower, its output width). Returns what ``import_model`` returns.
+
+    Raises:
+        VitshrinkError: as ``import_model``; a directory whose ``config.pruned_heads`` already prunes heads
+            (a spec would be applied on top of them: compile it without ``--spec``).
+    """
+    if checkpoint is None or not Path(checkpoint).is_dir():
+        return import_model(model_name, checkpoint, img_size=img_size)
+    result = import_checkpoint(checkpoint, model_name, "hf")
+    if result.spec.masks:
+        raise VitshrinkError(f"checkpoint '{checkpoint}': config.pruned_heads already prunes heads; a --spec would apply "
+                             "on top of them: compile the directory without --spec, or give the dense model")
+    return import_model(model_name, state_dict=result.state_dict, configure=result.configure, img_size=img_size,
+                        model_kwargs=result.model_kwargs)
 
 
 def guess_model(path: str | Path, trust: bool = False) -> Optional[str]:

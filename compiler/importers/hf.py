@@ -134,8 +134,6 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
         else:
             raise CheckpointError(f"HF checkpoint '{ctx.path}': unknown key '{key}'")
     dims = ctx.dims()
-    if len(layers) != len(dims):
-        raise CheckpointError(f"HF checkpoint '{ctx.path}' has {len(layers)} layers, {ctx.model_name} has {len(dims)}")
     pruned = {int(k): sorted(v) for k, v in (cfg.get("pruned_heads") or {}).items()}
     masks: dict[str, Tensor] = {}
     D = ctx.model.embed_dim
@@ -145,6 +143,9 @@ def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
         raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: its config.json has hidden_size "
                               f"{got[0]}, {got[1]} heads, intermediate_size {got[2]}; {ctx.model_name} has embed_dim {D}, "
                               f"{H0} heads, MLP hidden {hidden0} (name the model the directory was trained from)")
+    if len(layers) != len(dims):
+        raise CheckpointError(f"HF checkpoint '{ctx.path}' does not fit {ctx.model_name}: it has {len(layers)} layers, "
+                              f"{ctx.model_name} has {len(dims)} (name the model the directory was trained from)")
     for i, (H, hd, _) in enumerate(dims):
         lay, p = layers[i], f"blocks.{i}."
         kept = [h for h in range(H) if h not in pruned.get(i, [])]

@@ -38,7 +38,7 @@ from ..counting import count_macs
 from ..errors import ModelError, VerificationError, VitshrinkError
 from ..export import INPUT_NAME, OPSET, BackgroundExport, export_onnx, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
-from ..importers import import_checkpoint
+from ..importers import import_checkpoint, import_dense
 from ..importers.verify import import_report, source_logits
 from ..report.schema import FORMAT as REPORT_FORMAT
 from ..report.write import write_report
@@ -102,7 +102,7 @@ class CompileJob:
                 else:
                     self.spec = load_spec(self.spec_path)
                     check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
-                    timm_model, dense_ir, extras = families.import_model(self.model_name, opt.checkpoint, img_size=opt.img_size)
+                    timm_model, dense_ir, extras = import_dense(self.model_name, opt.checkpoint, opt.img_size)
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
             self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)
