@@ -49,3 +49,15 @@ def test_dinov2_compiles_at_224(tmp_path):
 def test_bad_img_size_is_one_line():
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--img-size", "big", "--out", "x"])
     assert res.exit_code == 2 and "--img-size" in res.output and "H or H,W" in res.output
+
+
+def test_eval_transform_is_at_the_size_the_model_was_created_at():
+    """A model created at --img-size 64 is fed 64 px crops (timm's pretrained config still says 224): masks
+    --img-size --data crashed on 224 px calibration images before."""
+    from PIL import Image
+
+    from vitshrink.frontends.timm import create_model, eval_transform
+
+    img = Image.new("RGB", (100, 80))
+    assert tuple(eval_transform(create_model("deit_tiny_patch16_224", img_size=64))(img).shape) == (3, 64, 64)
+    assert tuple(eval_transform(create_model("deit_tiny_patch16_224"))(img).shape) == (3, 224, 224)

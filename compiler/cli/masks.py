@@ -4,6 +4,7 @@ Written as spec v1 (and, reconstructed, the re-fitted weights in timm's layout).
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,14 @@ Examples:
 @click.option("--macs", type=float, default=None,
               help="With --data: one budget, the pruned MACs at most R x the dense model's; heads and MLP neurons "
                    "allocated across blocks by score per MAC (instead of --heads / --mlp).")
+@click.option("--latency-ms", type=float, default=None,
+              help="With --data: one budget in milliseconds per batch on --engine at --batch (instead of --macs): heads and "
+                   "MLP neurons priced by a latency table measured on that engine (cached beside the spec as SPEC.latency.json).")
+@click.option("--engine", default="ort", show_default=True, help="--latency-ms: the engine the table is measured on (ONNX engines).")
+@click.option("--batch", type=int, default=1, show_default=True, help="--latency-ms: the batch size the budget is for.")
+@click.option("--threads", type=int, default=2, show_default=True, help="--latency-ms: intra-op threads of the engine.")
+@click.option("--bench-seconds", type=float, default=6.0, show_default=True,
+              help="--latency-ms: timing budget in seconds of the table (and of the check of the result).")
 @click.option("--data", "--calib", "data", default=None,
               help="Folder of calibration images (class folders or not; labels unused): data-aware scores and "
                    "reconstruction; the images token schedule 'slim' needs. compile --data leaves them out of accuracy.")
@@ -55,7 +64,7 @@ Examples:
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
 @click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors); its folder is created.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
+def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, engine, batch, threads, bench_seconds, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
               tokens, token_mode, fuse, out, quiet):
     """Write a mask spec for MODEL: L1 width criteria, or with --data data-aware masks (per block or one --macs
     budget) and re-fitted weights; and/or a token schedule."""
@@ -69,12 +78,21 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
 
     written = []
     try:
-        if heads is None and mlp is None and embed is None and macs is None and tokens is None:
-            raise VitshrinkError("give at least one of --heads, --mlp, --embed, --macs, --tokens")
+        if heads is None and mlp is None and embed is None and macs is None and latency_ms is None and tokens is None:
+            raise VitshrinkError("give at least one of --heads, --mlp, --embed, --macs, --latency-ms, --tokens")
+        if latency_ms is not None:
+            if macs is not None or heads is not None or mlp is not None:
+                raise VitshrinkError("--latency-ms is a budget for the whole model: give it without --macs / --heads / --mlp")
+            if latency_ms <= 0 or batch < 1 or threads < 1:
+                raise VitshrinkError(f"--latency-ms {latency_ms} --batch {batch} --threads {threads}: give positive values")
+            if not data:
+                raise VitshrinkError("--latency-ms needs calibration images (--data DIR): the budget is allocated by data-aware scores")
+            from ..masks.latency import check_engine  # lazy: as above
+            check_engine(engine)
         out_path = Path(out)
         if out_path.suffix not in (".json", ".safetensors"):
             raise VitshrinkError(f"--out '{out}': use a .json or .safetensors file name")
-        if macs is not None and not data:
+        if (macs is not None) and not data:
             raise VitshrinkError("--macs needs calibration images (--data DIR): the budget is allocated by data-aware scores")
         if weights_out and not Path(weights_out).suffix == ".safetensors":
             raise VitshrinkError(f"--weights-out '{weights_out}': use a .safetensors file name")
@@ -102,9 +120,13 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
             family.spec.resolve(Spec(masks=token_masks, settings=settings), ir, {})
             base.masks.update(token_masks)
             base.settings.update(settings)
-        widths = heads is not None or mlp is not None or embed is not None or macs is not None
+        widths = heads is not None or mlp is not None or embed is not None or macs is not None or latency_ms is not None
         result = None
-        if widths and images is not None:
+        if latency_ms is not None:
+            result = _latency_budget(family, ir, images, latency_ms, (engine, batch, threads, bench_seconds), embed, criterion,
+                                     steps, round_to, not no_reconstruct, base, log, out_path)
+            spec = result.spec
+        elif widths and images is not None:
             result = _posttrain(family, ir, images, heads, mlp, embed, macs, criterion, steps, round_to, not no_reconstruct,
                                  base, log)
             spec = result.spec
@@ -141,7 +163,12 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
                 click.echo(f"warning: {w.message}", err=True)
     click.echo(f"wrote {out}: {len(spec.masks)} masks, settings {sorted(spec.settings)} for {model}"
                + (f" ({spec.meta['criterion']} scores on {len(paths)} images)" if result is not None else ""))
-    if result is not None and result.budget is not None:
+    if result is not None and "latency_budget" in spec.meta:
+        lb = spec.meta["latency_budget"]
+        click.echo(f"budget: {lb['measured_ms']:.2f} ms measured on {lb['engine']} at batch {lb['batch']} (target "
+                   f"{lb['target_ms']:g} ms, dense {lb['dense_ms']:.2f} ms, table {'cached' if lb['table_cached'] else 'measured'}: "
+                   f"{lb['table']})")
+    elif result is not None and result.budget is not None:
         b = result.budget
         click.echo(f"budget: MACs {b['macs'] / 1e9:.3f} G of {b['dense_macs'] / 1e9:.3f} G dense "
                    f"({b['macs'] / b['dense_macs']:.3f}; --macs {macs})")
@@ -150,7 +177,51 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, data, calib_
         click.echo(f"re-fitted {len(done)} blocks (attn.proj, mlp.fc2) -> {weights_out}")
 
 
-def _posttrain(family, ir, images, heads, mlp, embed, macs, criterion, steps, round_to, reconstruct, base, log):
+def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, steps, round_to, reconstruct, base, log, out_path):
+    """``--latency-ms``: the latency table (:mod:`vitshrink.masks.latency`), the allocation at the ratio target /
+    dense ms, timed against the dense model on the engine before reconstruction; re-allocated (same scores) at
+    a ratio scaled by target / measured while it misses the target by more than 3%, twice at most. The outcome
+    goes into the spec's meta."""
+    from ..masks.budget import smallest, unit_costs  # lazy: as above
+    from ..masks.latency import costs_from_table, export_widths, measure_table, time_models  # lazy: as above
+
+    engine, batch, threads, seconds = timing
+    shape = (ir.in_chans, *ir.img_size)
+    cache = out_path.with_name(out_path.stem + ".latency.json")
+    with log.stage("latency-table", f"latency table on {engine}, batch {batch}"):
+        table = measure_table(family, ir, shape, dict(base.masks), unit_costs(family, ir, shape, dict(base.masks)), engine,
+                              batch, threads, seconds, cache, progress=lambda what: log.info(f"  {what}"))
+    dense_ms = table["dense_ms"]
+    if target_ms >= dense_ms:
+        raise VitshrinkError(f"--latency-ms {target_ms:g}: the dense model already runs in {dense_ms:.2f} ms on {engine} at "
+                             f"batch {batch}; nothing to prune")
+    costs, ratio, tries = costs_from_table(table, unit_costs(family, ir, shape, dict(base.masks))), target_ms / dense_ms, []
+    if ratio < smallest(ir, costs):  # before any scoring: say it now
+        raise VitshrinkError(f"--latency-ms {target_ms:g}: below the {smallest(ir, costs) * dense_ms:.2f} ms that one head per "
+                             f"block and no MLP neuron take on {engine} at batch {batch} (dense {dense_ms:.2f} ms)")
+
+    def adjust(width: dict, r: float):  # time the allocation; ask for a smaller share while it misses the target by > 3%
+        with log.stage("latency-check", f"time the allocation ({r:.3f} of the dense latency) on {engine}"), \
+                tempfile.TemporaryDirectory() as work:
+            paths = {"dense": export_widths(family, ir, dict(base.masks), shape, Path(work) / "d.onnx"),
+                     "pruned": export_widths(family, ir, {**base.masks, **width}, shape, Path(work) / "p.onnx")}
+            ms = time_models(engine, paths, batch, threads, shape, seconds)
+        tries.append({"ratio": r, "measured_ms": ms["pruned"], "dense_ms_now": ms["dense"]})
+        return None if ms["pruned"] <= 1.03 * target_ms else r * target_ms / ms["pruned"]
+
+    result = _posttrain(family, ir, images, None, None, embed, ratio, criterion, steps, round_to, reconstruct, base, log,
+                        costs, adjust)
+    result.spec.meta["latency_budget"] = {
+        "target_ms": target_ms, "engine": engine, "batch": batch, "threads": threads, "dense_ms": dense_ms,
+        "measured_ms": tries[-1]["measured_ms"], "predicted_ms": result.budget["macs"] / 1e6, "tries": tries,
+        "table": cache.name, "table_cached": table["cached"], "fit": table["fit"],
+        "note": "medians of interleaved rounds in one worker; the compile's latency stage measures the same engine again"}
+    result.spec.meta.pop("budget", None)
+    return result
+
+
+def _posttrain(family, ir, images, heads, mlp, embed, macs, criterion, steps, round_to, reconstruct, base, log, costs=None,
+               adjust=None):
     """:func:`vitshrink.masks.posttrain.posttrain` with one progress bar per stage."""
     from contextlib import nullcontext  # lazy: as above
 
@@ -172,10 +243,11 @@ def _posttrain(family, ir, images, heads, mlp, embed, macs, criterion, steps, ro
             bar.update(tasks[stage], completed=done, total=total)
 
     shape = (ir.in_chans, *ir.img_size)
-    with log.stage("posttrain", f"data-aware masks ({criterion}{', --macs %g' % macs if macs else ''}"
+    what = (f", --macs {macs:g}" if costs is None else f", {macs:.3f} of the dense latency") if macs else ""
+    with log.stage("posttrain", f"data-aware masks ({criterion}{what}"
                                 f"{', reconstruction' if reconstruct else ''}) on {len(images)} images"), bar:
         return posttrain(family, ir, images, shape, heads=heads, mlp=mlp, embed=embed, macs=macs, criterion=criterion,
-                         round_to=round_to, reconstruct=reconstruct, steps=steps, base=base, progress=progress)
+                         round_to=round_to, reconstruct=reconstruct, steps=steps, base=base, progress=progress, costs=costs, adjust=adjust)
 
 
 def _write_weights(family, timm_model, dense_ir, pruned_ir, extras, path, meta, written) -> None:

@@ -135,7 +135,12 @@ def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, to
 
 
 def eval_transform(model: nn.Module):
-    """timm's own eval transform for ``model`` (resize, center crop, normalise), as a callable on PIL images."""
+    """timm's own eval transform for ``model`` (resize, center crop, normalise), as a callable on PIL images,
+    at the input size the model was created at (``img_size=``/``--img-size``: its pretrained config still
+    names the default size; the crop ratio stays)."""
     t = timm()
     cfg = t.data.resolve_data_config({}, model=model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], *map(int, size))
     return t.data.create_transform(**cfg, is_training=False)

@@ -29,11 +29,12 @@ from .scores import block_modules
 @dataclass(frozen=True)
 class Costs:
     """``total``: MACs per image of the model the masks apply to; per block (source index) the MACs of one
-    ``head`` and one ``neuron``."""
+    ``head`` and one ``neuron`` -- or another ``unit`` (``ns``: a latency budget, :mod:`.latency`)."""
 
     total: int
     head: dict[int, int]
     neuron: dict[int, int]
+    unit: str = "MACs"
 
 
 def unit_costs(family, ir, shape: tuple[int, int, int], base: Optional[dict] = None) -> Costs:
@@ -69,6 +70,14 @@ def unit_costs(family, ir, shape: tuple[int, int, int], base: Optional[dict] = N
     return Costs(dense["total"], head, neuron)
 
 
+def smallest(ir, costs: Costs) -> float:
+    """The least share of ``costs.total`` a budget can reach: what no mask here removes (embedding,
+    classifier, norms) plus one head per block, no MLP neuron."""
+    blocks = [b.source_index for b in ir.blocks]
+    removable = sum(costs.head[s] * ir.block(s).attn.num_heads + costs.neuron[s] * ir.block(s).mlp.hidden for s in blocks)
+    return (costs.total - removable + sum(costs.head[s] for s in blocks)) / costs.total
+
+
 def allocate(ir, head_scores: dict[int, Tensor], mlp_scores: dict[int, Tensor], costs: Costs, ratio: float,
              round_to: int = 1, name: Callable[[int], str] = str) -> tuple[dict[str, Tensor], dict]:
     """Keep-masks for heads and MLP neurons of every block of ``ir`` with MACs at most ``ratio`` of
@@ -86,13 +95,12 @@ def allocate(ir, head_scores: dict[int, Tensor], mlp_scores: dict[int, Tensor], 
     """
     budget = ratio * costs.total
     blocks = [b.source_index for b in ir.blocks]
-    removable = sum(costs.head[s] * (ir.block(s).attn.num_heads) + costs.neuron[s] * ir.block(s).mlp.hidden for s in blocks)
-    fixed = costs.total - removable  # embedding, classifier, norms: what no mask here removes
     must = {s: int(torch.argmax(head_scores[s])) for s in blocks}  # every kept block keeps its best head
-    floor = fixed + sum(costs.head[s] for s in blocks)
+    floor = smallest(ir, costs) * costs.total
     if floor > budget:
-        raise VitshrinkError(f"--macs {ratio}: below the {floor / costs.total:.3f} of the dense MACs that one head per "
-                             "block and no MLP neuron cost")
+        what = f"--macs {ratio:g}" if costs.unit == "MACs" else f"--latency-ms: a share of {ratio:.3f} of the dense latency"
+        raise VitshrinkError(f"{what}: below the {floor / costs.total:.3f} of the dense {'MACs' if costs.unit == 'MACs' else 'latency'} "
+                             "that one head per block and no MLP neuron cost")
     # optional heads by score per MAC (equal costs unless tokens or windows differ between blocks)
     heads = sorted(((float(head_scores[s][h]), s, h) for s in blocks for h in range(len(head_scores[s])) if h != must[s]),
                    key=lambda t: -t[0] / max(costs.head[t[1]], 1))

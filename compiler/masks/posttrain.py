@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import VitshrinkError
 from ..spec.format import Spec
-from .budget import allocate, unit_costs
+from .budget import Costs, allocate, unit_costs
 from .common import check_ratio, topk_mask
 from .refit import refit
 from .scores import Scores, unit_scores
@@ -44,7 +44,8 @@ def embed_masks(family, ir, scores: Scores, ratio: float) -> dict[str, Tensor]:
 def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Optional[float] = None,
               mlp: Optional[float] = None, embed: Optional[float] = None, macs: Optional[float] = None,
               criterion: str = "obs", round_to: int = 1, reconstruct: bool = True, alpha: Optional[float] = None,
-              teacher: float = 0.6, steps: int = 1,
+              teacher: float = 0.6, steps: int = 1, costs: Optional[Costs] = None,
+              adjust: Optional[Callable[[dict, float], Optional[float]]] = None,
               base: Optional[Spec] = None, progress: Optional[Callable[[str, int, int], None]] = None) -> Result:
     """Masks for ``ir`` (the dense model) from its activations on calibration ``images`` [N, C, H, W].
 
@@ -53,6 +54,11 @@ def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Op
             the dense model's, heads and neurons allocated across blocks (:func:`.budget.allocate`).
         embed: keep ratio of residual channels by score. criterion: ``obs``, ``activation`` or ``fisher``
             (:mod:`.scores`).
+        costs: what a head and a neuron of each block cost, for ``macs`` (default: MACs, :func:`.budget.unit_costs`;
+            ``--latency-ms``: nanoseconds on an engine, :func:`.latency.costs_from_table`).
+        adjust: ``adjust(width masks, ratio)`` after the last allocation: None to keep it, or a new ratio to
+            allocate again with the same scores (``--latency-ms``: the allocation timed on the engine); at
+            most two re-allocations, the last one kept.
         round_to: ``--macs``: MLP neurons per block in multiples of this. steps: ``--macs`` in this many rounds,
             each re-fitted and re-scored (:func:`_search`). base: masks and settings to keep (a token
             schedule); they apply before the widths are priced and re-fitted.
@@ -91,7 +97,7 @@ def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Op
     budget = None
     if macs is not None:
         width, budget = _search(family, ir, images, shape, scores, masks, settings, macs, round_to, criterion, steps, teacher,
-                                weights, tick)
+                                weights, tick, costs, adjust)
         masks.update(width)
     else:
         for b in ir.blocks:
@@ -115,13 +121,14 @@ def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Op
     return result
 
 
-def _search(family, ir, images, shape, scores, masks, settings, macs, round_to, criterion, steps, teacher, weights, tick):
+def _search(family, ir, images, shape, scores, masks, settings, macs, round_to, criterion, steps, teacher, weights, tick,
+            costs=None, adjust=None):
     """The ``--macs`` allocation, in ``steps`` rounds: each round prunes to the next point of a geometric
     schedule from 1 to ``macs``, re-fits, and scores the re-fitted model again for the next round (the
     scores of units that stay change once others are gone; units already removed score 0 and stay out,
     the budget shrinking each round). Returns (width masks on ``ir``, budget summary)."""
     name = lambda s: family.spec.block_name(ir, s)  # noqa: E731
-    costs = unit_costs(family, ir, shape, masks)
+    costs = costs or unit_costs(family, ir, shape, masks)
     hs = {s: v["heads"] for s, v in scores.blocks.items()}
     ms = {s: v["mlp"] for s, v in scores.blocks.items()}
     for t in range(1, steps + 1):
@@ -130,7 +137,14 @@ def _search(family, ir, images, shape, scores, masks, settings, macs, round_to, 
             current, _ = refit(family, ir, {**masks, **width}, settings, images, teacher=teacher, token_weights=weights,
                                progress=tick(f"reconstruct {t}"))
             hs, ms = _in_dense_ids(ir, current, unit_scores(family, current, images, criterion, progress=tick(f"scores {t + 1}")))
-    return width, {**budget, "steps": steps}
+    ratio = macs
+    for attempt in range(3):  # the last allocation checked by the caller (--latency-ms: timed), re-allocated if asked
+        new = adjust(width, ratio) if adjust is not None else None
+        if new is None or attempt == 2:
+            break
+        ratio = new
+        width, budget = allocate(ir, hs, ms, costs, ratio, round_to, name)
+    return width, {**budget, "steps": steps, "ratio": ratio}
 
 
 def _in_dense_ids(ir, current, scores: Scores) -> tuple[dict, dict]:
