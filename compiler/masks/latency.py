@@ -82,7 +82,7 @@ def time_models(name: str, paths: dict[str, Path], batch: int, threads: int, sha
 
 def _key(ir, shape, base: dict, engine: str, batch: int, threads: int) -> dict:
     return {"model": ir.name, "input": list(shape), "engine": engine, "batch": batch, "threads": threads,
-            "cpu": machine()["cpu"], "base_masks": sorted(base)}
+            "cpu": machine()["cpu"], "base_masks": sorted(base), "points": [list(p) for p in POINTS]}
 
 
 def measure_table(family, ir, shape: tuple[int, int, int], base: dict, macs: Costs, engine: str, batch: int,
