@@ -49,3 +49,18 @@ def applied_so_far(spec: ResolvedSpec, steps: Sequence[Step]) -> ResolvedSpec:
     empty default): what the IR after those steps must compute."""
     wanted = {f for s in steps for f in s.fields}
     return replace(ResolvedSpec(), **{f.name: getattr(spec, f.name) for f in fields(ResolvedSpec) if f.name in wanted})
+
+
+def width_steps(spec: ResolvedSpec, passes) -> list[Step]:
+    """The steps every family shares, first and in this order (only those with something to do): q/k and
+    v channels, heads, MLP neurons. ``passes``: the family's passes module, whose functions are looked up
+    when a step runs."""
+    out = []
+    if spec.qk or spec.v:
+        out.append(Step("prune_head_channels", "q/k and v channels", ("qk", "v"),
+                        lambda ir: passes.prune_head_channels(ir, spec.qk, spec.v)))
+    if spec.heads:
+        out.append(Step("prune_heads", "attention heads", ("heads",), lambda ir: passes.prune_heads(ir, spec.heads)))
+    if spec.mlp:
+        out.append(Step("prune_mlp", "MLP hidden neurons", ("mlp",), lambda ir: passes.prune_mlp(ir, spec.mlp)))
+    return out

@@ -7,6 +7,7 @@ Heads, q/k/v channels, MLP neurons and block removal on Swin are the shared pass
 """
 from __future__ import annotations
 
+import sys
 from typing import Mapping, Optional
 
 from torch import Tensor
@@ -16,7 +17,7 @@ from vitshrink.ir.swin import SwinIR
 from vitshrink.spec.resolved import ResolvedSpec
 
 from . import layout
-from .steps import Step, run
+from .steps import Step, run, width_steps
 from .structural import embed_block, keep_positions, layer_norm_keep, prune_head_channels, prune_heads, prune_mlp, remove_blocks
 
 
@@ -65,13 +66,7 @@ def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) ->
     """The passes a resolved Swin ``spec`` asks for, in the order they run (only those with something
     to do): q/k and v channels, heads, MLP neurons, blocks, each stage's residual channels.
     ``tensors`` is unused (Swin specs read nothing else from the checkpoint)."""
-    out = []
-    if spec.qk or spec.v:
-        out.append(Step("prune_head_channels", "q/k and v channels", ("qk", "v"), lambda ir: prune_head_channels(ir, spec.qk, spec.v)))
-    if spec.heads:
-        out.append(Step("prune_heads", "attention heads", ("heads",), lambda ir: prune_heads(ir, spec.heads)))
-    if spec.mlp:
-        out.append(Step("prune_mlp", "MLP hidden neurons", ("mlp",), lambda ir: prune_mlp(ir, spec.mlp)))
+    out = width_steps(spec, sys.modules[__name__])
     if spec.removed_blocks:
         out.append(Step("remove_blocks", "whole blocks", ("removed_blocks",), lambda ir: remove_blocks(ir, spec.removed_blocks)))
     if spec.stage_embed:

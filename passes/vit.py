@@ -2,6 +2,7 @@
 for (:func:`apply_spec`), and the layouts that make the result fast (:func:`lay_out`)."""
 from __future__ import annotations
 
+import sys
 from typing import Mapping, Optional
 
 from torch import Tensor
@@ -11,7 +12,7 @@ from vitshrink.ir.vit import ViTIR
 from vitshrink.spec.resolved import ResolvedSpec
 
 from . import layout, tokens
-from .steps import Step, run
+from .steps import Step, run, width_steps
 from .structural import embed_block, keep_positions, layer_norm_keep, prune_head_channels, prune_heads, prune_mlp, remove_blocks
 
 
@@ -81,13 +82,7 @@ def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) ->
     to do): q/k and v channels, heads, MLP neurons, early exit, static tokens, dynamic token rules,
     blocks, embedding channels. ``tensors``: checkpoint tensors for the exit classifier and predictors."""
     tensors = tensors or {}
-    out = []
-    if spec.qk or spec.v:
-        out.append(Step("prune_head_channels", "q/k and v channels", ("qk", "v"), lambda ir: prune_head_channels(ir, spec.qk, spec.v)))
-    if spec.heads:
-        out.append(Step("prune_heads", "attention heads", ("heads",), lambda ir: prune_heads(ir, spec.heads)))
-    if spec.mlp:
-        out.append(Step("prune_mlp", "MLP hidden neurons", ("mlp",), lambda ir: prune_mlp(ir, spec.mlp)))
+    out = width_steps(spec, sys.modules[__name__])
     if spec.exit is not None:
         out.append(Step("early_exit", "blocks after the exit, with its classifier", ("exit",), lambda ir: _exit(ir, spec.exit, tensors)))
     if spec.tokens:
