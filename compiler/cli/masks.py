@@ -189,13 +189,14 @@ def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, ste
     shape = (ir.in_chans, *ir.img_size)
     cache = out_path.with_name(out_path.stem + ".latency.json")
     with log.stage("latency-table", f"latency table on {engine}, batch {batch}"):
-        table = measure_table(family, ir, shape, dict(base.masks), unit_costs(family, ir, shape, dict(base.masks)), engine,
+        macs = unit_costs(family, ir, shape, dict(base.masks))  # MACs per unit: what the table prices, counted once
+        table = measure_table(family, ir, shape, dict(base.masks), macs, engine,
                               batch, threads, seconds, cache, progress=lambda what: log.info(f"  {what}"))
     dense_ms = table["dense_ms"]
     if target_ms >= dense_ms:
         raise VitshrinkError(f"--latency-ms {target_ms:g}: the dense model already runs in {dense_ms:.2f} ms on {engine} at "
                              f"batch {batch}; nothing to prune")
-    costs, ratio, tries = costs_from_table(table, unit_costs(family, ir, shape, dict(base.masks))), target_ms / dense_ms, []
+    costs, ratio, tries = costs_from_table(table, macs), target_ms / dense_ms, []
     if ratio < smallest(ir, costs):  # before any scoring: say it now
         raise VitshrinkError(f"--latency-ms {target_ms:g}: below the {smallest(ir, costs) * dense_ms:.2f} ms that one head per "
                              f"block and no MLP neuron take on {engine} at batch {batch} (dense {dense_ms:.2f} ms)")
