@@ -39,7 +39,8 @@ class EngineSpec:
     precision), ``artifact`` (``onnx``, ``module`` or a key of :data:`LOW_PRECISION_ARTIFACTS`),
     ``mode`` of a module engine (``eager``, ``graph``: CUDA-graph replay, ``compile``: ``torch.compile``
     with inductor), ``hint``: OpenVINO's ``INFERENCE_PRECISION_HINT`` (``f32``, ``bf16``, ``f16``; for an
-    INT8 IR the precision of the layers left unquantized), ``fp32``: the engine that runs the fp32
+    INT8 IR the precision of the layers left unquantized; ``default``: none set, the CPU plugin's own choice,
+    :func:`vitshrink.runtime.openvino_runner.default_hint`), ``fp32``: the engine that runs the fp32
     original model in the same rounds (``original_fp32_ms``), None for fp32 engines."""
 
     name: str
@@ -60,7 +61,8 @@ ENGINES = {e.name: e for e in (
     EngineSpec("ort-int8", "onnxruntime", "cpu", "int8", "ort-qdq",
                "ONNX Runtime, CPU, static INT8 QDQ (per-channel int8 weights, uint8 activations)", fp32="ort"),
     EngineSpec("openvino-int8", "openvino", "cpu", "int8", "ov-int8",
-               "OpenVINO CPU plugin on the NNCF INT8 IR (unquantized layers f32)", fp32="openvino"),
+               "OpenVINO CPU plugin on the NNCF INT8 IR (unquantized layers at the plugin's default: bf16 where "
+               "the CPU has it, else f32)", hint="default", fp32="openvino"),
     EngineSpec("native-int8", "vitshrink-run", "cpu", "int8", "ov-int8",
                "the C++ runner on the NNCF INT8 IR (unquantized layers f32)", fp32="native"),
     EngineSpec("openvino-bf16", "openvino", "cpu", "bf16", "onnx", "OpenVINO CPU plugin, bfloat16 inference precision",

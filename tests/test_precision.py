@@ -106,12 +106,35 @@ def test_the_engines_own_quantizers_on_a_small_model(small, tmp_path):
         r = compare_with_torch(lambda a=art, e=engine: make_runner(e, a, 2), x, want, tol, engine, metric)
         assert r["passed"] and 0 < r["rel_l2"] <= tol, (engine, r["rel_l2"])  # close, not exact: it is int8
         assert r["max_abs_diff"] > 1e-4
-    assert make_runner("openvino-int8", xml, 2).precision == "i8+f32"
+    from vitshrink.runtime.openvino_runner import default_hint
+    from vitshrink.runtime.quantize import activation_products
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(xml))
+    fq_inputs = {op.get_friendly_name(): sum(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+                 for op in ir.get_ops() if op.get_type_name() == "MatMul"}
+    attention = activation_products(ov.Core().read_model(str(path)))
+    assert len(attention) == 4 * 2 and all(fq_inputs.get(n) == 0 for n in attention), (attention, fq_inputs)  # 4 blocks: q k^T, a v
+    assert sum(v > 0 for v in fq_inputs.values()) >= 4 * 4  # qkv, proj, fc1, fc2 per block read int8
+
+    # the unquantized layers at the CPU plugin's default (what an IR compiled without options runs)
+    assert make_runner("openvino-int8", xml, 2).precision == f"i8+{default_hint()}"
     assert make_runner("openvino", path, 2).precision == "f32"
     import onnx
 
-    qdq_ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= qdq_ops  # the QDQ format
+    g = onnx.load(str(qdq)).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in g.node}  # the QDQ format
+    made_by = {o: n.op_type for n in g.node for o in n.output}
+    weights = {i.name for i in g.initializer}
+    dq_of_weight = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in weights}
+    kinds = {"weight layer": [], "activation x activation": []}
+    for n in g.node:
+        if n.op_type == "MatMul":
+            kinds["weight layer" if any(i in dq_of_weight for i in n.input) else "activation x activation"].append(
+                sum(made_by.get(i) == "DequantizeLinear" for i in n.input))
+    # weight layers read int8 weights and int8 activations; q k^T and softmax x v stay fp32
+    assert kinds["weight layer"] and set(kinds["weight layer"]) == {2}, kinds
+    assert kinds["activation x activation"] and set(kinds["activation x activation"]) == {0}, kinds
     half = to_fp16(path, tmp_path / "m.fp16.onnx")
     from vitshrink.runtime.ort import OrtRunner
 

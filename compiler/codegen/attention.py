@@ -203,7 +203,9 @@ class Attention(nn.Module):
             o = self._talking(yq, yk, (qo, ko, vo), nq, tokens)
         elif self.uniform and not self.split:
             h, d, _ = self.groups[0]
-            q, k, v = y.reshape(-1, tokens, 3 * h, d).transpose(1, 2).split(h, dim=1)
+            # timm's own form ([B, N, 3, h, d] -> [3, B, h, N, d], unbound on the outer axis): OpenVINO takes
+            # the three views in place; a split of [B, 3h, N, d] on axis 1 ran as a reference Split (a copy)
+            q, k, v = y.reshape(-1, tokens, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             q, k = self._cosine(*self._rope(q, k, 0), 0)
             o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, nq, h * d)
         else:
