@@ -48,7 +48,7 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   original at that precision)
 - ``engines``: per engine of ``--engines`` (:mod:`vitshrink.runtime.engines`): ``status`` (ok / skipped
   with ``reason``), ``runtime``, ``version``, ``device``, ``precision`` (and ``precision_reported``: what the
-  engine says it ran at: ``i8+f32`` for an INT8 model), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff``
+  engine says it ran at: ``i8+f32`` or ``i8+bf16`` for an INT8 model), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff``
   / ``rel_l2`` / ``top1_agreement`` vs torch fp32 on the verification images, ``metric`` (``max_abs``; int8:
   ``rel_l2``, on the real verification images when they calibrated on real ones: ``images``),
   ``tolerance``, ``passed``, ``file``; a low-precision engine also ``original_rel_l2`` / ``original_passed``;
