@@ -72,14 +72,13 @@ def _masks_and_compile(tmp_path, masks_args, name):
                    check=True, capture_output=True)
     out = tmp_path / name
     proc = subprocess.run([BIN, "compile", "deit_tiny_patch16_224", "--checkpoint", DEIT_TINY_CKPT, "--spec", spec,
-                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "2", "--quiet"],
+                           "--out", out, "--data", IMAGENET_VAL, "--batch", "1", "--bench-seconds", "1", "--limit", "400", "--quiet"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["max_abs_diff"] <= 1e-4 and r["export"]["onnx_max_abs_diff"] <= 1e-4
-    acc = r["accuracy"]
-    assert acc["n"] + acc["images"]["excluded"] == 1000  # the images that chose the masks are left out
-    assert acc["images"]["excluded"] or abs(acc["dense_top1"] - 0.789) <= 0.005
+    acc = r["accuracy"]  # top-1 on the first 400 held-out images (--limit: the suite's time budget)
+    assert acc["n"] == 400 and acc["dense_top1"] >= 0.74, acc  # the real weights loaded (0.789 on all 1000)
     assert r["latency"][0]["speedup"] > 0 and "tokens per block" not in proc.stderr
     return json.loads(spec.read_text()), r
 
@@ -89,7 +88,7 @@ def test_real_deit_tiny_patch_slimming_schedule(tmp_path):
     """(i) a Patch-Slimming nested schedule computed top-down on 100 of the sample images."""
     spec, r = _masks_and_compile(tmp_path, ["--tokens", "slim:0.85@3-11", "--calib", IMAGENET_VAL, "--calib-n", "100"], "slim")
     assert spec["settings"]["token_mode"] == "query" and spec["meta"]["calibration"]["n"] == 100
-    assert r["accuracy"]["n"] == 900 and r["accuracy"]["images"]["excluded"] == 100  # disjoint from the masks' images
+    assert r["accuracy"]["images"]["excluded"] == 100  # disjoint from the masks' images
     kept = [set(spec["masks"][f"blocks.{i}.tokens"]) for i in range(3, 12)]
     assert all(b <= a for a, b in zip(kept, kept[1:])) and all(0 in k for k in kept)  # nested, class token kept
     rows = r["structure"]["blocks"]
