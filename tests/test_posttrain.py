@@ -60,6 +60,31 @@ def test_obs_removes_what_least_squares_misses_least(groups):
     assert scores.shape == (len(members),) and torch.all(torch.diff(torch.sort(scores).values) >= 0)
 
 
+def test_obs_inputs_match_greedy_least_squares():
+    """Per input, OBS's in-place updates on shrinking arrays give what re-solving the least squares on the
+    remaining inputs gives at every step (each unit's score: the running maximum of the cheapest removal)."""
+    g = torch.Generator().manual_seed(1)
+    k = 100  # > 64: the arrays are compacted twice on the way
+    a = torch.randn(600, k, generator=g, dtype=torch.float64) @ torch.randn(k, k, generator=g, dtype=torch.float64)
+    w = torch.randn(7, k, generator=g, dtype=torch.float64)
+    alpha = 1e-2
+    scores = obs_order(w, a.T @ a, a.sum(0), a.shape[0], alpha=alpha)
+    ac = a - a.mean(0)
+    h = ac.T @ ac
+    h = h + alpha * float(torch.diagonal(h).mean()) * torch.eye(k, dtype=h.dtype)
+    alive, running, expect = list(range(k)), 0.0, torch.zeros(k, dtype=torch.float64)
+    while len(alive) > 1:
+        s = torch.tensor(alive)
+        hinv = torch.linalg.inv(h[s][:, s])
+        w_s = w @ h[:, s] @ hinv  # the original outputs re-fitted on the remaining inputs
+        cost = (w_s ** 2).sum(0) / torch.diagonal(hinv)
+        j = int(torch.argmin(cost))
+        running = max(running, float(cost[j]))
+        expect[alive.pop(j)] = running
+    expect[alive[0]] = running * 2 + 1.0
+    torch.testing.assert_close(scores, expect, rtol=1e-6, atol=0.0)
+
+
 @pytest.fixture(scope="module")
 def small():
     m = small_vit(depth=3)
