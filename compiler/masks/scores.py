@@ -123,6 +123,8 @@ class _Recorder:
         if self.moments:
             self._gram(layer, x)
             setattr(self, f"{layer}_weight", mod.weight.detach().double())
+            if kind == "mlp":  # obs scores the neurons from the moments alone: no energy to keep
+                return
         w2 = mod.weight.detach().double().pow(2).sum(0)  # ||column||^2 per input channel
         self._store(f"{kind}_energy", _per_image(x.detach().double().pow(2), self.n).sum(1) * w2)
 
