@@ -136,12 +136,16 @@ def plot(res: dict, path: Path) -> None:
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if not method.startswith("L1") else "s", color=c,
                 label=method)
-        for x, y, s in pts:
-            ax.annotate(s.replace("heads0.67+mlp0.5", "h.67+m.5"), (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=c)
+        for i, (x, y, s) in enumerate(pts):  # data-aware labels below the line; neighbours at one MACs alternate
+            right = not (i and abs(pts[i - 1][0] - x) < 0.02)
+            dy = -10 if method == "data-aware" else 4
+            ax.annotate(s.replace("heads0.67+mlp0.5", "h.67+m.5").replace("macs", ""), (x, y), textcoords="offset points",
+                        xytext=(4, dy) if right else (-4, -10), ha="left" if right else "right", fontsize=7, color=c)
     if res.get("dense_top1") is not None:
         ax.plot([1.0], [res["dense_top1"]], "*", color="black", markersize=12, label="timm's original (dense)")
-    ax.set_xlabel("MACs of the pruned model / dense (ORT speed-ups in the JSON track it: realization 0.91-1.06)")
+    real = [r["realization_vs_original"] for r in rows]
+    ax.set_xlabel("MACs of the pruned model / dense (labels: --macs budget; ORT b1 speed-ups in the JSON track it: realization "
+                  f"{min(real, default=0):.2f}-{max(real, default=0):.2f})")
     ax.set_ylabel(f"top-1 on {rows[0]['n'] if rows else '?'} held-out images")
     ax.set_title("DeiT-Tiny pruned without retraining: accuracy vs MACs", fontsize=11)
     ax.grid(alpha=0.3)
@@ -154,7 +158,7 @@ def plot(res: dict, path: Path) -> None:
     bx.bar(range(len(names)), [sum(per[m]) / len(per[m]) for m in names], color=[colors[m] for m in names])
     bx.set_xticks(range(len(names)), [m.replace(" + ", "\n+ ") for m in names], fontsize=8)
     bx.set_ylabel("seconds per `vitshrink masks` run (mean)")
-    bx.set_title("time each method took\n(cores shared with other jobs in this run)", fontsize=10)
+    bx.set_title("time each method took\n(2 threads; the machine in the JSON)", fontsize=10)
     cpu = (res.get("machine") or {}).get("cpu", "")
     fig.suptitle(f"benchmarks/posttrain.py -- {cpu}", fontsize=9)
     fig.tight_layout()
