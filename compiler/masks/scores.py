@@ -38,6 +38,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from scipy.linalg.blas import dger
 from torch import Tensor, nn
 
 
@@ -283,8 +284,6 @@ def _obs_inputs(w: np.ndarray, hinv: np.ndarray) -> np.ndarray:
     place (BLAS ``dger``); the arrays shrink to the remaining inputs whenever a third of their columns is
     gone (the removed rows and columns are exact zeros for the remaining inputs' updates), so the k - 1
     steps cost about k^3 / 3 multiply-adds instead of k^3. Returns [k] scores (the running maximum)."""
-    from scipy.linalg.blas import dger
-
     k = hinv.shape[0]
     w, hinv = np.asfortranarray(w), np.asfortranarray(hinv)
     ids = np.arange(k)  # the original input of each current column
