@@ -63,22 +63,22 @@ def main() -> int:
     import torch
     from safetensors.torch import save_file
 
-    from vitshrink.pipeline.calibration import choose, find_images
+    from vitshrink.pipeline.calibration import choose, find_images, load_images
     from vitshrink.runtime.machine import machine
 
     torch.set_num_threads(2)
     exe = str(Path(sys.executable).with_name("vitshrink"))
     models = [m for m in MODELS if not a.only or m in a.only.split(",")]
-    rows = []
+    rows, pool = [], find_images(VAL, "--data")
     with tempfile.TemporaryDirectory() as d:
         for name in models:
             size = MODELS[name]
             dense, transform = _random_model(name, size)
             ckpt = Path(d) / f"{name}.safetensors"
             save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, str(ckpt))
-            calib = set(choose(find_images(VAL, "--data"), a.calib_images))  # what `masks --data` picks
-            held = [p for p in find_images(VAL, "--data") if p not in calib][:a.eval_images]
-            x = _load(held, transform)
+            calib = set(choose(pool, a.calib_images))  # what `masks --data` picks
+            held = [p for p in pool if p not in calib][:a.eval_images]
+            x = load_images(held, transform)
             with torch.no_grad():
                 ref = torch.cat([dense(x[i:i + 32]) for i in range(0, len(x), 32)])
             for method, structure, args, data in CONFIGS:
@@ -116,12 +116,6 @@ def _random_model(name: str, size: int):
             if hasattr(mod, "gamma") and isinstance(mod.gamma, torch.nn.Parameter):
                 mod.gamma.fill_(1.0)
     return model, eval_transform(model)
-
-
-def _load(paths, transform):
-    from vitshrink.pipeline.calibration import load_images
-
-    return load_images(paths, transform)
 
 
 def _agreement(name: str, size: int, weights: Path, spec_path: Path, x, ref) -> dict:
