@@ -27,7 +27,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from .latency import MIN_ROUNDS, LatencyResult, measure_onnx
+from .latency import BLOCK_MS, MIN_ROUNDS, LatencyResult, block_calls, measure_onnx
 from .load import LoadMeter
 from .native_runner import NativeRunner, ensure_runner, native_status, run_native
 
@@ -239,7 +239,7 @@ def measure(name: str, artifacts: Mapping[str, str | Path], batches: Sequence[in
     ``engines``: runner name -> another engine of the same runtime for that runner (the fp32 original
     timed beside INT8 models: ``{"original_fp32": "openvino"}``); default ``name`` for all.
     ``native`` / ``native-int8``: one ``vitshrink-run`` call per batch size with every model (ONNX files
-    and OpenVINO IRs alike), rounds interleaved inside the binary (the run count is chosen from a short
+    and OpenVINO IRs alike), rounds interleaved inside the binary, in blocks as :func:`~vitshrink.runtime.latency.block_calls` (the run count is chosen from a short
     first call so the budget is met). Every other engine: :func:`vitshrink.runtime.latency.measure_onnx`
     with this engine in its worker.
     """
@@ -250,13 +250,13 @@ def measure(name: str, artifacts: Mapping[str, str | Path], batches: Sequence[in
     out = {}
     for b in batches:
         probe, _ = run_native(binary, [artifacts[n] for n in names], b, threads, runs=3, warmup=2)
-        per_round = sum(m["p50"] for m in probe["models"]) / 1e3
+        per_round = sum(m["p50"] * block_calls(m["p50"]) for m in probe["models"]) / 1e3
         runs = int(min(5000, max(MIN_ROUNDS, (budget_s + extend_s / 2) / max(per_round, 1e-4))))
         meter = LoadMeter()
-        info, _ = run_native(binary, [artifacts[n] for n in names], b, threads, runs=runs, warmup=3)
+        info, _ = run_native(binary, [artifacts[n] for n in names], b, threads, runs=runs, warmup=3, block_ms=BLOCK_MS)
         res = LatencyResult(b, {n: m["ms"] for n, m in zip(names, info["models"])},
                             f"OpenVINO C++ ({info['precision']}), {threads} threads, rounds inside the binary",
-                            load=meter.stop())
+                            load=meter.stop(), calls_per_block={n: m.get("calls_per_block", 1) for n, m in zip(names, info["models"])})
         out[b] = res
         if progress:
             progress(b, runs, runs)

@@ -9,7 +9,7 @@ Protocol: one JSON object on stdin ``{"paths": {name: onnx file or module dir}, 
 "engine": name in vitshrink.runtime.engines.ENGINES (default "ort"), "engines": {name: engine} for runners
 of another engine of the same runtime}``; one JSON line
 per event on stdout: ``["pool", str]``, ``["progress", batch, done, planned]``,
-``["result", batch, {name: [ms, ...]}, {name: warm-up s}, load]``, ``["error", str]``, and finally ``["done"]``.
+``["result", batch, {name: [ms, ...]}, {name: warm-up s}, load, {name: calls per block}]``, ``["error", str]``, and finally ``["done"]``.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def run(job: dict) -> None:
             runners, batch, tuple(job["input_shape"]), min_rounds=job["min_rounds"],
             max_rounds=job["max_rounds"], budget_s=job["budget_s"], extend_s=job.get("extend_s", 0.0), until=until,
             progress=lambda done, planned, b=batch: _send("progress", b, done, planned))
-        _send("result", batch, res.ms, res.warmup_s, res.load)
+        _send("result", batch, res.ms, res.warmup_s, res.load, res.calls_per_block)
 
 
 def main() -> int:

@@ -95,9 +95,10 @@ def ensure_runner() -> Path:
 
 
 def run_native(binary: str | Path, models: Sequence[str | Path], batch: int, threads: int, runs: int, warmup: int = 3,
-               images: Optional[np.ndarray] = None, precision: str = "f32") -> tuple[dict, Optional[np.ndarray]]:
-    """Call ``vitshrink-run`` once: its JSON (per-model per-run ms, interleaved) and the first model's
-    logits [batch, classes] when ``images`` [batch, C, H, W] float32 is given.
+               images: Optional[np.ndarray] = None, precision: str = "f32", block_ms: int = 0) -> tuple[dict, Optional[np.ndarray]]:
+    """Call ``vitshrink-run`` once: its JSON (per-model per-round ms, interleaved; ``block_ms`` > 0: each
+    round a block of calls per model, the first dropped, as :func:`vitshrink.runtime.latency.block_calls`)
+    and the first model's logits [batch, classes] when ``images`` [batch, C, H, W] float32 is given.
 
     Raises:
         RuntimeError: the binary exited non-zero (its one error line is included).
@@ -105,7 +106,7 @@ def run_native(binary: str | Path, models: Sequence[str | Path], batch: int, thr
     with tempfile.TemporaryDirectory(prefix="vitshrink-native-") as d:
         cmd = [str(binary)] + [a for m in models for a in ("--model", str(m))] + [
             "--batch", str(batch), "--threads", str(threads), "--runs", str(runs), "--warmup", str(warmup),
-            "--precision", precision]
+            "--precision", precision] + (["--block-ms", str(int(block_ms))] if block_ms > 0 else [])
         if images is not None:
             np.ascontiguousarray(images, dtype=np.float32).tofile(Path(d) / "x.f32")
             cmd += ["--input", str(Path(d) / "x.f32"), "--output", str(Path(d) / "y.f32")]

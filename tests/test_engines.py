@@ -90,6 +90,11 @@ def test_native_runner_matches_torch_and_times(small_onnx, runner_binary):
     assert info["precision"] == "f32" and info["batch"] == 3 and len(info["models"]) == 2
     assert all(len(m["ms"]) == 5 and m["p50"] > 0 and m["output_shape"] == [3, 10] for m in info["models"])
     assert abs(info["models"][0]["checksum"] - float(want.sum(dtype=np.float64))) < 1e-3
+    assert all(m["calls_per_block"] == 1 for m in info["models"])
+    # timed in blocks (the small model's warm call is far under 100 ms: the longest block), same logits
+    info, logits = run_native(runner_binary, [path, path], batch=3, threads=2, runs=4, images=x, block_ms=100)
+    assert float(np.abs(logits - want).max()) <= TOL
+    assert all(m["calls_per_block"] == 9 and len(m["ms"]) == 4 and m["p50"] > 0 for m in info["models"])
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "wrong_input", "bad_flag"])

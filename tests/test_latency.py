@@ -24,12 +24,48 @@ class Recorder(Runner):
 def test_interleaved_rotating_order_and_stats():
     log = []
     runners = {"dense": Recorder("dense", log, 4.0), "pruned": Recorder("pruned", log, 2.0)}
-    res = measure_interleaved(runners, batch=2, input_shape=(3, 8, 8), warmup=1, min_rounds=6, max_rounds=6, budget_s=0)
+    res = measure_interleaved(runners, batch=2, input_shape=(3, 8, 8), warmup=1, min_rounds=6, max_rounds=6, budget_s=0,
+                              block_ms=0)
     timed = log[2:]  # after one warm-up round of both
     assert timed == ["dense", "pruned", "pruned", "dense"] * 3  # alternating first runner
     assert res.rounds == 6
     assert res.stats("dense")["p50"] == 4.0 and res.stats("pruned")["throughput"] == 2 * 1e3 / 2.0
     assert res.paired_ratio("dense", "pruned") == 2.0
+
+
+class SwitchCost(Runner):
+    """A runner whose first call after another runner's costs ``switch`` ms more (cold caches)."""
+
+    def __init__(self, name, state, ms, switch=5.0):
+        self.name, self.state, self.ms, self.switch, self.calls = name, state, ms, switch, 0
+
+    def run(self, images):
+        self.state["last"] = self.name
+
+    def time_once(self, images):
+        cold = self.state.get("last") != self.name
+        self.run(images)
+        self.calls += 1
+        return self.ms + (self.switch if cold else 0.0)
+
+
+def test_blocks_drop_the_switch_from_the_previous_model():
+    """Timed in blocks, a round's latency is the warm one (the first call of a block is dropped); one call
+    per round (``block_ms=0``) pays the switch whenever the other model ran just before (the rotation
+    sometimes runs one model twice in a row)."""
+    from vitshrink.runtime.latency import MAX_BLOCK_CALLS, block_calls
+
+    state = {}
+    runners = {"dense": SwitchCost("dense", state, 4.0), "pruned": SwitchCost("pruned", state, 2.0)}
+    res = measure_interleaved(runners, batch=1, input_shape=(3, 4, 4), warmup=2, min_rounds=5, max_rounds=5, budget_s=0)
+    assert res.calls_per_block == {"dense": MAX_BLOCK_CALLS, "pruned": MAX_BLOCK_CALLS}  # warm-up calls take microseconds
+    assert runners["dense"].calls == 5 * MAX_BLOCK_CALLS
+    assert np.allclose(res.ms["dense"], 4.0) and np.allclose(res.ms["pruned"], 2.0)
+    res = measure_interleaved(runners, batch=1, input_shape=(3, 4, 4), warmup=2, min_rounds=5, max_rounds=5, budget_s=0,
+                              block_ms=0)
+    assert res.calls_per_block == {"dense": 1, "pruned": 1}
+    assert np.median(res.ms["dense"]) == 9.0 and np.median(res.ms["pruned"]) == 7.0
+    assert block_calls(150.0) == 1 and block_calls(50.0) == 3 and block_calls(10.0) == MAX_BLOCK_CALLS
 
 
 def test_budget_stops_after_min_rounds():

@@ -1,7 +1,7 @@
 // vitshrink-run: run and time exported vitshrink ONNX models with OpenVINO's C++ API -- no Python.
 //
 //   vitshrink-run --model pruned.onnx [--model dense.xml ...] [--batch 1] [--input images.f32]
-//                 [--output logits.f32] [--threads 2] [--runs 50] [--warmup 3] [--precision f32]
+//                 [--output logits.f32] [--threads 2] [--runs 50] [--warmup 3] [--precision f32] [--block-ms 0]
 //
 // Loads every --model -- an ONNX file, or an OpenVINO IR (.xml + .bin: the NNCF INT8 model) -- (input
 // [B, C, H, W] float32 with a dynamic or fixed batch), fixes the batch, compiles it for the CPU at
@@ -10,9 +10,11 @@
 // same input through each, and prints one JSON object (precision: "i8+f32" when a model runs int8 layers;
 // the top-level one is the first int8 model's, else the first model's):
 //   {"openvino": version, "device": "CPU", "precision": ..., "threads": T, "batch": B, "runs": N,
-//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "ms": [per run], "p50", "p90"}]}
+//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "calls_per_block", "ms": [per run], "p50", "p90"}]}
 // Runs are interleaved (round r runs every model once, rotating which goes first), so models compared
-// in one call see the same machine state. --input: raw little-endian float32, exactly B*C*H*W values
+// in one call see the same machine state. --block-ms T > 0: a model whose fastest warm-up call took t < T ms
+// runs a block of min(9, 1 + ceil(T / t)) calls per round, the first dropped (it pays for the previous
+// model's caches), and the round's time is the median of the others ("calls_per_block" in the JSON). --input: raw little-endian float32, exactly B*C*H*W values
 // (default: a seeded pseudo-random batch). --output: the first model's logits as raw float32.
 // Bad input (missing or corrupt model, wrong input size, bad flag) exits 2 with one line "error: ...".
 #include <openvino/frontend/manager.hpp>
@@ -20,6 +22,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -41,6 +44,7 @@ struct Args {
     std::string input, output;
     int64_t batch = 1;
     int threads = 2, runs = 50, warmup = 3;
+    double block_ms = 0;
     std::string precision = "f32";
 };
 
@@ -61,7 +65,7 @@ Args parse(int argc, char** argv) {
         std::string f = argv[i];
         if (f == "-h" || f == "--help") {
             std::cout << "usage: vitshrink-run --model M.onnx|M.xml [--model ...] [--batch 1] [--input x.f32] [--output y.f32]"
-                         " [--threads 2] [--runs 50] [--warmup 3] [--precision f32|bf16|f16]\n";
+                         " [--threads 2] [--runs 50] [--warmup 3] [--precision f32|bf16|f16] [--block-ms 0]\n";
             std::exit(0);
         }
         if (i + 1 >= argc) throw BadInput("flag " + f + " needs a value");
@@ -73,6 +77,7 @@ Args parse(int argc, char** argv) {
         else if (f == "--threads") a.threads = to_int(f, v);
         else if (f == "--runs") a.runs = std::max(1, to_int(f, v));
         else if (f == "--warmup") a.warmup = to_int(f, v);
+        else if (f == "--block-ms") a.block_ms = to_int(f, v);
         else if (f == "--precision") {
             if (v != "f32" && v != "bf16" && v != "f16") throw BadInput("--precision must be f32, bf16 or f16, got '" + v + "'");
             a.precision = v;
@@ -113,6 +118,7 @@ struct Loaded {
     ov::Shape in_shape, out_shape;
     std::string precision;
     std::vector<double> ms;
+    int calls = 1;  // per block (--block-ms)
 };
 
 }  // namespace
@@ -186,14 +192,30 @@ int main(int argc, char** argv) {
         }
         for (auto& l : models) l.request.set_input_tensor(ov::Tensor(ov::element::f32, shape, x.data()));
 
+        auto timed = [](Loaded& l) {
+            auto t0 = std::chrono::steady_clock::now();
+            l.request.infer();
+            return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        };
+        std::vector<double> fastest(models.size(), 1e30);
         for (int w = 0; w < a.warmup; ++w)
-            for (auto& l : models) l.request.infer();
+            for (size_t k = 0; k < models.size(); ++k) {
+                double t = timed(models[k]);
+                if (w > 0 || a.warmup == 1) fastest[k] = std::min(fastest[k], t);
+            }
+        for (size_t k = 0; k < models.size(); ++k)
+            models[k].calls = (a.block_ms <= 0 || fastest[k] >= a.block_ms)
+                                  ? 1 : static_cast<int>(std::min(9.0, 1 + std::ceil(a.block_ms / std::max(fastest[k], 1e-6))));
         for (int r = 0; r < a.runs; ++r) {
             for (size_t k = 0; k < models.size(); ++k) {
                 auto& l = models[(k + r) % models.size()];
-                auto t0 = std::chrono::steady_clock::now();
-                l.request.infer();
-                l.ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+                std::vector<double> ts;
+                for (int c = 0; c < l.calls; ++c) ts.push_back(timed(l));
+                if (l.calls > 1) ts.erase(ts.begin());  // the switch from the previous model
+                std::nth_element(ts.begin(), ts.begin() + ts.size() / 2, ts.end());
+                double med = ts[ts.size() / 2];
+                if (ts.size() % 2 == 0) med = (med + *std::max_element(ts.begin(), ts.begin() + ts.size() / 2)) / 2;
+                l.ms.push_back(med);
             }
         }
 
@@ -215,7 +237,7 @@ int main(int argc, char** argv) {
             }
             o << (k ? ", " : "") << "{\"path\": " << json_str(l.path) << ", \"input_shape\": " << shape_json(l.in_shape)
               << ", \"output_shape\": " << shape_json(y.get_shape()) << ", \"precision\": " << json_str(l.precision)
-              << ", \"checksum\": " << checksum << ", \"ms\": [";
+              << ", \"checksum\": " << checksum << ", \"calls_per_block\": " << l.calls << ", \"ms\": [";
             for (size_t i = 0; i < l.ms.size(); ++i) o << (i ? ", " : "") << l.ms[i];
             o << "], \"p50\": " << percentile(l.ms, 0.5) << ", \"p90\": " << percentile(l.ms, 0.9) << "}";
         }
