@@ -239,8 +239,9 @@ def measure(name: str, artifacts: Mapping[str, str | Path], batches: Sequence[in
     ``engines``: runner name -> another engine of the same runtime for that runner (the fp32 original
     timed beside INT8 models: ``{"original_fp32": "openvino"}``); default ``name`` for all.
     ``native`` / ``native-int8``: one ``vitshrink-run`` call per batch size with every model (ONNX files
-    and OpenVINO IRs alike), rounds interleaved inside the binary, in blocks as :func:`~vitshrink.runtime.latency.block_calls` (the run count is chosen from a short
-    first call so the budget is met). Every other engine: :func:`vitshrink.runtime.latency.measure_onnx`
+    and OpenVINO IRs alike), rounds interleaved inside the binary, in blocks as
+    :func:`~vitshrink.runtime.latency.block_calls` (the run count is chosen from a short first call so the
+    budget is met). Every other engine: :func:`vitshrink.runtime.latency.measure_onnx`
     with this engine in its worker.
     """
     if ENGINES[name].runtime != "vitshrink-run":

@@ -210,8 +210,8 @@ def measure_interleaved(
     """Time ``runners`` on the same random batch [batch, *input_shape], interleaved.
 
     Runs ``warmup`` untimed rounds (their fastest call sets each runner's :func:`block_calls` for
-    ``block_ms``; ``block_ms=0`` or ``warmup=0``: one call per round), then rounds until ``max_rounds`` or until ``budget_s`` seconds
-    have passed and at least ``min_rounds`` were taken. Past the budget, rounds go on for up to
+    ``block_ms``; ``block_ms=0`` or ``warmup=0``: one call per round), then rounds until ``max_rounds``
+    or until ``budget_s`` seconds have passed and at least ``min_rounds`` were taken. Past the budget, rounds go on for up to
     ``extend_s`` more seconds while ``until(result)`` is False (checked every 10 rounds; e.g. "the
     speed-up is :func:`stability` stable"). ``progress(done, planned)`` is called after each round.
 
