@@ -10,11 +10,14 @@
 // same input through each, and prints one JSON object (precision: "i8+f32" when a model runs int8 layers;
 // the top-level one is the first int8 model's, else the first model's):
 //   {"openvino": version, "device": "CPU", "precision": ..., "threads": T, "batch": B, "runs": N,
-//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "calls_per_block", "ms": [per run], "p50", "p90"}]}
+//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "calls_per_block",
+//                "ms": [per round], "p50", "p90"}]}
 // Runs are interleaved (round r runs every model once, rotating which goes first), so models compared
-// in one call see the same machine state. --block-ms T > 0: a model whose fastest warm-up call took t < T ms
-// runs a block of min(9, 1 + ceil(T / t)) calls per round, the first dropped (it pays for the previous
-// model's caches), and the round's time is the median of the others ("calls_per_block" in the JSON). --input: raw little-endian float32, exactly B*C*H*W values
+// in one call see the same machine state. --block-ms T > 0: a model whose fastest warm-up call took
+// t < T ms runs a block of min(9, 1 + ceil(T / t)) calls per round -- the rule of Python's
+// vitshrink.runtime.latency.block_calls, kept in step by hand --, the first dropped (it pays for the
+// previous model's caches), and the round's time is the median of the others.
+// --input: raw little-endian float32, exactly B*C*H*W values
 // (default: a seeded pseudo-random batch). --output: the first model's logits as raw float32.
 // Bad input (missing or corrupt model, wrong input size, bad flag) exits 2 with one line "error: ...".
 #include <openvino/frontend/manager.hpp>
