@@ -141,6 +141,9 @@ def test_compile_engines_all(tmp_path, runner_binary):
     low = [e for e in r["latency"] if e["precision"] == "int8"]
     assert low and all(e["baseline_ms"]["p50"] > 0 and e["original_fp32_ms"]["p50"] > 0 for e in low)
     assert r["calibration"]["source"].startswith("verification inputs")
+    from vitshrink.runtime.quantize import openvino_activations
+
+    assert r["precision"]["ov-int8"]["activations"] == openvino_activations()  # the three models' NNCF mode
     assert (out / "model.int8.xml").is_file() and (out / "model.int8.bin").is_file() and (out / "model.int8.onnx").is_file()
     md = (out / "report.md").read_text()
     assert "## Engines" in md and "| native | vitshrink-run |" in md and "| openvino-int8 | int8 | cpu |" in md

@@ -146,6 +146,41 @@ def test_the_engines_own_quantizers_on_a_small_model(small, tmp_path):
     assert not r["passed"] and r["rel_l2"] > 1
 
 
+def _activation_ranges(xml) -> list[tuple[float, float]]:
+    """(output_low, output_high) of every activation FakeQuantize of an OpenVINO IR (not a weight's)."""
+    import openvino as ov
+
+    out = []
+    for op in ov.Core().read_model(str(xml)).get_ops():
+        src = op.input(0).get_source_output().get_node() if op.get_type_name() == "FakeQuantize" else None
+        if src is not None and src.get_type_name() != "Constant":
+            lo, hi = (float(np.asarray(op.input(i).get_source_output().get_node().get_data()).ravel()[0]) for i in (3, 4))
+            out.append((lo, hi))
+    return out
+
+
+def test_openvino_activations_symmetric_on_amx_asymmetric_elsewhere(small, tmp_path, monkeypatch):
+    need("nncf", "engines")
+    from vitshrink.runtime import quantize as q
+
+    path, x, _ = small
+    sym = _activation_ranges(q.quantize_openvino(path, tmp_path / "s.int8.xml", x, activations="symmetric"))
+    asym = _activation_ranges(q.quantize_openvino(path, tmp_path / "a.int8.xml", x, activations="asymmetric"))
+    assert len(sym) >= 4 * 4 and len(asym) == len(sym)  # qkv, proj, fc1, fc2 inputs per block
+
+    def signed(lo, hi):  # no zero point: [-s, s * 127/128] (or unsigned [0, s])
+        return lo == 0 or abs(hi / -lo - 127 / 128) < 1e-3
+    assert all(signed(*r) for r in sym), sym
+    assert not all(signed(*r) for r in asym), asym  # fc2 reads GELU's output: [-0.17, max] takes a zero point
+    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_int8", "amx_tile"})
+    assert q.openvino_activations() == "symmetric"
+    monkeypatch.setattr(q, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert q.openvino_activations() == "asymmetric"
+    with pytest.raises(ValueError, match="activations='signed'"):
+        q.quantize_openvino(path, tmp_path / "x.int8.xml", x, activations="signed")
+    assert not (tmp_path / "x.int8.xml").exists()
+
+
 def test_a_quantizer_failure_is_one_error_and_leaves_nothing(small, tmp_path, monkeypatch):
     nncf = need("nncf", "engines")
     from vitshrink.runtime.quantize import quantize_openvino

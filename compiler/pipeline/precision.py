@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from ..runtime import engines
-from ..runtime.quantize import int8_note, quantize_openvino, quantize_ort, to_fp16
+from ..runtime.quantize import int8_note, openvino_activations, quantize_openvino, quantize_ort, to_fp16
 
 BUILDERS = {"ov-int8": quantize_openvino, "ort-qdq": quantize_ort, "onnx-fp16": lambda src, dst, calib, what: to_fp16(src, dst, what)}
 
@@ -57,6 +57,8 @@ def build_low_precision(names: Sequence[str], artifacts: dict, calib: np.ndarray
         section[kind] = {"tool": tool, "file": f"model{suffix}", "engines": [n for n in names if engines.ENGINES[n].artifact == kind],
                          "calibration_images": None if kind == "onnx-fp16" else len(calib),
                          "calibration": None if kind == "onnx-fp16" else calib_source, "seconds": seconds}
+        if kind == "ov-int8":  # the same for the three models
+            section[kind]["activations"] = openvino_activations()
     note = int8_note()
     if note and any(engines.ENGINES[n].precision == "int8" for n in names if not engines.status(n)):
         section["cpu_note"] = note

@@ -39,7 +39,8 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   out from accuracy``, the spec's mask calibration images, or the verification inputs), ``dir``, ``n``,
   ``files``, ``sha256`` (names and contents), ``seed`` -- or ``source: none``
 - ``precision``: per low-precision artifact kind (``ov-int8``, ``ort-qdq``, ``onnx-fp16``) the ``tool``, ``file``,
-  ``engines``, ``calibration_images``, ``seconds`` per model; ``cpu_note`` when the CPU lacks int8 instructions
+  ``engines``, ``calibration_images``, ``seconds`` per model (``ov-int8``: ``activations``, ``symmetric`` or
+  ``asymmetric``); ``cpu_note`` when the CPU lacks int8 instructions
 - ``accuracy`` (with ``--data``): ``n``, ``images`` (``dir``, ``n``, ``excluded``: images left out because they
   calibrated or chose the masks, ``excluded_because``, ``what``), ``dense_top1``, ``pruned_top1``,
   ``dense_top5``, ``pruned_top5``, ``top1_agreement`` (fractions; ONNX Runtime fp32), and ``engines``: per
