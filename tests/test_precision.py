@@ -231,3 +231,32 @@ def test_real_deit_tiny_int8_against_the_int8_original(tmp_path):
     failed = gate("--max-top1-drop", "100", "--max-top1-drop", "openvino-int8=-1")
     assert failed.exit_code == 3 and "top-1 drop openvino-int8" in failed.output
     assert gate("--max-top1-drop", "tensorrt-int8=1").exit_code == 3
+
+
+def test_int8_profile_classes_on_a_small_model(small, tmp_path):
+    """benchmarks/int8_profile.py's classes on the small ViT's INT8 IR (depth 4): every LayerNorm (MVN) fixed,
+    the blocks' FullyConnected layers width and the classifier fixed, attention found in every block, and
+    the per-class counters of a short profile cover the executed work."""
+    need("nncf", "engines")
+    import openvino as ov
+    import runpy
+
+    from vitshrink.runtime.quantize import quantize_openvino
+
+    prof = runpy.run_path(str(REPO / "benchmarks" / "int8_profile.py"))
+    path, x, _ = small
+    xml = quantize_openvino(path, tmp_path / "m.int8.xml", x)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"INFERENCE_NUM_THREADS": 2})
+    cls = prof["classify"](compiled)
+    ops = {op.get_friendly_name(): op for op in compiled.get_runtime_model().get_ordered_ops()}
+    kind = lambda n: ops[n].get_rt_info()["layerType"].astype(str)  # noqa: E731
+    mvn = [n for n in cls if kind(n) == "MVN"]
+    fcs = [n for n in cls if kind(n).startswith("FullyConnected")]
+    assert len(mvn) == 2 * 4 + 1 and {cls[n] for n in mvn} == {"LayerNorm (+ fused scale, quantize)"}
+    assert [cls[n] for n in fcs[:-1]] == ["int8 layers of the blocks"] * (len(fcs) - 1) and len(fcs) - 1 >= 2 * 4
+    assert cls[fcs[-1]] == "stem and classifier"  # the head reads the unpruned embedding
+    assert sum(c == "attention" for c in cls.values()) >= 4
+    got = prof["profile"]({"m": xml}, 2, 2, shape=(3, 32, 32), rounds=1, calls=3, skip=1)["m"]
+    assert set(got) == set(prof["FIXED"] + prof["WIDTH"])
+    assert got["int8 layers of the blocks"] > 0 and got["LayerNorm (+ fused scale, quantize)"] > 0 and got["attention"] > 0
