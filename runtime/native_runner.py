@@ -97,7 +97,8 @@ def ensure_runner() -> Path:
 def run_native(binary: str | Path, models: Sequence[str | Path], batch: int, threads: int, runs: int, warmup: int = 3,
                images: Optional[np.ndarray] = None, precision: str = "f32", block_ms: int = 0) -> tuple[dict, Optional[np.ndarray]]:
     """Call ``vitshrink-run`` once: its JSON (per-model per-round ms, interleaved; ``block_ms`` > 0: each
-    round a block of calls per model, the first dropped, as :func:`vitshrink.runtime.latency.block_calls`)
+    round a block of calls per model, the first dropped, as many as :func:`vitshrink.runtime.latency.block_calls`
+    gives for the model's ``warmup_fastest_ms`` -- the binary applies the same rule, and says both)
     and the first model's logits [batch, classes] when ``images`` [batch, C, H, W] float32 is given.
 
     Raises:

@@ -95,6 +95,14 @@ def test_native_runner_matches_torch_and_times(small_onnx, runner_binary):
     info, logits = run_native(runner_binary, [path, path], batch=3, threads=2, runs=4, images=x, block_ms=100)
     assert float(np.abs(logits - want).max()) <= TOL
     assert all(m["calls_per_block"] == 9 and len(m["ms"]) == 4 and m["p50"] > 0 for m in info["models"])
+    # the binary's block rule is Python's block_calls: checked on its own warm-up time, with a block a few
+    # warm calls long (between one call and the cap of 9, where the two rules could part)
+    from vitshrink.runtime.latency import block_calls
+
+    block = max(1, round(3 * max(m["warmup_fastest_ms"] for m in info["models"])))
+    info, _ = run_native(runner_binary, [path, path], batch=3, threads=2, runs=2, block_ms=block)
+    assert all(m["warmup_fastest_ms"] > 0 and m["calls_per_block"] == block_calls(m["warmup_fastest_ms"], block)
+               for m in info["models"])
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "wrong_input", "bad_flag"])

@@ -10,12 +10,13 @@
 // same input through each, and prints one JSON object (precision: "i8+f32" when a model runs int8 layers;
 // the top-level one is the first int8 model's, else the first model's):
 //   {"openvino": version, "device": "CPU", "precision": ..., "threads": T, "batch": B, "runs": N,
-//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "calls_per_block",
-//                "ms": [per round], "p50", "p90"}]}
+//    "models": [{"path", "input_shape", "output_shape", "precision", "checksum", "warmup_fastest_ms",
+//                "calls_per_block", "ms": [per round], "p50", "p90"}]}
 // Runs are interleaved (round r runs every model once, rotating which goes first), so models compared
 // in one call see the same machine state. --block-ms T > 0: a model whose fastest warm-up call took
 // t < T ms runs a block of min(9, 1 + ceil(T / t)) calls per round -- the rule of Python's
-// vitshrink.runtime.latency.block_calls, kept in step by hand --, the first dropped (it pays for the
+// vitshrink.runtime.latency.block_calls; t is printed as warmup_fastest_ms, and tests/test_engines.py checks
+// the two rules agree on it --, the first dropped (it pays for the
 // previous model's caches), and the round's time is the median of the others.
 // --input: raw little-endian float32, exactly B*C*H*W values
 // (default: a seeded pseudo-random batch). --output: the first model's logits as raw float32.
@@ -122,6 +123,7 @@ struct Loaded {
     std::string precision;
     std::vector<double> ms;
     int calls = 1;  // per block (--block-ms)
+    double warm_ms = 0;  // the fastest warm-up call (the first one excluded when there are several)
 };
 
 }  // namespace
@@ -206,9 +208,11 @@ int main(int argc, char** argv) {
                 double t = timed(models[k]);
                 if (w > 0 || a.warmup == 1) fastest[k] = std::min(fastest[k], t);
             }
-        for (size_t k = 0; k < models.size(); ++k)
+        for (size_t k = 0; k < models.size(); ++k) {
+            models[k].warm_ms = a.warmup > 0 ? fastest[k] : 0;
             models[k].calls = (a.block_ms <= 0 || fastest[k] >= a.block_ms)
                                   ? 1 : static_cast<int>(std::min(9.0, 1 + std::ceil(a.block_ms / std::max(fastest[k], 1e-6))));
+        }
         for (int r = 0; r < a.runs; ++r) {
             for (size_t k = 0; k < models.size(); ++k) {
                 auto& l = models[(k + r) % models.size()];
@@ -240,7 +244,8 @@ int main(int argc, char** argv) {
             }
             o << (k ? ", " : "") << "{\"path\": " << json_str(l.path) << ", \"input_shape\": " << shape_json(l.in_shape)
               << ", \"output_shape\": " << shape_json(y.get_shape()) << ", \"precision\": " << json_str(l.precision)
-              << ", \"checksum\": " << checksum << ", \"calls_per_block\": " << l.calls << ", \"ms\": [";
+              << ", \"checksum\": " << checksum << ", \"warmup_fastest_ms\": " << l.warm_ms
+              << ", \"calls_per_block\": " << l.calls << ", \"ms\": [";
             for (size_t i = 0; i < l.ms.size(); ++i) o << (i ? ", " : "") << l.ms[i];
             o << "], \"p50\": " << percentile(l.ms, 0.5) << ", \"p90\": " << percentile(l.ms, 0.9) << "}";
         }
