@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vitshrink.runtime.quantize import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CKPT = DATA / "deit_tiny_patch16_224.in1k.safetensors"
@@ -103,12 +105,15 @@ def main() -> int:
                       f"x{e['speedup_vs_original']:.3f} (ideal x{e['ideal']:.2f}, realization {e['realization_vs_original']:.2f}){fp}", flush=True)
             for acc in row.get("accuracy", {}).get("engines", []):
                 print(f"{name:15s} top-1 {acc['engine']:14s} {acc['precision']}: original {acc['original_top1']:.3f} pruned {acc['pruned_top1']:.3f}")
-    out = {"engines": ENGINES, "threads": 2, "bench_seconds": a.seconds, "machine": machine, "rows": results}
+    out = {"engines": ENGINES, "threads": 2, "bench_seconds": a.seconds, "machine": machine,
+           "cpu_flags": sorted(cpu_flags() & set(ISA_FLAGS)), "rows": results}
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(a.out).with_suffix(".png"))
     return 0
 
 
+#: the CPU features that decide low-precision speed (recorded in the results and named in the plot's title)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
 COLORS = {"fp32": "#4C72B0", "bf16": "#55A868", "fp16": "#8172B2", "int8": "#DD8452"}
 
 
@@ -150,7 +155,8 @@ def plot(out: dict, path: Path) -> None:
     handles += [Patch(facecolor=c, label=p) for p, c in COLORS.items() if any(e["precision"] == p for r in rows for e in r["latency"])]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     cpu = (out.get("machine") or {}).get("cpu", "")
-    fig.suptitle(f"Pruned vs original at the same precision (labels: speed-up, realization); {cpu}, 2 threads", fontsize=10)
+    isa = f" ({', '.join(out['cpu_flags'])})" if out.get("cpu_flags") else ""
+    fig.suptitle(f"Pruned vs original at the same precision (labels: speed-up, realization); {cpu}{isa}, 2 threads", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
