@@ -17,7 +17,7 @@ openvino-int8,openvino-bf16``; engines the CPU cannot run are recorded as skippe
 
 Every INT8 entry is timed against timm's original quantized by the same tool with the same calibration
 images, in the same rounds (and the fp32 original beside it). Writes benchmarks/results/precision.json
-and precision.png (latency per engine and precision, original vs pruned, with the ideal), prints the table.
+(with the CPU's ISA flags, ``cpu_flags``: int8 and bf16 speed depend on them) and precision.png (latency per engine and precision, original vs pruned, with the ideal), prints the table.
 
     python benchmarks/precision.py [--seconds 10] [--only deit_tiny_real,...] [--plot-only results/precision.json]
 """
@@ -30,13 +30,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vitshrink.runtime.quantize import cpu_flags
+from vitshrink.runtime.quantize import INT8_CPU_FLAGS, cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CKPT = DATA / "deit_tiny_patch16_224.in1k.safetensors"
 VAL = DATA / "imagenet-sample" / "val"
 ENGINES = "ort,ort-int8,openvino,openvino-int8,openvino-bf16"
+#: the CPU features that decide low-precision speed (recorded in the results and named in the plot's title)
+ISA_FLAGS = ("avx2", "avx512f", *INT8_CPU_FLAGS, "avx512_bf16", "avx512_fp16", "amx_bf16")
 #: name -> (model, `vitshrink masks` arguments, real weights?); masks with --data re-fit the weights
 ROWS = {
     "deit_tiny_real": ("deit_tiny_patch16_224", ["--heads", "0.67", "--mlp", "0.75"], True),
@@ -112,8 +114,6 @@ def main() -> int:
     return 0
 
 
-#: the CPU features that decide low-precision speed (recorded in the results and named in the plot's title)
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_int8", "amx_bf16")
 COLORS = {"fp32": "#4C72B0", "bf16": "#55A868", "fp16": "#8172B2", "int8": "#DD8452"}
 
 
