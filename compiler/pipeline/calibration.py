@@ -65,7 +65,8 @@ def record(paths: list[Path], root: str | Path, source: str) -> dict:
     h = hashlib.sha256()
     rel = []
     for p in paths:
-        name = p.resolve().relative_to(root.resolve()).as_posix()
+        # as found under root: a linked image (a folder of symlinks) resolves elsewhere
+        name = (p.relative_to(root) if p.is_relative_to(root) else p.resolve().relative_to(root.resolve())).as_posix()
         rel.append(name)
         h.update(name.encode() + b"\0" + p.read_bytes())
     return {"source": source, "dir": str(root), "n": len(paths), "sha256": h.hexdigest(), "seed": SEED, "files": rel}
