@@ -14,6 +14,7 @@ from vitshrink import families
 from vitshrink.cli import main
 from vitshrink.masks import latency
 from vitshrink.masks.budget import allocate, unit_costs
+from vitshrink.spec.format import Spec
 
 
 def latency_floor(ir, costs):
@@ -52,7 +53,7 @@ def test_table_and_cli_latency_budget(tmp_path, monkeypatch):
     fam, shape = families.family_of(ir), (3, 64, 64)
     out = tmp_path / "specs" / "lat.json"
     macs = unit_costs(fam, ir, shape)
-    table = latency.measure_table(fam, ir, shape, {}, macs, "ort", 1, 2, 0.5, out.with_name("lat.latency.json"))
+    table = latency.measure_table(fam, ir, shape, Spec(), macs, "ort", 1, 2, 0.5, out.with_name("lat.latency.json"))
     assert not table["cached"] and [(p["heads"], p["mlp"]) for p in table["points"]] == list(latency.POINTS)
     dense = table["points"][0]
     assert dense["head_macs"] + dense["neuron_macs"] < macs.total and all(p["ms"] > 0 for p in table["points"])
@@ -72,7 +73,7 @@ def test_table_and_cli_latency_budget(tmp_path, monkeypatch):
     real_time = latency.time_models
     monkeypatch.setattr(latency, "time_models", lambda *a, **k: pytest.fail("timed again instead of reading the cache"))
     with pytest.raises(BaseException, match="timed again"):  # another batch size is another key
-        latency.measure_table(fam, ir, shape, {}, macs, "ort", 2, 2, 0.5, tmp_path / "other.latency.json")
+        latency.measure_table(fam, ir, shape, Spec(), macs, "ort", 2, 2, 0.5, tmp_path / "other.latency.json")
     monkeypatch.setattr(latency, "time_models", real_time)
     target = 0.7 * table["dense_ms"]
     imgs = _image_dir(tmp_path / "imgs", 8)

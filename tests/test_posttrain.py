@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import SMALL, images, randomise, small_vit
+from conftest import DEIT_TINY_CKPT, IMAGENET_VAL, SMALL, images, randomise, require_shared, small_vit
 from test_swin import SMALL_SWIN, swin_images
 from vitshrink import families
 from vitshrink.cli import main
@@ -142,6 +142,55 @@ def test_budget_is_met_and_every_block_legal(kind):
         fam.spec.resolve(r.spec, ir, {})  # legal for the family (RoPE pairs, heads)
 
 
+def test_macs_with_a_token_schedule_is_a_share_of_the_dense_model(small):
+    """--macs R with a dynamic token rule (its keep ratio lives in the spec's settings): the generated model,
+    rule included, at most R x the dense model's MACs, and the allocation's own count is that model's; a
+    schedule that alone meets R leaves every width; one that leaves too little for a head per block is refused."""
+    from vitshrink.errors import VitshrinkError
+    from vitshrink.masks.budget import model_macs, unit_costs
+    from vitshrink.masks.tokens import token_spec
+
+    _, ir, fam = small
+    x, shape = images(8), (3, 32, 32)
+    base = Spec(*token_spec(ir, "evit:0.5@1,2"))
+    dense = _macs(fam, ir, Spec(), shape)
+    tokens_only = model_macs(fam, ir, shape, base)
+    assert tokens_only < 0.9 * dense and unit_costs(fam, ir, shape, base).total == tokens_only  # the rule is priced
+    r = posttrain(fam, ir, x, shape, macs=0.5, reconstruct=False, base=base)
+    got = _macs(fam, ir, r.spec, shape)
+    assert r.spec.settings["dynamic_tokens"] == base.settings["dynamic_tokens"]
+    assert 0.4 * dense <= got <= 0.5 * dense + 1 and r.budget["macs"] == got, (got / dense, r.budget)
+    assert r.budget["dense_macs"] == dense and r.budget["base_macs"] == tokens_only
+    r = posttrain(fam, ir, x, shape, macs=0.95, reconstruct=False, base=base)
+    assert all(bool(v.all()) for k, v in r.spec.masks.items() if k.endswith((".heads", ".mlp")))
+    with pytest.raises(VitshrinkError, match="--macs 0.05: below .* token schedule"):
+        posttrain(fam, ir, x, shape, macs=0.05, reconstruct=False, base=base)
+
+
+def test_auto_token_schedule_takes_its_share_of_the_budget(small):
+    """KIND:auto under --macs R: the largest keep ratio (0.01 grid) whose schedule alone keeps at most
+    R / AUTO_WIDTH_SHARE of the dense MACs; none when R leaves tokens no room; AUTO_MIN_KEEP at the floor."""
+    from vitshrink.errors import VitshrinkError
+    from vitshrink.masks.budget import model_macs
+    from vitshrink.masks.tokens import AUTO_MIN_KEEP, AUTO_WIDTH_SHARE, auto_blocks, auto_schedule, is_auto, token_spec
+
+    _, ir, fam = small
+    shape = (3, 32, 32)
+    assert auto_blocks(12) == [4, 7, 10] and auto_blocks(3) == [1, 2] and auto_blocks(24) == [8, 14, 20]
+    assert is_auto("evit:auto") and is_auto("slim:auto@1") and not is_auto("evit:0.7@1")
+    dense = model_macs(fam, ir, shape)
+    share = lambda text: model_macs(fam, ir, shape, Spec(*token_spec(ir, text))) / dense  # noqa: E731
+    for kind in ("evit", "uniform"):
+        text = auto_schedule(fam, ir, f"{kind}:auto@1", 0.85, shape)
+        ratio = float(text.split(":")[1].split("@")[0])
+        assert text == f"{kind}:{ratio:.2f}@1" and AUTO_MIN_KEEP < ratio < 1
+        assert share(text) <= 0.85 / AUTO_WIDTH_SHARE < share(f"{kind}:{ratio + 0.01:.2f}@1")
+    assert auto_schedule(fam, ir, "evit:auto", 0.98, shape) is None
+    assert auto_schedule(fam, ir, "evit:auto", 0.2, shape) == f"evit:{AUTO_MIN_KEEP:.2f}@1,2"
+    with pytest.raises(VitshrinkError, match="--tokens"):
+        auto_schedule(fam, ir, "topk:auto", 0.5, shape)
+
+
 def test_budget_below_the_floor_is_refused(small):
     _, ir, fam = small
     from vitshrink.errors import VitshrinkError
@@ -242,6 +291,7 @@ def _image_dir(root: Path, n: int) -> Path:
     (["--macs", "0", "--data", "IMAGES"], "--macs"),
     (["--mlp", "0.5", "--data", "NOWHERE"], "no such directory"),
     (["--embed", "0.5", "--data", "IMAGES"], "no embedding-channel scores"),
+    (["--mlp", "0.5", "--tokens", "evit:auto", "--data", "IMAGES"], "'auto' takes its keep ratio from the budget"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
     (tmp_path / "empty").mkdir()
@@ -257,14 +307,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, words):
 
 
 def test_cli_writes_spec_and_weights_that_compile_exactly(tmp_path):
-    """masks --data on a folder of images: spec + re-fitted weights; compile with them verifies exactly and
-    leaves the calibration images out of its accuracy."""
-    imgs = _image_dir(tmp_path / "imgs", 12)
+    """masks --data --macs with an auto EViT schedule on a folder of images: spec (the rule's keep ratio chosen,
+    the widths the rest of the budget) + re-fitted weights; compile with them verifies exactly and leaves the
+    calibration images out of its accuracy. Real weights and images: with random weights the class attention
+    is nearly uniform, and the kept tokens of the pruned and the reference model part on scores within rounding."""
+    require_shared()
+    imgs = tmp_path / "imgs"
+    for d in sorted(IMAGENET_VAL.iterdir())[:12]:  # links, one image of each of 12 classes
+        (imgs / d.name).mkdir(parents=True)
+        first = sorted(d.iterdir())[0]
+        (imgs / d.name / first.name).symlink_to(first)
     spec = tmp_path / "specs" / "s.json"
-    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--data", str(imgs), "--calib-images", "8",
-                                    "--macs", "0.7", "--steps", "1", "--quiet", "--out", str(spec)])
+    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT),
+                                    "--data", str(imgs), "--calib-images", "8",
+                                    "--macs", "0.7", "--tokens", "evit:auto", "--steps", "1", "--quiet", "--out", str(spec)])
     assert res.exit_code == 0, res.output
-    meta = json.loads(spec.read_text())["meta"]
+    s = json.loads(spec.read_text())
+    meta, rules = s["meta"], s["settings"]["dynamic_tokens"]
+    assert meta["tokens"]["requested"] == "evit:auto" and meta["tokens"]["schedule"].endswith("@4,7,10")
+    assert sorted(rules, key=int) == ["4", "7", "10"] and 0.5 < rules["4"]["keep"] < 0.8
+    full = {"heads": 3, "mlp": 768}  # the widths take their part too
+    assert any(len(v) < full[k.rsplit(".", 1)[1]] for k, v in s["masks"].items() if k.endswith((".heads", ".mlp")))
+    assert meta["budget"]["base_macs"] < meta["budget"]["dense_macs"] and meta["budget"]["width_share"] < 1
     assert meta["criterion"] == "obs" and meta["calibration"]["n"] == 8 and len(meta["calibration"]["files"]) == 8
     assert meta["weights"]["file"] == "s.weights.safetensors" and len(meta["refit"]) == 12
     assert 0.6 <= meta["budget"]["macs"] / meta["budget"]["dense_macs"] <= 0.7

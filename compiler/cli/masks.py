@@ -21,6 +21,8 @@ Examples:
       --out spec.json --weights-out refit.safetensors
   vitshrink compile deit_tiny_patch16_224 --checkpoint refit.safetensors --spec spec.json --data imagenet/val --out o
   vitshrink masks deit_tiny_patch16_224 --tokens evit:0.7@4,7,10 --out evit.json
+  vitshrink masks deit_tiny_patch16_224 --checkpoint w.safetensors --data imagenet/val --macs 0.7 --tokens evit:auto \
+      --out spec.json
 """ + EXIT_CODES)
 @click.argument("model")
 @click.option("--checkpoint", default=None, help="Weights to score (random weights when omitted).")
@@ -31,7 +33,8 @@ Examples:
 @click.option("--embed", type=float, default=None, help="Keep ratio of embedding channels (largest score).")
 @click.option("--macs", type=float, default=None,
               help="With --data: one budget, the pruned MACs at most R x the dense model's; heads and MLP neurons "
-                   "allocated across blocks by score per MAC (instead of --heads / --mlp).")
+                   "allocated across blocks by score per MAC (instead of --heads / --mlp), after what a token schedule "
+                   "or --embed removes.")
 @click.option("--latency-ms", type=float, default=None,
               help="With --data: one budget in milliseconds per batch on --engine at --batch (instead of --macs): heads and "
                    "MLP neurons priced by a latency table measured on that engine (cached beside the spec as SPEC.latency.json).")
@@ -58,7 +61,8 @@ Examples:
                    "Default: SPEC's name with .weights.safetensors.")
 @click.option("--tokens", "tokens", default=None,
               help="Token schedule KIND:RATIO@BLOCKS -- uniform (static), slim (static, Patch Slimming, needs --data), "
-                   "evit or lfe (dynamic); e.g. evit:0.7@4,7,10, slim:0.8@2-11.")
+                   "evit or lfe (dynamic); e.g. evit:0.7@4,7,10, slim:0.8@2-11. With --macs, RATIO 'auto' (evit:auto, "
+                   "@BLOCKS optional: EViT's 4,7,10 scaled to the depth): the tokens take most of the budget, the widths the rest.")
 @click.option("--token-mode", type=click.Choice(["drop", "query"]), default=None,
               help="Static tokens: drop (leave the sequence) or query (Patch Slimming). Default: drop for uniform, query for slim.")
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
@@ -71,7 +75,7 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
     from .. import families  # lazy: the compile stack loads only for commands that use it
     from ..frontends.timm import eval_transform  # lazy: as above
     from ..importers import import_dense  # lazy: as above
-    from ..masks.tokens import token_spec  # lazy: as above
+    from ..masks.tokens import AUTO_MIN_KEEP, AUTO_WIDTH_SHARE, auto_schedule, is_auto, token_spec  # lazy: as above
     from ..pipeline.calibration import choose, find_images, load_images, record  # lazy: as above
     from ..pipeline.progress import Log  # lazy: as above
     from ..spec.format import Spec, save_spec  # lazy: as above
@@ -92,6 +96,8 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         out_path = Path(out)
         if out_path.suffix not in (".json", ".safetensors"):
             raise VitshrinkError(f"--out '{out}': use a .json or .safetensors file name")
+        if tokens and is_auto(tokens) and macs is None:
+            raise VitshrinkError(f"--tokens {tokens}: 'auto' takes its keep ratio from the budget; give it with --macs R --data DIR")
         if (macs is not None) and not data:
             raise VitshrinkError("--macs needs calibration images (--data DIR): the budget is allocated by data-aware scores")
         if weights_out and not Path(weights_out).suffix == ".safetensors":
@@ -108,6 +114,9 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         family = families.family_of(ir)
         if tokens and not family.token_pruning:
             raise VitshrinkError(f"--tokens: token schedules do not apply to {model} ({family.title}: {family.no_tokens_because})")
+        requested = tokens
+        if tokens and is_auto(tokens):  # the keep ratio at which the schedule takes its part of the --macs budget
+            tokens = auto_schedule(family, ir, tokens, macs, (ir.in_chans, *ir.img_size), mode=token_mode, fuse=fuse)
         transform = eval_transform(timm_model)
         images = None
         if paths:
@@ -136,8 +145,11 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
             spec.settings.update(base.settings)
         else:
             spec = base
-        if tokens:
+        if requested:
             spec.meta["tokens"] = {"schedule": tokens}
+            if requested != tokens:
+                spec.meta["tokens"].update(requested=requested, rule=f"the schedule alone to --macs / {AUTO_WIDTH_SHARE} of "
+                                           f"the dense MACs (keep ratio >= {AUTO_MIN_KEEP}), the widths the rest")
         if paths:  # compile --data leaves these images out of its accuracy
             spec.meta["calibration"] = record(paths, data, "vitshrink masks --data")
         spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
@@ -189,8 +201,8 @@ def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, ste
     shape = (ir.in_chans, *ir.img_size)
     cache = out_path.with_name(out_path.stem + ".latency.json")
     with log.stage("latency-table", f"latency table on {engine}, batch {batch}"):
-        macs = unit_costs(family, ir, shape, dict(base.masks))  # MACs per unit: what the table prices, counted once
-        table = measure_table(family, ir, shape, dict(base.masks), macs, engine,
+        macs = unit_costs(family, ir, shape, base)  # MACs per unit: what the table prices, counted once
+        table = measure_table(family, ir, shape, base, macs, engine,
                               batch, threads, seconds, cache, progress=lambda what: log.info(f"  {what}"))
     dense_ms = table["dense_ms"]
     if target_ms >= dense_ms:
@@ -204,8 +216,8 @@ def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, ste
     def adjust(width: dict, r: float):  # time the allocation; ask for a smaller share while it misses the target by > 3%
         with log.stage("latency-check", f"time the allocation ({r:.3f} of the dense latency) on {engine}"), \
                 tempfile.TemporaryDirectory() as work:
-            paths = {"dense": export_widths(family, ir, dict(base.masks), shape, Path(work) / "d.onnx"),
-                     "pruned": export_widths(family, ir, {**base.masks, **width}, shape, Path(work) / "p.onnx")}
+            paths = {"dense": export_widths(family, ir, dict(base.masks), shape, Path(work) / "d.onnx", base.settings),
+                     "pruned": export_widths(family, ir, {**base.masks, **width}, shape, Path(work) / "p.onnx", base.settings)}
             ms = time_models(engine, paths, batch, threads, shape, seconds)
         tries.append({"ratio": r, "measured_ms": ms["pruned"], "dense_ms_now": ms["dense"]})
         return None if ms["pruned"] <= 1.03 * target_ms else r * target_ms / ms["pruned"]

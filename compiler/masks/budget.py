@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..counting import count_macs_by_module
+from ..counting import count_macs, count_macs_by_module
 from ..errors import VitshrinkError
 from ..spec.format import Spec
 from .scores import block_modules
@@ -37,18 +37,28 @@ class Costs:
     unit: str = "MACs"
 
 
-def unit_costs(family, ir, shape: tuple[int, int, int], base: Optional[dict] = None) -> Costs:
+def _generated(family, ir, spec: Spec):
+    pruned = family.passes.apply_spec(ir, family.spec.resolve(spec, ir, {}), {})
+    return family.codegen.build_module(pruned, share=True)
+
+
+def model_macs(family, ir, shape: tuple[int, int, int], spec: Optional[Spec] = None) -> int:
+    """MACs per image [C, H, W] of the generated model of ``ir`` with ``spec`` (masks and settings) applied,
+    counted as :func:`vitshrink.counting.count_macs` counts (a dynamic token rule at its keep ratio)."""
+    return count_macs(_generated(family, ir, spec or Spec()), (1, *shape))
+
+
+def unit_costs(family, ir, shape: tuple[int, int, int], base: Optional[Spec] = None) -> Costs:
     """Measure what one head and one MLP neuron of each block cost (MACs per image) in the generated model
-    of ``ir`` with the masks ``base`` (e.g. an embedding or token mask) applied: three counts -- as it is,
+    of ``ir`` with the spec ``base`` applied (its masks and settings: an embedding mask, a static token mask,
+    a dynamic token rule such as EViT's, which lives in the settings): three counts -- as it is,
     with one head gone from every block, with one neuron gone from every block -- read per block
     (:func:`vitshrink.counting.count_macs_by_module`; a width mask changes no other block's work). A
     block with one head gets the head cost 0 (its head is never removed)."""
-    base = dict(base or {})
+    base = base or Spec()
 
     def macs(masks: dict) -> dict:
-        spec = Spec(masks={**base, **masks})
-        pruned = family.passes.apply_spec(ir, family.spec.resolve(spec, ir, {}), {})
-        module = family.codegen.build_module(pruned, share=True)
+        module = _generated(family, ir, Spec(masks={**base.masks, **masks}, settings=dict(base.settings)))
         names = {m: n for n, m in module.named_modules()}
         blocks = {s: names[blk] for s, blk, _ in block_modules(module)}
         got = count_macs_by_module(module, list(blocks.values()), (1, *shape))

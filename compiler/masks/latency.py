@@ -66,9 +66,10 @@ def _width_masks(family, ir, head_share: float, mlp_share: float) -> dict:
     return masks
 
 
-def export_widths(family, ir, masks: dict, shape: tuple[int, int, int], path: Path) -> Path:
-    """The generated model of ``ir`` pruned by ``masks`` (layout ``pad``), exported to ONNX at ``path``."""
-    pruned = family.passes.apply_spec(ir, family.spec.resolve(Spec(masks=masks), ir, {}), {})
+def export_widths(family, ir, masks: dict, shape: tuple[int, int, int], path: Path, settings: Optional[dict] = None) -> Path:
+    """The generated model of ``ir`` pruned by ``masks`` and ``settings`` (a dynamic token rule; layout ``pad``),
+    exported to ONNX at ``path``."""
+    pruned = family.passes.apply_spec(ir, family.spec.resolve(Spec(masks=masks, settings=dict(settings or {})), ir, {}), {})
     return export_onnx(family.codegen.build_module(family.passes.lay_out(pruned, "pad", "prefix"), True, False), path, shape)
 
 
@@ -80,18 +81,19 @@ def time_models(name: str, paths: dict[str, Path], batch: int, threads: int, sha
     return {n: float(statistics.median(v)) for n, v in res[batch].ms.items()}
 
 
-def _key(ir, shape, base: dict, engine: str, batch: int, threads: int) -> dict:
+def _key(ir, shape, base: Spec, engine: str, batch: int, threads: int) -> dict:
     return {"model": ir.name, "input": list(shape), "engine": engine, "batch": batch, "threads": threads,
-            "cpu": machine()["cpu"], "base_masks": sorted(base), "points": [list(p) for p in POINTS]}
+            "cpu": machine()["cpu"], "base_masks": sorted(base.masks), "base_settings": json.loads(json.dumps(base.settings)),
+            "points": [list(p) for p in POINTS]}
 
 
-def measure_table(family, ir, shape: tuple[int, int, int], base: dict, macs: Costs, engine: str, batch: int,
+def measure_table(family, ir, shape: tuple[int, int, int], base: Spec, macs: Costs, engine: str, batch: int,
                   threads: int, seconds: float, cache: Optional[Path] = None,
                   progress: Optional[Callable[[str], None]] = None) -> dict:
     """The latency table of the module docstring (read from ``cache`` when it holds one with the same key).
 
     Args:
-        base: masks that stay (a token schedule), applied at every point; macs: the MACs per unit.
+        base: masks and settings that stay (a token schedule), applied at every point; macs: the MACs per unit.
         seconds: timing budget of the interleaved rounds.
     Returns:
         ``{"format", "key", "points": [{"heads", "mlp" (shares kept), "head_macs", "neuron_macs" (kept), "ms"}],
@@ -111,8 +113,8 @@ def measure_table(family, ir, shape: tuple[int, int, int], base: dict, macs: Cos
         for i, (hs, ns) in enumerate(POINTS):
             if progress:
                 progress(f"export {i + 1}/{len(POINTS)}")
-            masks = {**base, **_width_masks(family, ir, hs, ns)}
-            paths[f"p{i}"] = export_widths(family, ir, masks, shape, Path(work) / f"p{i}.onnx")
+            masks = {**base.masks, **_width_masks(family, ir, hs, ns)}
+            paths[f"p{i}"] = export_widths(family, ir, masks, shape, Path(work) / f"p{i}.onnx", base.settings)
             kept_h = sum(macs.head[b.source_index] * int(masks.get(f"{family.spec.block_name(ir, b.source_index)}.heads",
                                                                    torch.ones(b.attn.num_heads)).sum()) for b in ir.blocks)
             kept_n = sum(macs.neuron[b.source_index] * int(masks.get(f"{family.spec.block_name(ir, b.source_index)}.mlp",

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import VitshrinkError
 from ..spec.format import Spec
-from .budget import Costs, allocate, unit_costs
+from .budget import Costs, allocate, model_macs, smallest, unit_costs
 from .common import check_ratio, topk_mask
 from .refit import refit
 from .scores import Scores, unit_scores
@@ -112,7 +112,7 @@ def posttrain(family, ir, images: Tensor, shape: tuple[int, int, int], heads: Op
             "reconstruction": {"teacher": teacher, "ridge": "per layer on held-out calibration batches" if alpha is None else alpha}
             if reconstruct else None}
     if budget is not None:
-        meta["budget"] = {k: budget[k] for k in ("macs", "budget", "dense_macs")}
+        meta["budget"] = {k: budget[k] for k in ("macs", "budget", "dense_macs", "base_macs", "width_share") if k in budget}
     spec = Spec(masks=masks, settings=settings, source="<posttrain>", meta=meta)
     result = Result(spec, scores, budget)
     if reconstruct:
@@ -128,15 +128,25 @@ def _search(family, ir, images, shape, scores, masks, settings, macs, round_to, 
     scores of units that stay change once others are gone; units already removed score 0 and stay out,
     the budget shrinking each round). Returns (width masks on ``ir``, budget summary)."""
     name = lambda s: family.spec.block_name(ir, s)  # noqa: E731
-    costs = costs or unit_costs(family, ir, shape, masks)
+    share, dense = macs, None
+    if costs is None:
+        costs = unit_costs(family, ir, shape, Spec(masks=masks, settings=settings))
+        if masks or settings:  # --macs is a share of the dense model's MACs; the base (tokens, --embed) takes its part first
+            dense = model_macs(family, ir, shape)
+            share = min(1.0, macs * dense / costs.total)
+            if share < smallest(ir, costs):
+                raise VitshrinkError(f"--macs {macs:g}: below the {smallest(ir, costs) * costs.total / dense:.3f} of the dense "
+                                     "MACs that one head per block and no MLP neuron cost with the token schedule / --embed")
     hs = {s: v["heads"] for s, v in scores.blocks.items()}
     ms = {s: v["mlp"] for s, v in scores.blocks.items()}
     for t in range(1, steps + 1):
-        width, budget = allocate(ir, hs, ms, costs, macs ** (t / steps), round_to, name)
+        width, budget = allocate(ir, hs, ms, costs, share ** (t / steps), round_to, name)
         if t < steps:
             current, _ = refit(family, ir, {**masks, **width}, settings, images, teacher=teacher, token_weights=weights,
                                progress=tick(f"reconstruct {t}"))
             hs, ms = _in_dense_ids(ir, current, unit_scores(family, current, images, criterion, progress=tick(f"scores {t + 1}")))
+    if dense is not None:  # the summary in the dense model's MACs; the width search's share of the base model
+        budget = {**budget, "budget": int(macs * dense), "dense_macs": dense, "base_macs": costs.total, "width_share": share}
     ratio = macs
     for attempt in range(3):  # the last allocation checked by the caller (--latency-ms: timed), re-allocated if asked
         new = adjust(width, ratio) if adjust is not None else None

@@ -15,6 +15,12 @@ from ..ir.vit import ViTIR
 
 
 TOKEN_KINDS = ("uniform", "slim", "evit", "lfe")
+#: ``--tokens KIND:auto`` with ``--macs R``: the keep ratio at which the token schedule alone brings the MACs to
+#: ``R / AUTO_WIDTH_SHARE`` of the dense model's, the width search taking the rest -- tokens first, because on
+#: DeiT-Tiny they cost less accuracy per MAC than heads and neurons (docs/benchmarks.md); never below
+#: ``AUTO_MIN_KEEP`` (below it the widths take the rest of the budget).
+AUTO_WIDTH_SHARE = 0.97
+AUTO_MIN_KEEP = 0.5
 
 
 def parse_token_schedule(text: str) -> tuple[str, float, list[int]]:
@@ -45,6 +51,57 @@ def parse_token_schedule(text: str) -> tuple[str, float, list[int]]:
     if not 0.0 < ratio <= 1.0:
         raise VitshrinkError(f"--tokens {text!r}: a keep ratio must be in (0, 1]")
     return kind, ratio, sorted(set(blocks))
+
+
+def auto_blocks(depth: int) -> list[int]:
+    """EViT's token-pruning blocks (4, 7, 10 of DeiT's 12), scaled to ``depth`` blocks."""
+    return sorted({min(depth - 1, max(1, round(depth * k / 12))) for k in (4, 7, 10)})
+
+
+def is_auto(text: str) -> bool:
+    """``KIND:auto`` or ``KIND:auto@BLOCKS``: a schedule whose keep ratio the ``--macs`` budget chooses."""
+    return text.split(":", 1)[-1].split("@", 1)[0].strip() == "auto"
+
+
+def auto_schedule(family, ir: ViTIR, text: str, macs: float, shape: tuple[int, int, int], mode: Optional[str] = None,
+                  fuse: bool = False) -> Optional[str]:
+    """The concrete schedule for ``KIND:auto[@BLOCKS]`` under ``--macs R`` (blocks default :func:`auto_blocks`):
+    the largest keep ratio on a 0.01 grid in [``AUTO_MIN_KEEP``, 1) whose schedule alone keeps at most
+    ``R / AUTO_WIDTH_SHARE`` of the dense MACs (counted on the generated model, :func:`.budget.model_macs`;
+    ``slim`` priced by the ``uniform`` masks of the same counts). None where the budget leaves no room for
+    tokens (R >= ``AUTO_WIDTH_SHARE``: the widths take it all).
+
+    Raises:
+        VitshrinkError: bad KIND or BLOCKS.
+    """
+    from ..spec.format import Spec  # lazy: benchmarks/gpu.py imports this module with torch and timm only (no scipy)
+    from .budget import model_macs  # lazy: as above
+
+    kind, rest = text.split(":", 1)
+    blocks = rest.split("@", 1)[1] if "@" in rest else ",".join(map(str, auto_blocks(len(ir.blocks))))
+    concrete = lambda r: f"{kind}:{r:.2f}@{blocks}"  # noqa: E731
+    parse_token_schedule(concrete(AUTO_MIN_KEEP))  # grammar and kind, before any counting
+    target = macs / AUTO_WIDTH_SHARE
+    if target >= 1.0:
+        return None
+    dense = model_macs(family, ir, shape)
+
+    def share(r: float) -> float:
+        price = concrete(r).replace("slim:", "uniform:", 1)
+        masks, settings = token_spec(ir, price, mode=mode or ("query" if kind == "slim" else None), fuse=fuse)
+        return model_macs(family, ir, shape, Spec(masks=masks, settings=settings)) / dense
+
+    grid = [round(AUTO_MIN_KEEP + k / 100, 2) for k in range(int(round((1 - AUTO_MIN_KEEP) * 100)))]  # 0.50 .. 0.99
+    lo, hi = 0, len(grid) - 1  # the largest ratio with share <= target (the share grows with the ratio)
+    if share(grid[0]) > target:
+        return concrete(grid[0])
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if share(grid[mid]) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return concrete(grid[lo])
 
 
 def _counts(ir: ViTIR, ratio: float, blocks: list[int]) -> dict[int, int]:
