@@ -25,9 +25,13 @@ from pathlib import Path
 
 from main_job import CKPT, DATA, MODEL, REPO, VAL, run  # the same model, data and subprocess helper
 
+from vitshrink.runtime.quantize import isa_flags
+
 BUDGETS = (0.9, 0.86, 0.8, 0.7, 0.58, 0.5)  # 0.86: the MACs of --heads 0.67 alone, or --mlp 0.75 alone
 #: method -> extra `vitshrink masks` arguments
-METHODS = {"L1 (no data)": None, "data-aware": ["--no-reconstruct"], "data-aware + reconstruction": []}
+TOKENS = "data-aware + reconstruction + EViT tokens"
+METHODS = {"L1 (no data)": None, "data-aware": ["--no-reconstruct"], "data-aware + reconstruction": [],
+           TOKENS: ["--tokens", "evit:auto"]}  # the keep ratio chosen by the budget: --macs only
 L1_SPECS = {"heads0.67+mlp0.5": ["--heads", "0.67", "--mlp", "0.5"], "mlp0.75": ["--mlp", "0.75"],
             "heads0.67": ["--heads", "0.67"]}
 
@@ -38,7 +42,8 @@ def configs() -> list[tuple[str, str, list[str]]]:
         if extra is None:
             rows += [(method, name, args) for name, args in L1_SPECS.items()]
             continue
-        rows.append((method, "heads0.67+mlp0.5", ["--heads", "0.67", "--mlp", "0.5", *extra]))
+        if method != TOKENS:
+            rows.append((method, "heads0.67+mlp0.5", ["--heads", "0.67", "--mlp", "0.5", *extra]))
         rows += [(method, f"macs{b}", ["--macs", str(b), *extra]) for b in BUDGETS]
     return rows
 
@@ -53,13 +58,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--only", default=None, help="comma-separated structure names (macs0.58, heads0.67+mlp0.5, ...)")
+    ap.add_argument("--methods", default=None, help="comma-separated method names (as in METHODS) to run")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "posttrain.json"))
+    ap.add_argument("--merge", default=None, help="a results JSON whose other rows to keep (rows run now replace theirs; "
+                                                  "each row keeps the CPU it was timed on)")
     a = ap.parse_args()
     if not CKPT.is_file():
         raise SystemExit(f"needs the real weights and images in {DATA}")
     exe = str(Path(sys.executable).with_name("vitshrink"))
     rows, machine, calibration = [], None, None
-    todo = [c for c in configs() if not a.only or c[1] in a.only.split(",")]
+    todo = [c for c in configs() if (not a.only or c[1] in a.only.split(",")) and (not a.methods or c[0] in a.methods.split(","))]
     todo.sort(key=lambda c: c[0].startswith("L1"))  # the data-aware specs first: their calibration record is reused
     with tempfile.TemporaryDirectory() as d:
         for i, (method, name, args) in enumerate(todo):
@@ -88,11 +96,21 @@ def main() -> int:
                    "dense_top1": acc["dense_top1"] if method.startswith("L1") else None,
                    "exactness": r["exactness"]["max_abs_diff"],
                    "original_ms": lat["baseline_ms"]["p50"], "pruned_ms": lat["pruned_ms"]["p50"],
-                   "speedup_vs_original": lat["speedup_vs_original"], "realization_vs_original": lat["realization_vs_original"]}
+                   "speedup_vs_original": lat["speedup_vs_original"], "realization_vs_original": lat["realization_vs_original"],
+                   "cpu_flags": isa_flags()}
+            if method == TOKENS:
+                row["tokens"] = s["meta"]["tokens"]["schedule"]
             rows.append(row)
             print(f"{method:28s} {name:18s} MACs x{row['macs_ratio']:.3f}  top-1 {row['pruned_top1']:.3f} (n={acc['n']})  "
                   f"{row['original_ms']:.2f} -> {row['pruned_ms']:.2f} ms x{row['speedup_vs_original']:.2f} "
                   f"(realization {row['realization_vs_original']:.2f})  masks {took:.0f} s", flush=True)
+    if a.merge:
+        old = json.loads(Path(a.merge).read_text())
+        done = {(r["method"], r["structure"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["method"], r["structure"]) not in done] + rows
+        calibration = calibration or old["calibration"]
+        if calibration.get("sha256") != old["calibration"]["sha256"]:
+            raise SystemExit(f"--merge {a.merge}: its calibration images differ from this run's")
     dense = [r["dense_top1"] for r in rows if r["dense_top1"] is not None]
     out = {"model": MODEL, "checkpoint": CKPT.name, "images": str(VAL.relative_to(DATA.parent)),
            "calibration": {k: calibration[k] for k in ("n", "sha256", "seed")} if calibration else None,
@@ -105,17 +123,22 @@ def main() -> int:
 
 
 def table(res: dict) -> str:
-    """One row per structure: MACs, top-1 per method, latency of the reconstructed (else the only) model."""
+    """One row per structure: MACs, top-1 per method (the EViT row with its keep ratio, speed-up and realization),
+    latency of the reconstructed (else the only) model."""
     by: dict = {}
     for r in res["rows"]:
         by.setdefault(r["structure"], {})[r["method"]] = r
-    lines = ["| `vitshrink masks` | MACs | top-1: L1 (no data) | data-aware | + reconstruction | ORT b1: original -> pruned ms, "
-             "speed-up (realization) | masks s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| `vitshrink masks` | MACs | top-1: L1 (no data) | data-aware | + reconstruction | + `--tokens evit:auto` | "
+             "ORT b1: original -> pruned ms, speed-up (realization) | masks s |", "|---|---|---|---|---|---|---|---|"]
     order = sorted(by, key=lambda k: (not k.startswith("heads0.67+"), -by[k][next(iter(by[k]))]["macs_ratio"]))
     for name in order:
         m = by[name]
         r = m.get("data-aware + reconstruction") or next(iter(m.values()))
         top = [f"{m[k]['pruned_top1']:.3f}" if k in m else "--" for k in METHODS]
+        if TOKENS in m:  # its own latency: keep ratio, speed-up and realization on the same engine
+            t = m[TOKENS]
+            top[-1] += (f" (keep {t['tokens'].split(':')[1].split('@')[0]}, x{t['speedup_vs_original']:.2f}, "
+                        f"{t['realization_vs_original']:.2f})")
         args = " ".join(a for a in r["masks_args"] if a != "--no-reconstruct")
         lines.append(f"| `{args}` | x{r['macs_ratio']:.2f} | {' | '.join(top)} | {r['original_ms']:.1f} -> {r['pruned_ms']:.1f}, "
                      f"x{r['speedup_vs_original']:.2f} ({r['realization_vs_original']:.2f}) | {r['masks_seconds']:.0f} |")
@@ -128,7 +151,8 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2.2, 1]})
-    colors = {"L1 (no data)": "tab:gray", "data-aware": "tab:orange", "data-aware + reconstruction": "tab:blue"}
+    colors = {"L1 (no data)": "tab:gray", "data-aware": "tab:orange", "data-aware + reconstruction": "tab:blue",
+              TOKENS: "tab:green"}
     rows = res["rows"]
     for method, c in colors.items():
         pts = sorted((r["macs_ratio"], r["pruned_top1"], r["structure"]) for r in rows if r["method"] == method)
@@ -155,10 +179,17 @@ def plot(res: dict, path: Path) -> None:
     for r in rows:
         per.setdefault(r["method"], []).append(r["masks_seconds"])
     names = [m for m in colors if m in per]
-    bx.bar(range(len(names)), [sum(per[m]) / len(per[m]) for m in names], color=[colors[m] for m in names])
-    bx.set_xticks(range(len(names)), [m.replace(" + ", "\n+ ") for m in names], fontsize=8)
+    heights = [sum(per[m]) / len(per[m]) for m in names]
+    bx.bar(range(len(names)), heights, color=[colors[m] for m in names])
+    short = {"L1 (no data)": "L1\n(no data)", "data-aware + reconstruction": "data-aware\n+ reconstr.",
+             TOKENS: "data-aware\n+ reconstr.\n+ EViT tokens"}
+    bx.set_xticks(range(len(names)), [short.get(m, m) for m in names], fontsize=8)
+    for i, m in enumerate(names):  # rows merged from runs on different CPUs: say which each bar was timed on
+        flags = [r.get("cpu_flags") for r in rows if r["method"] == m]
+        cpu = ("AVX-512" if "avx512f" in flags[0] else "AVX2 only") if flags[0] is not None else "earlier run"
+        bx.annotate(cpu, (i, heights[i]), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     bx.set_ylabel("seconds per `vitshrink masks` run (mean)")
-    bx.set_title("time each method took\n(2 threads; the machine in the JSON)", fontsize=10)
+    bx.set_title("time each method took\n(2 threads; the CPU each row ran on is in the JSON)", fontsize=10)
     cpu = (res.get("machine") or {}).get("cpu", "")
     fig.suptitle(f"benchmarks/posttrain.py -- {cpu}", fontsize=9)
     fig.tight_layout()

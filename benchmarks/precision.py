@@ -30,15 +30,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vitshrink.runtime.quantize import INT8_CPU_FLAGS, cpu_flags
+from vitshrink.runtime.quantize import isa_flags
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CKPT = DATA / "deit_tiny_patch16_224.in1k.safetensors"
 VAL = DATA / "imagenet-sample" / "val"
 ENGINES = "ort,ort-int8,openvino,openvino-int8,openvino-bf16"
-#: the CPU features that decide low-precision speed (recorded in the results and named in the plot's title)
-ISA_FLAGS = ("avx2", "avx512f", *INT8_CPU_FLAGS, "avx512_bf16", "avx512_fp16", "amx_bf16")
 #: name -> (model, `vitshrink masks` arguments, real weights?); masks with --data re-fit the weights
 ROWS = {
     "deit_tiny_real": ("deit_tiny_patch16_224", ["--heads", "0.67", "--mlp", "0.75"], True),
@@ -108,7 +106,7 @@ def main() -> int:
             for acc in row.get("accuracy", {}).get("engines", []):
                 print(f"{name:15s} top-1 {acc['engine']:14s} {acc['precision']}: original {acc['original_top1']:.3f} pruned {acc['pruned_top1']:.3f}")
     out = {"engines": ENGINES, "threads": 2, "bench_seconds": a.seconds, "machine": machine,
-           "cpu_flags": sorted(cpu_flags() & set(ISA_FLAGS)), "rows": results}
+           "cpu_flags": isa_flags(), "rows": results}
     Path(a.out).write_text(json.dumps(out, indent=1))
     plot(out, Path(a.out).with_suffix(".png"))
     return 0

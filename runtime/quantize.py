@@ -37,6 +37,8 @@ from vitshrink.errors import VerificationError
 #: int8 kernels of the CPU: VNNI (``avx512_vnni`` / ``avx_vnni``) or AMX multiply int8 in one instruction;
 #: without them int8 GEMMs run on AVX2 (``vpmaddubsw``) and were slower than fp32 here (AMD EPYC, 2 vCPUs)
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: the CPU features that decide a benchmark's speed (vector width, int8 and bf16 instructions)
+ISA_FLAGS = ("avx2", "avx512f", *INT8_CPU_FLAGS, "avx512_bf16", "avx512_fp16", "amx_bf16")
 
 
 def cpu_flags() -> set[str]:
@@ -48,6 +50,11 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def isa_flags() -> list[str]:
+    """Which of :data:`ISA_FLAGS` this CPU has (sorted; what a benchmark's results record beside its times)."""
+    return sorted(cpu_flags() & set(ISA_FLAGS))
 
 
 def int8_note() -> str | None:
