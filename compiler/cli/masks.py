@@ -21,7 +21,7 @@ Examples:
       --out spec.json --weights-out refit.safetensors
   vitshrink compile deit_tiny_patch16_224 --checkpoint refit.safetensors --spec spec.json --data imagenet/val --out o
   vitshrink masks deit_tiny_patch16_224 --tokens evit:0.7@4,7,10 --out evit.json
-  vitshrink masks deit_tiny_patch16_224 --checkpoint w.safetensors --data imagenet/val --macs 0.7 --tokens evit:auto \
+  vitshrink masks deit_tiny_patch16_224 --checkpoint w.safetensors --data imagenet/val --macs 0.7 --tokens evit:auto \\
       --out spec.json
 """ + EXIT_CODES)
 @click.argument("model")
