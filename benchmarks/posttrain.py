@@ -66,7 +66,7 @@ def main() -> int:
     if not CKPT.is_file():
         raise SystemExit(f"needs the real weights and images in {DATA}")
     exe = str(Path(sys.executable).with_name("vitshrink"))
-    rows, machine, calibration = [], None, None
+    rows, machine, calibration, flags = [], None, None, isa_flags()
     todo = [c for c in configs() if (not a.only or c[1] in a.only.split(",")) and (not a.methods or c[0] in a.methods.split(","))]
     todo.sort(key=lambda c: c[0].startswith("L1"))  # the data-aware specs first: their calibration record is reused
     with tempfile.TemporaryDirectory() as d:
@@ -97,7 +97,7 @@ def main() -> int:
                    "exactness": r["exactness"]["max_abs_diff"],
                    "original_ms": lat["baseline_ms"]["p50"], "pruned_ms": lat["pruned_ms"]["p50"],
                    "speedup_vs_original": lat["speedup_vs_original"], "realization_vs_original": lat["realization_vs_original"],
-                   "cpu_flags": isa_flags()}
+                   "cpu_flags": flags}
             if method == TOKENS:
                 row["tokens"] = s["meta"]["tokens"]["schedule"]
             rows.append(row)

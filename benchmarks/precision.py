@@ -17,7 +17,8 @@ openvino-int8,openvino-bf16``; engines the CPU cannot run are recorded as skippe
 
 Every INT8 entry is timed against timm's original quantized by the same tool with the same calibration
 images, in the same rounds (and the fp32 original beside it). Writes benchmarks/results/precision.json
-(with the CPU's ISA flags, ``cpu_flags``: int8 and bf16 speed depend on them) and precision.png (latency per engine and precision, original vs pruned, with the ideal), prints the table.
+(with the CPU's ISA flags, ``cpu_flags``: int8 and bf16 speed depend on them) and precision.png (latency per
+engine and precision, original vs pruned, with the ideal), prints the table.
 
     python benchmarks/precision.py [--seconds 10] [--only deit_tiny_real,...] [--plot-only results/precision.json]
 """
