@@ -34,6 +34,8 @@ def gate_options(f: Callable) -> Callable:
         click.option("--min-top1-agreement", default=None, help="Min fraction of images where pruned and dense agree."),
         click.option("--max-top1-drop", multiple=True, help="Max top-1 drop in points, pruned vs dense (0.5 = half a point); "
                                                             "per engine openvino-int8=1.0: its int8 original vs its int8 pruned."),
+        click.option("--min-top1", multiple=True, help="Min top-1 of the pruned model on the held-out images (0.75), "
+                                                       "or per engine openvino-int8=0.74 (its pruned model at its precision)."),
         click.option("--min-speedup", multiple=True, help="Min speed-up: 1.5, or per entry ort@8=1.8 (repeatable)."),
         click.option("--min-realization", multiple=True, help="Min speed-up / MACs ratio: 0.8, or ENGINE@BATCH=VALUE."),
         click.option("--max-slowdown", multiple=True, help="Max slowdown vs --baseline: 5%, or ENGINE@BATCH=VALUE."),
@@ -54,7 +56,7 @@ def gate_options(f: Callable) -> Callable:
     return f
 
 
-THRESHOLD_FLAGS = ("max_abs_diff", "min_top1_agreement", "max_top1_drop", "min_speedup", "min_realization",
+THRESHOLD_FLAGS = ("max_abs_diff", "min_top1_agreement", "max_top1_drop", "min_top1", "min_speedup", "min_realization",
                    "max_slowdown", "max_params", "max_macs", "allow_machine_change", "absolute", "against")
 OUTPUT_FLAGS = ("gate_file", "baseline", "junit", "markdown", "retime_seconds")
 

@@ -33,7 +33,7 @@ from scipy.stats import bootstrap
 
 from ..errors import VitshrinkError
 from ..report.schema import entry_engine, entry_label
-from .thresholds import PER_ENTRY, THRESHOLDS, Gate
+from .thresholds import ACCURACY_ROWS, PER_ENTRY, THRESHOLDS, Gate
 
 
 @dataclass
@@ -153,30 +153,47 @@ def slowdown(new: dict, old: dict, absolute: bool = False, seed: int = 0) -> tup
     return point, (float(ci.low), float(ci.high))
 
 
-def top1_drop_checks(checks: list[Check], gate: Gate, acc: dict) -> None:
-    """``max_top1_drop``: the fp32 drop (dense minus pruned, ONNX Runtime) under the selectors ``*`` and
-    ``ort``; every low-precision row of ``accuracy.engines`` -- its original minus its pruned model, both at
-    that precision -- under ``*`` or its engine's name (the most specific wins). A selector that matches no
-    row fails."""
-    rows = [{"engine": "ort", "batch": None, "drop": 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None,
-             "name": "top-1 drop (points)"}]
+def accuracy_rows(acc: dict) -> list[dict]:
+    """The rows an accuracy threshold applies to: the fp32 row (engine ``ort``: dense vs pruned, ONNX Runtime)
+    and every low-precision row of ``accuracy.engines`` (its original vs its pruned model, both at its
+    precision). Each: ``engine``, ``precision``, ``pruned`` (top-1, 0-1 or None), ``drop`` (points or None)."""
+    fp32 = acc.get("pruned_top1")
+    rows = [{"engine": "ort", "batch": None, "precision": "fp32", "pruned": fp32,
+             "drop": 100 * (acc["dense_top1"] - fp32) if fp32 is not None and acc.get("dense_top1") is not None else None}]
     for r in acc.get("engines") or []:
         if r.get("precision") != "fp32":
-            d = None if r.get("original_top1") is None else 100 * (r["original_top1"] - r["pruned_top1"])
-            rows.append({"engine": r["engine"], "batch": None, "drop": d,
-                         "name": f"top-1 drop {r['engine']} (points, {r['precision']} original vs {r['precision']} pruned)"})
-    for sel, thr in gate.values["max_top1_drop"]:
+            d = None if r.get("original_top1") is None or r.get("pruned_top1") is None else 100 * (r["original_top1"] - r["pruned_top1"])
+            rows.append({"engine": r["engine"], "batch": None, "precision": r["precision"], "pruned": r.get("pruned_top1"), "drop": d})
+    return rows
+
+
+def accuracy_checks(checks: list[Check], gate: Gate, acc: dict, key: str) -> None:
+    """``max_top1_drop`` (points: dense minus pruned in fp32; a low-precision engine's original minus its pruned)
+    or ``min_top1`` (the pruned model's top-1), per row of :func:`accuracy_rows` under the selectors ``*`` and
+    ``ort`` (fp32) or the engine's name (the most specific wins). A selector that matches no row fails."""
+    rows = accuracy_rows(acc)
+    what = "top-1 drop" if key == "max_top1_drop" else "top-1"
+    for sel, thr in gate.values[key]:
         if not any(_applies(sel, row) for row in rows):
-            checks.append(Check(f"top-1 drop {sel}", "max_top1_drop", None, thr, "fail", None,
+            checks.append(Check(f"{what} {sel}", key, None, thr, "fail", None,
                                 f"no accuracy row for {sel!r} in the report (compile with --data and --engines {sel})"))
     for row in rows:
-        thr = threshold_for(gate, "max_top1_drop", row)
+        thr = threshold_for(gate, key, row)
         if thr is None:
             continue
-        status, note = _verdict("max_top1_drop", row["drop"], thr)
-        if row["drop"] is None:
-            note = "top-1 is not in the report (compile with --data)" if row["engine"] == "ort" else "no original at this precision"
-        checks.append(Check(row["name"], "max_top1_drop", row["drop"], thr, status, None, note))
+        low = row["precision"] != "fp32"
+        if key == "max_top1_drop":
+            value = row["drop"]
+            name = (f"top-1 drop {row['engine']} (points, {row['precision']} original vs {row['precision']} pruned)" if low
+                    else "top-1 drop (points)")
+        else:
+            value = row["pruned"]
+            name = f"top-1 {row['engine']} ({row['precision']} pruned)" if low else "top-1 (pruned)"
+        status, note = _verdict(key, value, thr)
+        if value is None:
+            note = ("top-1 is not in the report (compile with --data)" if not low else
+                    "no original at this precision" if key == "max_top1_drop" else "no top-1 at this precision")
+        checks.append(Check(name, key, value, thr, status, None, note))
 
 
 def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=None) -> list[Check]:
@@ -208,8 +225,9 @@ def evaluate(report: dict, gate: Gate, baseline: Optional[dict] = None, retime=N
     acc = report.get("accuracy") or {}
     if "min_top1_agreement" in v:
         single("min_top1_agreement", "top-1 agreement", acc.get("top1_agreement"))
-    if "max_top1_drop" in v:
-        top1_drop_checks(checks, gate, acc)
+    for key in ACCURACY_ROWS:
+        if key in v:
+            accuracy_checks(checks, gate, acc, key)
 
     entries = report.get("latency", [])
     for key in PER_ENTRY:  # a selector that matches no latency entry is a failure, not a silent pass

@@ -20,6 +20,7 @@ THRESHOLDS = {
     "max_abs_diff": ("<=", "max abs diff on logits, compiled vs reference and ONNX Runtime vs torch", ""),
     "min_top1_agreement": (">=", "fraction of images where pruned and dense predict the same class", ""),
     "max_top1_drop": ("<=", "dense top-1 minus pruned top-1 (per low-precision engine: its original minus its pruned)", "points"),
+    "min_top1": (">=", "pruned top-1 on the held-out images (per engine: that engine's pruned model at its precision)", ""),
     "min_speedup": (">=", "original (or dense) / pruned latency (median of per-round ratios)", "x"),
     "min_realization": (">=", "speed-up / ideal speed-up (MACs ratio)", ""),
     "max_slowdown": ("<=", "pruned latency vs the baseline report, relative", ""),
@@ -27,7 +28,8 @@ THRESHOLDS = {
     "max_macs": ("<=", "MACs per image of the pruned model", ""),
 }
 PER_ENTRY = ("min_speedup", "min_realization", "max_slowdown")  # per latency entry
-SELECTABLE = PER_ENTRY + ("max_top1_drop",)  # take SELECTOR=VALUE forms (max_top1_drop: per accuracy row, ENGINE only)
+ACCURACY_ROWS = ("max_top1_drop", "min_top1")  # per accuracy row: the fp32 row (``ort``) and each low-precision engine
+SELECTABLE = PER_ENTRY + ACCURACY_ROWS  # take SELECTOR=VALUE forms (the accuracy rows: ENGINE only)
 AGAINST = ("original", "dense")  # what a speed-up is measured against
 _SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9}
 
