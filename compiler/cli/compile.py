@@ -108,7 +108,7 @@ def summary(report: dict) -> None:
     for name, e in report.get("engines", {}).items():
         if e.get("status") == "ok":
             click.echo(f"engine {name}: {e['runtime']} {e['version']} {e['device']} {e['precision']}, max abs diff vs torch "
-                       f"{max(e['max_abs_diff'], e['dense_max_abs_diff']):.1e}, top-1 agreement {e['top1_agreement']:.3f}")
+                       f"{max(d for d in (e['max_abs_diff'], e['dense_max_abs_diff']) if d is not None):.1e}, top-1 agreement {e['top1_agreement']:.3f}")
         elif e.get("status") == "skipped":
             click.echo(f"engine {name}: skipped ({e['reason']})")
     for e in report["latency"]:

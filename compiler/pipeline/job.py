@@ -235,19 +235,19 @@ class CompileJob:
     # ---------------------------------------------------------------------------- 5-7 the engines
 
     def export(self, tmp: Path, work: Path) -> None:
-        """Stage 5: ONNX of the pruned model (``tmp/model.onnx``) and of the dense baseline (``work``; when
-        an ONNX engine or ``--data`` needs it), each checked in ONNX Runtime against torch -- through the
-        ``ort`` engine's verification when that engine is requested --, then every engine against torch.
+        """Stage 5: ONNX of the pruned model (``tmp/model.onnx``) and of the dense baseline (``work``; only when
+        an ONNX engine times it or ``--data`` measures it), each checked in ONNX Runtime against torch --
+        through the ``ort`` engine's verification when that engine is requested --, then every engine.
 
         Raises:
             VerificationError: the exporter, onnx.checker, ONNX Runtime or an engine disagrees.
         """
         opt, tol, x = self.opt, self.opt.tolerance, self.x
         onnx_engines = any(engines.source_artifact(e) == "onnx" for e in opt.engines)
-        with self.log.stage("export", "export ONNX (dense baseline + pruned)"), torch.no_grad():
-            want_pruned, want_dense = self.logits, self.dense(x)
-            dense_export = None
-            if onnx_engines or opt.data:  # the dense baseline exports in a child, on the other core, meanwhile
+        dense_onnx = (onnx_engines and opt.bench_seconds > 0) or bool(opt.data)
+        with self.log.stage("export", "export ONNX" + (" (dense baseline + pruned)" if dense_onnx else " (pruned)")), torch.no_grad():
+            want_pruned, want_dense, dense_export = self.logits, self.dense(x), None
+            if dense_onnx:  # the dense baseline exports in a child, on the other core, meanwhile
                 torch.save(self.dense, work / "dense.pt")
                 dense_export = BackgroundExport(work / "dense.pt", work / "dense.onnx", self.shape)
             try:
@@ -274,7 +274,7 @@ class CompileJob:
                                                 "original": self.original.timm_logits}, max(opt.threads), tol, self.log,
                                                 low_rows)
         ort = self.report["engines"].get("ort", {})
-        if ort.get("status") == "ok":  # the same check, done once
+        if ort.get("status") == "ok" and (onnx_dense is None) == (ort["dense_max_abs_diff"] is None):  # the same check, done once
             d_pruned, d_dense = ort["max_abs_diff"], ort["dense_max_abs_diff"]
         else:
             d_pruned = onnx_max_abs_diff(onnx_pruned, x, want_pruned, threads=max(opt.threads))

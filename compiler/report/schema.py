@@ -18,7 +18,8 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   rules: the kept tokens of compiled model and reference agree on every verification image), with
   ``--verify-each`` ``exactness.per_pass`` (per pass in the order they ran: ``pass``, ``what``,
   ``max_abs_diff`` against the reference with the masks so far, ``passed``); ``export.onnx_max_abs_diff`` (ONNX
-  Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff``, ``export.passed``; ``verified``
+  Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff`` (null when nothing timed or measured the dense
+  model: ``--bench-seconds 0`` without ``--data``), ``export.passed``; ``verified``
 - ``layout``: ``policy`` (``--layout``), ``chosen``, ``reason`` (and the timings when ``auto`` timed the
   candidates), ``padded``
 - ``latency``: entries with ``runtime``, ``engine``, ``precision``, ``device``, ``batch``, ``threads``,
@@ -49,7 +50,7 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   original at that precision)
 - ``engines``: per engine of ``--engines`` (:mod:`vitshrink.runtime.engines`): ``status`` (ok / skipped
   with ``reason``), ``runtime``, ``version``, ``device``, ``precision`` (and ``precision_reported``: what the
-  engine says it ran at: ``i8+f32`` or ``i8+bf16`` for an INT8 model), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff``
+  engine says it ran at: ``i8+f32`` or ``i8+bf16`` for an INT8 model), ``threads``, ``max_abs_diff`` / ``dense_max_abs_diff`` (null as above)
   / ``rel_l2`` / ``top1_agreement`` vs torch fp32 on the verification images, ``metric`` (``max_abs``; int8:
   ``rel_l2``, on the real verification images when they calibrated on real ones: ``images``),
   ``tolerance``, ``passed``, ``file``; a low-precision engine also ``original_rel_l2`` / ``original_passed``;
