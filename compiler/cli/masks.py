@@ -214,16 +214,17 @@ def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, ste
                              f"block and no MLP neuron take on {engine} at batch {batch} (dense {dense_ms:.2f} ms)")
 
     def adjust(width: dict, r: float):  # time the allocation; ask for a smaller share while it misses the target by > 3%
-        with log.stage("latency-check", f"time the allocation ({r:.3f} of the dense latency) on {engine}"), \
-                tempfile.TemporaryDirectory() as work:
-            paths = {"dense": export_widths(family, ir, dict(base.masks), shape, Path(work) / "d.onnx", base.settings),
+        with log.stage("latency-check", f"time the allocation ({r:.3f} of the dense latency) on {engine}"):
+            dense = Path(work) / "d.onnx"  # exported once, timed beside every try
+            paths = {"dense": dense if dense.is_file() else export_widths(family, ir, dict(base.masks), shape, dense, base.settings),
                      "pruned": export_widths(family, ir, {**base.masks, **width}, shape, Path(work) / "p.onnx", base.settings)}
             ms = time_models(engine, paths, batch, threads, shape, seconds)
         tries.append({"ratio": r, "measured_ms": ms["pruned"], "dense_ms_now": ms["dense"]})
         return None if ms["pruned"] <= 1.03 * target_ms else r * target_ms / ms["pruned"]
 
-    result = _posttrain(family, ir, images, None, None, embed, ratio, criterion, steps, round_to, reconstruct, base, log,
-                        costs, adjust)
+    with tempfile.TemporaryDirectory(prefix="vitshrink-latency-check-") as work:
+        result = _posttrain(family, ir, images, None, None, embed, ratio, criterion, steps, round_to, reconstruct, base, log,
+                            costs, adjust)
     result.spec.meta["latency_budget"] = {
         "target_ms": target_ms, "engine": engine, "batch": batch, "threads": threads, "dense_ms": dense_ms,
         "measured_ms": tries[-1]["measured_ms"], "predicted_ms": result.budget["macs"] / 1e6, "tries": tries,
