@@ -46,9 +46,13 @@ from .runtime.engines import parse_engines
 ENTRY_FIELDS = {
     "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
     "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
-    "allow_model_mismatch", "verify_each",
+    "allow_model_mismatch", "verify_each", "img_size", "calib", "calib_images", "verify_images", "trt",
 }
-PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "baseline")
+PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "calib", "baseline")
+#: entry fields passed to :class:`~vitshrink.pipeline.options.CompileOptions` under the same name
+OPTION_FIELDS = ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance",
+                 "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each", "img_size", "calib",
+                 "calib_images", "verify_images", "trt")
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
 
 
@@ -91,14 +95,17 @@ def read_runfile(path: str | Path) -> list[dict]:
             entry["engines"] = list(parse_engines(entry.get("engines", ["ort"])))
         except ValueError as e:
             raise VitshrinkError(f"{where}: field 'engines': {e}") from None
-        gate_from_mapping(entry["gate"], f"{where} [gate]")  # validate now, not after an hour of compiling
+        try:  # validate now, not after an hour of compiling (the message names the option's flag)
+            _options(entry, False).check()
+        except VitshrinkError as e:
+            raise VitshrinkError(f"{where}: {e}") from None
+        gate_from_mapping(entry["gate"], f"{where} [gate]")
         entries.append(entry)
     return entries
 
 
 def _options(entry: dict, trust_pickle: bool) -> CompileOptions:
-    kw = {k: entry[k] for k in ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout",
-                                "token_layout", "tolerance", "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each") if k in entry}
+    kw = {k: entry[k] for k in OPTION_FIELDS if k in entry}
     if "from" in entry:
         kw["source_format"] = entry["from"]
     return CompileOptions(progress=False, trust_pickle=trust_pickle, **kw)

@@ -100,6 +100,10 @@ class CompileOptions:
             self.data = str(self.data)
         if self.calib is not None:
             self.calib = str(self.calib)
+        if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):  # a run file's img_size = 64
+            self.img_size = (self.img_size, self.img_size)
+        elif isinstance(self.img_size, list):
+            self.img_size = tuple(self.img_size)
 
     def check(self) -> None:
         """Raise :class:`VitshrinkError` naming the flag of a value out of range."""
@@ -111,6 +115,10 @@ class CompileOptions:
             raise VitshrinkError("--batch and --threads take positive integers")
         if self.calib_images < 1:
             raise VitshrinkError(f"--calib-images {self.calib_images}: give a positive number of images")
+        s = self.img_size
+        if s is not None and not (isinstance(s, tuple) and len(s) == 2 and
+                                  all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)):
+            raise VitshrinkError(f"--img-size {list(s) if isinstance(s, tuple) else s!r}: give H or [H, W], positive integers")
 
 
 def with_overrides(options: Optional[CompileOptions], kwargs: dict) -> CompileOptions:
