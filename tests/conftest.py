@@ -15,6 +15,13 @@ from vitshrink.compat import ensure_timm_importable
 
 ensure_timm_importable()
 warnings.filterwarnings("ignore", category=UserWarning)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers share the two cores (README: `pytest -n 2`): one intra-op thread each, or torch's pools spin against
+    # each other (measured: the token/export/exactness/swin modules in 225 s with 2 threads per worker, 139 s with 1).
+    # Child processes (the CLI, exports, latency workers) inherit one thread too; engines a test times are given
+    # their threads explicitly (ONNX Runtime, OpenVINO, torch.set_num_threads in the latency worker).
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VITSHRINK_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -51,14 +51,15 @@ def test_action_script_runs_locally(tmp_path):
     out = tmp_path / "vs-out"
     env = {**os.environ, "VITSHRINK_INSTALL": "", "VITSHRINK_MODEL": "deit_tiny_patch16_224",
            "VITSHRINK_SPEC": str(REPO / "compiler" / "examples" / "deit_tiny_example.json"),
-           "VITSHRINK_BENCH_SECONDS": "0.1", "VITSHRINK_OUT": str(out), "VITSHRINK_ARGS": "--max-macs 0.1G --max-abs-diff 1e-4",
+           "VITSHRINK_BENCH_SECONDS": "0", "VITSHRINK_OUT": str(out),
+           "VITSHRINK_ARGS": "--img-size 64 --max-macs 10M --max-abs-diff 1e-4",  # 64 px: the suite's time budget
            "GITHUB_OUTPUT": str(tmp_path / "output"), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     outputs = dict(line.split("=", 1) for line in (tmp_path / "output").read_text().splitlines())
     assert outputs == {"exit-code": "3", "report": f"{out}/report.json"}
-    for f in ("report.json", "report.md", "model.onnx", "latency.png", "gate.xml", "gate.md"):
+    for f in ("report.json", "report.md", "model.onnx", "widths.png", "gate.xml", "gate.md"):  # latency.png: when timed
         assert (out / f).is_file(), f
     summary = (tmp_path / "summary.md").read_text()
     assert "### vitshrink gate" in summary and "**FAIL**" in summary and "<details><summary>vitshrink report" in summary
@@ -79,13 +80,15 @@ def _venv_over_ours(path: Path) -> Path:
 def test_action_installs_vitshrink_from_its_own_checkout(tmp_path):
     """The install step as the runner runs it, from a clone of this repository (what `uses: ...@ref`
     checks out): `install: auto` pip-installs the clone itself (not a package index name), pinned torch
-    in the same command; the installed vitshrink is the clone's and compiles. A requirement that cannot
-    install is its own failure: exit code 4 recorded, not 2 (bad input)."""
+    in the same command; the installed vitshrink is the clone's, every one of its modules imports from the
+    installed copy (a package missing from pyproject.toml would not), and its CLI runs (a model name it does
+    not know: exit 2, recorded; the compile through the script is test_action_script_runs_locally's). A
+    requirement that cannot install is its own failure: exit code 4 recorded, not 2 (bad input)."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     bin_dir = _venv_over_ours(tmp_path / "venv")
     base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-            "VITSHRINK_MODEL": "deit_tiny_patch16_224", "VITSHRINK_TORCH_INDEX": "", "VITSHRINK_BENCH_SECONDS": "0",
+            "VITSHRINK_MODEL": "deit_tiny_patch16_999", "VITSHRINK_TORCH_INDEX": "", "VITSHRINK_BENCH_SECONDS": "0",
             "VITSHRINK_SPEC": str(REPO / "compiler" / "examples" / "deit_tiny_example.json")}
     base.pop("VIRTUAL_ENV", None)
     env = {**base, "VITSHRINK_INSTALL": "auto", "VITSHRINK_OUT": str(tmp_path / "out"), "GITHUB_OUTPUT": str(tmp_path / "o1")}
@@ -93,10 +96,13 @@ def test_action_installs_vitshrink_from_its_own_checkout(tmp_path):
     proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"pip install torch==2.13.0 torchvision==0.28.0 {clone}" in proc.stdout
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import vitshrink; print(vitshrink.__file__)"], env=base,
-                           capture_output=True, text=True)
-    assert str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
-    assert (tmp_path / "o1").read_text().splitlines()[0] == "exit-code=0" and (tmp_path / "out" / "report.json").is_file()
+    code = ("import importlib, pkgutil, vitshrink\nvitshrink.ensure_timm_importable()\nprint(vitshrink.__file__)\n"
+            "mods = [m.name for m in pkgutil.walk_packages(vitshrink.__path__, 'vitshrink.')]\n"
+            "for m in mods: importlib.import_module(m)\nprint(len(mods), 'modules')\n")
+    where = subprocess.run([str(bin_dir / "python"), "-c", code], env=base, capture_output=True, text=True)
+    assert where.returncode == 0 and str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
+    assert int(where.stdout.split()[-2]) >= len(list((REPO / "compiler").rglob("*.py"))), where.stdout  # every module
+    assert (tmp_path / "o1").read_text().splitlines()[0] == "exit-code=2" and "unknown model" in proc.stderr
 
     env = {**base, "VITSHRINK_INSTALL": str(tmp_path / "no-such-checkout"), "GITHUB_OUTPUT": str(tmp_path / "o2")}
     proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from vitshrink.cli import main
 
-FAST = ["--bench-seconds", "0", "--quiet"]
+FAST = ["--bench-seconds", "0", "--quiet", "--img-size", "64"]  # 17 tokens: the suite's time budget
 
 
 def _masks(tmp_path, name, model="deit_tiny_patch16_224", *args):

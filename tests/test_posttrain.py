@@ -318,8 +318,8 @@ def test_cli_writes_spec_and_weights_that_compile_exactly(tmp_path):
         first = sorted(d.iterdir())[0]
         (imgs / d.name / first.name).symlink_to(first)
     spec = tmp_path / "specs" / "s.json"
-    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT),
-                                    "--data", str(imgs), "--calib-images", "8",
+    res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--checkpoint", str(DEIT_TINY_CKPT), "--img-size", "64",
+                                    "--data", str(imgs), "--calib-images", "8",  # 64 px (16 patches): the suite's time budget
                                     "--macs", "0.7", "--tokens", "evit:auto", "--steps", "1", "--quiet", "--out", str(spec)])
     assert res.exit_code == 0, res.output
     s = json.loads(spec.read_text())
@@ -335,7 +335,7 @@ def test_cli_writes_spec_and_weights_that_compile_exactly(tmp_path):
     weights = spec.with_name("s.weights.safetensors")
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--checkpoint", str(weights), "--spec", str(spec),
-                                    "--data", str(imgs), "--bench-seconds", "0", "--quiet", "--out", str(out)])
+                                    "--img-size", "64", "--data", str(imgs), "--bench-seconds", "0", "--quiet", "--out", str(out)])
     assert res.exit_code == 0, res.output
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["max_abs_diff"] <= TOL

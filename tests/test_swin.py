@@ -311,21 +311,29 @@ def test_merge_channel_order_is_checked(small_swin, monkeypatch):
     assert _diff(ir, {"layers.0.embed": list(range(12))}) > 1e-3
 
 
-def test_compile_swin_tiny_end_to_end(tmp_path):
-    """The compile job on full-size swin_tiny: heads and MLP 50% in every block and one stage's channels
-    pruned; exact against the reference, exported with a dynamic batch and checked in ONNX Runtime."""
-    import vitshrink
+def test_report_names_each_stage_and_its_channels(small_swin):
+    """report.json's structure and report.md's size table of a Swin with one stage's channels pruned (the full-size
+    compile with stage channels, heads and MLP pruned is the README's Swin block, gated by `vitshrink check`)."""
+    from vitshrink.report.markdown import markdown
+    from vitshrink.report.swin import block_table
 
-    m = create_model("swin_tiny_patch4_window7_224")
-    ir = from_timm_swin(m)
+    _, ir = small_swin
     masks = {f"{ir.block_key(b.source_index)}.heads": list(range(0, b.attn.num_heads, 2)) for b in ir.blocks}
-    masks.update({f"{ir.block_key(b.source_index)}.mlp": list(range(1, b.mlp.hidden, 2)) for b in ir.blocks})
-    masks["layers.1.embed"] = list(range(0, 192, 3))
-    (tmp_path / "spec.json").write_text(json.dumps({"format": "vitshrink.spec/1", "masks": masks}))
-    r = vitshrink.compile_model("swin_tiny_patch4_window7_224", tmp_path / "spec.json", tmp_path / "out",
-                                batch=1, bench_seconds=0, progress=False, verify_images=2)
-    assert r["verified"] and r["exactness"]["max_abs_diff"] <= TOL and r["export"]["passed"]
-    assert [s["embed_dim"] for s in r["structure"]["stages"]] == [[96, 96], [192, 64], [384, 384], [768, 768]]
-    assert 0.4 < r["macs"]["ratio"] < 0.55
-    assert r["structure"]["blocks"][2]["name"] == "layers.1.blocks.0" and r["structure"]["blocks"][2]["heads"] == [6, 3]
-    assert "stage 1 channels (28x28 tokens) | 192 | 64" in (tmp_path / "out" / "report.md").read_text()
+    masks["layers.1.embed"] = list(range(0, ir.stages[1].dim, 3))
+    pruned = apply_spec(ir, resolve_spec(Spec(masks), ir))
+    table = block_table(ir, pruned)
+    dims = [s.dim for s in ir.stages]
+    assert [s["embed_dim"] for s in table["stages"]] == [[d, len(masks["layers.1.embed"]) if i == 1 else d]
+                                                        for i, d in enumerate(dims)]
+    row = next(r for r in table["blocks"] if r["name"] == "layers.1.blocks.0")
+    assert row["heads"] == [ir.block(ir.stages[1].block_ids[0]).attn.num_heads, len(masks["layers.1.blocks.0.heads"])]
+    res = table["stages"][1]["resolution"]
+    report = {"model": "small_swin", "macs": {"dense": 2e6, "pruned": 1e6, "executed": 1e6}, "params": {"dense": 1, "pruned": 1},
+              "inputs": {"checkpoint": {"path": None}, "spec": {"path": "s.json", "sha256": "0" * 64}},
+              "machine": {"cpu": "cpu", "cores": 2}, "toolchain": {}, "structure": table, "layout": {"policy": "pad"},
+              "import": {"max_abs_diff": 0.0, "passed": True},
+              "exactness": {"inputs": "x", "max_abs_diff": 0.0, "tolerance": 1e-4, "passed": True, "reload_max_abs_diff": 0.0},
+              "export": {"opset": 20, "onnx_max_abs_diff": 0.0, "passed": True}, "latency": []}
+    md = markdown(report)
+    assert f"stage 1 channels ({res[0]}x{res[1]} tokens) | {dims[1]} | {len(masks['layers.1.embed'])}" in md
+    assert "Window attention" in md and "| layers.1.blocks.0 | kept |" in md
