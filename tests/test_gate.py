@@ -244,9 +244,9 @@ def test_slowdown_measured_by_retiming_both_models(tmp_path):
     shutil.copytree(tmp_path / "old", tmp_path / "same")  # the very same model
     gate = gate_from_mapping({"max_slowdown": "5%"}, "t")
     base = crafted(seed=1)
-    (same,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "same", tmp_path / "old", seconds=1))
+    (same,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "same", tmp_path / "old", seconds=0.5))
     assert same.status == "pass" and abs(same.value) < 0.05 and "re-timed" in same.note
-    (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=1))
+    (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=0.5))
     assert deeper.status == "fail" and deeper.value > 0.5 and deeper.interval[0] > 0.05
     assert retimer(tmp_path / "same", tmp_path / "nowhere", seconds=1) is None  # a bare report: rounds compared
 

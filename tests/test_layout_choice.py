@@ -1,6 +1,8 @@
 """`--layout auto` (issue 7 item 5): the head layout is chosen by timing both forms on the target engine."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,6 +57,8 @@ def test_the_faster_measured_form_is_chosen(small_model, tmp_path, monkeypatch, 
                 8: LatencyResult(8, {fast: [63.0] * 5, slow: [60.0] * 5})}
 
     monkeypatch.setattr(engines, "measure", fake_measure)
+    import vitshrink.pipeline.layout_choice as lc  # the forms as files (their real export: test_real_timing_on_onnx_runtime)
+    monkeypatch.setattr(lc, "export_onnx", lambda module, path, shape: Path(path).write_bytes(b"") or Path(path))
     opt = CompileOptions(bench_seconds=5, batch=(1, 8), engines="native,openvino")  # ENGINES order: openvino first
     layout, info, _ = choose_layout(_irregular(ir), opt, SHAPE, tmp_path, _Log(False))
     assert layout == faster and info["measured"]["engine"] == "openvino" == seen["name"]
