@@ -2,6 +2,7 @@
 
 - :func:`static_tokens`: static token masks per block (Patch Slimming; PoWER-style hard drop).
 - :func:`dynamic_tokens`: fixed-count, input-dependent token rules (EViT, VTC-LFC, DynamicViT, ...).
+- :func:`merge_tokens`: token merging (ToMe): a fixed number of merges per block, input-dependent.
 - :func:`prefix_token_order` (layout, exact): one constant permutation of the tokens after the
   position embedding so that every block's kept set is a prefix of the sequence; codegen then
   slices (``x[:, :n]``) instead of gathering and scattering.
@@ -16,9 +17,9 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from vitshrink.ir.nodes import LayerNormIR, PredictorIR, TokenSelectIR, cols, replace
+from vitshrink.ir.nodes import LayerNormIR, PredictorIR, TokenMergeIR, TokenSelectIR, cols, replace
 from vitshrink.ir.vit import ViTIR
-from vitshrink.spec.resolved import DynamicRule, PredictorSetting
+from vitshrink.spec.resolved import DynamicRule, MergeRule, PredictorSetting
 
 
 def static_tokens(ir: ViTIR, masks: Mapping[int, Tensor], mode: str = "drop") -> ViTIR:
@@ -89,6 +90,21 @@ def dynamic_tokens(ir: ViTIR, rules: Mapping[int, DynamicRule], tensors: Mapping
         return replace(b, select=TokenSelectIR(r.keep, r.score, r.where, r.fuse, r.head_weighting, r.cutoff, pred))
 
     return replace(ir, blocks=tuple(fn(b) for b in ir.blocks))
+
+
+def merge_tokens(ir: ViTIR, rules: Mapping[int, MergeRule]) -> ViTIR:
+    """Attach token-merging rules (source block -> rule): ToMe (Bolya et al. ICLR 2023, sec. 3), bipartite soft
+    matching on the keys with ``r`` merges per block, size-weighted averages and proportional attention (eq. 1).
+
+    Nothing is removed here: the merges depend on the input, and codegen builds them with Gather, MatMul
+    and a one-hot assignment (:class:`vitshrink.codegen.tokens.TokenMerge`), so the shapes stay static.
+    The metric (keys summed over the kept heads, in original channel coordinates) is read off the final
+    widths at codegen, so the rule composes with every structural pass in any order.
+    """
+    if not rules:
+        return ir
+    return replace(ir, blocks=tuple(replace(b, merge=TokenMergeIR(rules[b.source_index].r, rules[b.source_index].prop_attn))
+                                    if b.source_index in rules else b for b in ir.blocks))
 
 
 def prefix_token_order(ir: ViTIR) -> ViTIR:

@@ -80,7 +80,7 @@ def _exit(ir: ViTIR, e, tensors: Mapping[str, Tensor]) -> ViTIR:
 def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) -> list[Step]:
     """The passes a resolved ViT ``spec`` asks for, in the order they run (only those with something
     to do): q/k and v channels, heads, MLP neurons, early exit, static tokens, dynamic token rules,
-    blocks, embedding channels. ``tensors``: checkpoint tensors for the exit classifier and predictors."""
+    token merging, blocks, embedding channels. ``tensors``: checkpoint tensors for the exit classifier and predictors."""
     tensors = tensors or {}
     out = width_steps(spec, sys.modules[__name__])
     if spec.exit is not None:
@@ -90,6 +90,8 @@ def steps(spec: ResolvedSpec, tensors: Optional[Mapping[str, Tensor]] = None) ->
                         lambda ir: tokens.static_tokens(ir, spec.tokens, spec.token_mode)))
     if spec.dynamic:
         out.append(Step("dynamic_tokens", "tokens (dynamic rules)", ("dynamic",), lambda ir: tokens.dynamic_tokens(ir, spec.dynamic, tensors)))
+    if spec.merge:
+        out.append(Step("merge_tokens", "tokens (merged, ToMe)", ("merge",), lambda ir: tokens.merge_tokens(ir, spec.merge)))
     if spec.removed_blocks:
         out.append(Step("remove_blocks", "whole blocks", ("removed_blocks",), lambda ir: remove_blocks(ir, spec.removed_blocks)))
     if spec.embed is not None:

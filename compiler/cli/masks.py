@@ -23,6 +23,7 @@ Examples:
   vitshrink masks deit_tiny_patch16_224 --tokens evit:0.7@4,7,10 --out evit.json
   vitshrink masks deit_tiny_patch16_224 --checkpoint w.safetensors --data imagenet/val --macs 0.7 --tokens evit:auto \\
       --out spec.json
+  vitshrink masks deit_tiny_patch16_224 --tokens tome:8 --out tome.json          # ToMe: 8 tokens merged per block
 """ + EXIT_CODES)
 @click.argument("model")
 @click.option("--checkpoint", default=None, help="Weights to score (random weights when omitted).")
@@ -61,8 +62,10 @@ Examples:
                    "Default: SPEC's name with .weights.safetensors.")
 @click.option("--tokens", "tokens", default=None,
               help="Token schedule KIND:RATIO@BLOCKS -- uniform (static), slim (static, Patch Slimming, needs --data), "
-                   "evit or lfe (dynamic); e.g. evit:0.7@4,7,10, slim:0.8@2-11. With --macs, RATIO 'auto' (evit:auto, "
-                   "@BLOCKS optional: EViT's 4,7,10 scaled to the depth): the tokens take most of the budget, the widths the rest.")
+                   "evit or lfe (dynamic); e.g. evit:0.7@4,7,10, slim:0.8@2-11; or token merging tome:R[@BLOCKS] (ToMe: R "
+                   "tokens merged per block, every block by default). With --macs, RATIO 'auto' (evit:auto, "
+                   "@BLOCKS optional: EViT's 4,7,10 scaled to the depth): the tokens take most of the budget, the widths the "
+                   "rest; tome:auto: the smallest R that meets the budget alone.")
 @click.option("--token-mode", type=click.Choice(["drop", "query"]), default=None,
               help="Static tokens: drop (leave the sequence) or query (Patch Slimming). Default: drop for uniform, query for slim.")
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
@@ -130,6 +133,10 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
             base.masks.update(token_masks)
             base.settings.update(settings)
         widths = heads is not None or mlp is not None or embed is not None or macs is not None or latency_ms is not None
+        merged_budget = _merging_meets(family, ir, base, tokens, macs, heads, mlp, embed)
+        if merged_budget is not None:  # no width to search: leave the weights as they are (no scores, no re-fit)
+            widths = False
+            base.meta["budget"] = merged_budget
         result = None
         if latency_ms is not None:
             result = _latency_budget(family, ir, images, latency_ms, (engine, batch, threads, bench_seconds), embed, criterion,
@@ -148,8 +155,10 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         if requested:
             spec.meta["tokens"] = {"schedule": tokens}
             if requested != tokens:
-                spec.meta["tokens"].update(requested=requested, rule=f"the schedule alone to --macs / {AUTO_WIDTH_SHARE} of "
-                                           f"the dense MACs (keep ratio >= {AUTO_MIN_KEEP}), the widths the rest")
+                rule = ("the smallest r whose merging alone meets --macs, else the largest r and the widths the rest"
+                        if requested.startswith("tome:") else f"the schedule alone to --macs / {AUTO_WIDTH_SHARE} of the "
+                        f"dense MACs (keep ratio >= {AUTO_MIN_KEEP}), the widths the rest")
+                spec.meta["tokens"].update(requested=requested, rule=rule)
         if paths:  # compile --data leaves these images out of its accuracy
             spec.meta["calibration"] = record(paths, data, "vitshrink masks --data")
         spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
@@ -180,8 +189,8 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         click.echo(f"budget: {lb['measured_ms']:.2f} ms measured on {lb['engine']} at batch {lb['batch']} (target "
                    f"{lb['target_ms']:g} ms, dense {lb['dense_ms']:.2f} ms, table {'cached' if lb['table_cached'] else 'measured'}: "
                    f"{lb['table']})")
-    elif result is not None and result.budget is not None:
-        b = result.budget
+    elif result is not None and result.budget is not None or "budget" in spec.meta:
+        b = result.budget if result is not None else spec.meta["budget"]
         click.echo(f"budget: MACs {b['macs'] / 1e9:.3f} G of {b['dense_macs'] / 1e9:.3f} G dense "
                    f"({b['macs'] / b['dense_macs']:.3f}; --macs {macs})")
     if result is not None and result.refit:
@@ -232,6 +241,20 @@ def _latency_budget(family, ir, images, target_ms, timing, embed, criterion, ste
         "note": "medians of interleaved rounds in one worker; the compile's latency stage measures the same engine again"}
     result.spec.meta.pop("budget", None)
     return result
+
+
+def _merging_meets(family, ir, base, tokens, macs, heads, mlp, embed):
+    """``--macs R`` with token merging (``tome:``) and no width option: the budget record when merging alone keeps at
+    most R of the dense MACs (the widths then have nothing to take), else None."""
+    if macs is None or not tokens or not tokens.startswith("tome:") or (heads, mlp, embed) != (None, None, None):
+        return None
+    from ..masks.budget import model_macs  # lazy: counting builds the model
+
+    shape = (ir.in_chans, *ir.img_size)
+    dense, got = model_macs(family, ir, shape), model_macs(family, ir, shape, base)
+    if got > macs * dense:
+        return None
+    return {"macs": got, "budget": int(macs * dense), "dense_macs": dense, "base_macs": got, "width_share": 0.0}
 
 
 def _posttrain(family, ir, images, heads, mlp, embed, macs, criterion, steps, round_to, reconstruct, base, log, costs=None,

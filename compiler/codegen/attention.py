@@ -62,8 +62,13 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: list[list[int]], scale: float, qkv_bias: bool, proj_bias: bool,
                  split: bool = False, score: Optional[str] = None, num_prefix: int = 1, rope: Optional[dict] = None,
-                 cosine: bool = False, talking: Optional[dict] = None):
+                 cosine: bool = False, talking: Optional[dict] = None, metric: Optional[dict] = None):
         super().__init__()
+        # token merging (ToMe): also return the keys summed over the heads [B, N, dm] -- read off the keys when every
+        # head's first dm q/k channels are the original ones ("keys"), else one Linear computing the same sum
+        self.metric = None if metric is None else metric["from"]
+        self.metric_dim = None if metric is None else metric["dim"]
+        self.metric_proj = nn.Linear(dim, metric["dim"], bias=qkv_bias) if metric and metric["from"] == "linear" else None
         self.groups = head_groups(heads)
         self.num_heads = len(heads)
         self.scale = scale
@@ -152,9 +157,12 @@ class Attention(nn.Module):
         col = probs[:, :, P:, P:].mean(2)  # mean attention each token receives from the patches
         return (w * cls_row).sum(1) + (c * col).sum(1)
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor]) -> Tensor:
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor],
+                  key_bias: Optional[Tensor] = None) -> Tensor:
         """``softmax(q k^T * scale + bias) v`` written out (the probabilities exist: scores read them)."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
+        if key_bias is not None:  # [B, 1, 1, N]: ToMe's proportional attention, log(size) of every key
+            logits = logits + key_bias
         if bias is not None and bias.dim() == 3:  # [h, N, N]: the same for every window
             logits = logits + bias
         elif bias is not None:  # [nW, h, N, N]: per window (Swin's shifted windows), images of nW windows
@@ -165,8 +173,11 @@ class Attention(nn.Module):
             scores.append(self._score(probs))
         return probs @ v
 
-    def _fused(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor]) -> Tensor:
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor],
+               key_bias: Optional[Tensor] = None) -> Tensor:
         """The same through SDPA; EViT's class row as one [1, N] product per head beside it."""
+        if key_bias is not None:  # proportional attention: token rules and a logit bias are never combined
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, scale=self.scale)
         if self.score == "cls":  # no bias: token rules are for ViTs
             row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             scores.append(row[:, :, 0, self.num_prefix:].sum(1))
@@ -178,20 +189,26 @@ class Attention(nn.Module):
             return out.reshape(-1, h, n, dv)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor] = None) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, scores: list, bias: Optional[Tensor] = None,
+                key_bias: Optional[Tensor] = None) -> Tensor:
         # [B, h, Nq, dq] x [B, h, N, dq] x [B, h, N, dv] -> [B, h, Nq, dv]
         if self.fused and self.score != "cls_weighted":
-            return self._fused(q, k, v, scores, bias)
-        return self._explicit(q, k, v, scores, bias)
+            return self._fused(q, k, v, scores, bias, key_bias)
+        return self._explicit(q, k, v, scores, bias, key_bias)
 
     def forward(self, x: Tensor, tokens: int, xq: Optional[Tensor] = None, q_tokens: Optional[int] = None,
-                bias: Optional[Tensor] = None):
+                bias: Optional[Tensor] = None, key_bias: Optional[Tensor] = None):
         """x: [B, N, D] (N = ``tokens``); xq: [B, Nq, D] query inputs when ``split`` (default x); bias: a
         constant added to the attention logits, [heads, N, N] or [nW, heads, N, N] (Swin: relative
-        position bias plus shifted-window mask, the B rows being images of nW windows of N tokens).
-        Returns [B, Nq, D], and the token score [B, N - P] when ``score`` is set."""
+        position bias plus shifted-window mask, the B rows being images of nW windows of N tokens);
+        key_bias: [B, N] added to every query's logit of each key (ToMe's proportional attention, log size).
+        Returns [B, Nq, D], and the token score [B, N - P] when ``score`` is set, or the merging metric
+        [B, N, dm] (keys summed over heads) when ``metric`` is set."""
         nq = tokens if q_tokens is None else q_tokens
         scores: list = []
+        keys: list = []
+        if key_bias is not None:
+            key_bias = key_bias[:, None, None, :]
         if self.split:
             yq, ykv = self.q(x if xq is None else xq), self.kv(x)
             qo, ko, vo, yk = 0, 0, self.sum_qk, ykv
@@ -207,7 +224,9 @@ class Attention(nn.Module):
             # the three views in place; a split of [B, 3h, N, d] on axis 1 ran as a reference Split (a copy)
             q, k, v = y.reshape(-1, tokens, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
             q, k = self._cosine(*self._rope(q, k, 0), 0)
-            o = self._attend(q, k, v, scores, bias).transpose(1, 2).reshape(-1, nq, h * d)
+            if self.metric == "keys":
+                keys.append(k[..., :self.metric_dim].sum(1))
+            o = self._attend(q, k, v, scores, bias, key_bias).transpose(1, 2).reshape(-1, nq, h * d)
         else:
             outs, h0 = [], 0
             for g, (h, dq, dv) in enumerate(self.groups):
@@ -216,10 +235,19 @@ class Attention(nn.Module):
                 q, k = self._cosine(*self._rope(q, k, g), h0)
                 v = yk[..., vo:vo + h * dv].reshape(-1, tokens, h, dv).transpose(1, 2)
                 hb = None if bias is None else bias[..., h0:h0 + h, :, :]
-                outs.append(self._attend(q, k, v, scores, hb).transpose(1, 2).reshape(-1, nq, h * dv))
+                if self.metric == "keys":
+                    keys.append(k[..., :self.metric_dim].sum(1))
+                outs.append(self._attend(q, k, v, scores, hb, key_bias).transpose(1, 2).reshape(-1, nq, h * dv))
                 qo, ko, vo, h0 = qo + h * dq, ko + h * dq, vo + h * dv, h0 + h
             o = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
         out = self.proj(o)
+        if self.metric is not None:
+            if self.metric_proj is not None:
+                return out, self.metric_proj(x)
+            metric = keys[0]
+            for k in keys[1:]:
+                metric = metric + k
+            return out, metric
         if self.score is None:
             return out
         total = scores[0]

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .attention import Attention
 from .layers import Constant, mlp_module
-from .tokens import LowFrequencyEnergy, Predictor, TokenSelect
+from .tokens import LowFrequencyEnergy, Predictor, TokenMerge, TokenSelect
 
 
 class Block(nn.Module):
@@ -18,8 +18,9 @@ class Block(nn.Module):
     Token counts are static per block (``n_in`` tokens in, ``n_out`` out). In order: a static drop
     (slice, or gather in the gather form), a dynamic selection placed before the block, then either a
     Patch Slimming query-only update of the first ``n`` tokens (or of gathered positions, scattered
-    back, in the gather form) or the ordinary block, with a dynamic selection between attention and
-    MLP.
+    back, in the gather form) or the ordinary block, with a dynamic selection or a token merge (ToMe)
+    between attention and MLP. Token sizes (ToMe: how many tokens each stands for) enter the attention
+    as ``log(size)`` on every key once a block before has merged.
     """
 
     def __init__(self, dim: int, cfg: dict, num_prefix: int):
@@ -42,11 +43,14 @@ class Block(nn.Module):
                 self.predictor = Predictor(dim, sel["predictor"])
             self.select = TokenSelect(n_sel, num_prefix, sel["keep"], sel["fuse"])
             self.where = sel["where"]
+        merge = cfg.get("merge")
+        self.merge = TokenMerge(n_attn, num_prefix, merge["r"]) if merge else None
+        self.prop_attn = cfg.get("prop_attn", False)  # log(size) on the keys (sizes exist after the first merge)
         self.norm1 = nn.LayerNorm(dim, eps=cfg["norm1_eps"])
         if cfg["heads"]:
             self.attn = Attention(dim, cfg["heads"], cfg["scale"], cfg["qkv_bias"], cfg["proj_bias"],
                                   split=self.query is not None, score=score, num_prefix=num_prefix, rope=cfg.get("rope"),
-                                  talking=cfg.get("talking"))
+                                  talking=cfg.get("talking"), metric=merge["metric"] if merge else None)
         else:
             self.attn = Constant(dim, cfg["proj_bias"])
         self.norm2 = nn.LayerNorm(dim, eps=cfg["norm2_eps"])
@@ -65,8 +69,29 @@ class Block(nn.Module):
             scores = scores * self.lfe(xp)
         return self.select(x, scores, ids, fused_id)
 
-    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
-        """x: [B, n_in, D] -> [B, n_out, D]; ``ids`` [B, n] (original token ids, tracing) follow along."""
+    def forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0, size: Optional[Tensor] = None):
+        """x: [B, n_in, D] -> (x [B, n_out, D], ids, size, merges); ``ids`` [B, n] (original token ids, tracing)
+        follow along; ``size`` [B, n] (tokens each stands for; None before any merge) too; ``merges`` [B, r, 2]:
+        this block's (source, destination) token ids when it merges and ``ids`` are traced, else None."""
+        if self.merge is not None or size is not None:
+            return self._merging(x, ids, size)
+        x, ids = self._forward(x, ids, fused_id)
+        return x, ids, None, None
+
+    def _merging(self, x: Tensor, ids: Optional[Tensor], size: Optional[Tensor]):
+        """The block of a merging model (ToMe): attention with log(size) on the keys, the merge, the MLP."""
+        N = self.n_in
+        a = self.attn(self.norm1(x), N, key_bias=size.log() if size is not None and self.prop_attn else None)
+        merges = None
+        if self.merge is not None:
+            a, metric = a
+            x = x + a
+            x, size, ids, merges = self.merge(x, torch.ones_like(x[..., 0]) if size is None else size, metric, ids)
+        else:
+            x = x + a
+        return x + self.mlp(self.norm2(x)), ids, size, merges
+
+    def _forward(self, x: Tensor, ids: Optional[Tensor] = None, fused_id: int = 0):
         N = self.n_in
         if self.drop:
             n = self.drop["n"]

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ir.nodes import PAD
+
 
 def lfe_matrix(length: int, cutoff: float) -> torch.Tensor:
     """VTC-LFC's low-pass filter over ``length`` tokens as one complex [L, L] matrix (float64).
@@ -127,3 +129,102 @@ class TokenSelect(nn.Module):
             if ids is not None:
                 ids = torch.cat([ids, torch.full_like(ids[:, :1], fused_id)], dim=1)
         return y, ids
+
+
+def first_max(s: Tensor) -> tuple[Tensor, Tensor]:
+    """The maximum over the last axis of ``s`` [..., L] and the *first* position holding it, the same in torch
+    and in every ONNX engine: the positions holding the maximum get the unique keys ``L - j`` and ArgMax reads
+    the largest (an ArgMax over tied values is left to each engine)."""
+    L = s.shape[-1]
+    m = s.amax(-1)
+    pos = torch.arange(L, device=s.device)
+    key = (s == m.unsqueeze(-1)).to(s.dtype) * (L - pos).to(s.dtype)
+    return m, key.argmax(-1)
+
+
+def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """``x[b, idx[b]]`` for every image: x [B, L, *F], idx [B, k] -> [B, k, *F]; one Gather over the rows of
+    all images (a [B*L, *F] view), no GatherElements."""
+    B, L = x.shape[0], x.shape[1]
+    flat = (idx + (torch.arange(B, device=x.device) * L).unsqueeze(1)).reshape(-1)
+    return x.reshape(B * L, *x.shape[2:]).index_select(0, flat).reshape(B, idx.shape[1], *x.shape[2:])
+
+
+class TokenMerge(nn.Module):
+    """ToMe's bipartite soft matching (Bolya et al. ICLR 2023, sec. 3) with ``r`` merges, written with the ops
+    every engine runs: Gather, MatMul, ReduceMax / ArgMax on unique keys, TopK on unique keys, a one-hot
+    assignment matrix (Equal + Cast) and a MatMul in place of ``scatter_reduce`` (no ScatterND/Elements).
+
+    x [B, n, D], size [B, n] (tokens each stands for), metric [B, n, dm] (keys summed over heads) ->
+    x [B, n - r, D] = [prefix tokens, unmerged A tokens, B tokens], size likewise. Set A: the even positions
+    after the ``num_prefix`` prefix tokens, set B: the odd ones. Each A token's partner is its most similar
+    B token (cosine; ties to the lower B position); the ``r`` A tokens of highest similarity (ties to the
+    lower A position, :func:`rank_keep`) merge: ``x_b = (x_b s_b + sum x_a s_a) / (s_b + sum s_a)``.
+    """
+
+    def __init__(self, tokens: int, num_prefix: int, r: int):
+        super().__init__()
+        self.tokens, self.num_prefix, self.r = tokens, num_prefix, r
+        a = [p for p in range(num_prefix, tokens) if p % 2 == 0]
+        b = [p for p in range(num_prefix, tokens) if p % 2 == 1]
+        self.na, self.nb = len(a), len(b)
+        self.register_buffer("a_pos", torch.tensor(a, dtype=torch.long, device="cpu"), persistent=False)
+        self.register_buffer("b_pos", torch.tensor(b, dtype=torch.long, device="cpu"), persistent=False)
+
+    @property
+    def tokens_out(self) -> int:
+        return self.tokens - self.r
+
+    def forward(self, x: Tensor, size: Tensor, metric: Tensor, ids: Optional[Tensor] = None):
+        """Returns (x, size, ids, merges): ``merges`` [B, r, 2] the (source, destination) original token ids of
+        every merge in A order when ``ids`` [B, n] is given (tracing), else None."""
+        P, r, na = self.num_prefix, self.r, self.na
+        m = metric / metric.norm(dim=-1, keepdim=True)
+        scores = m.index_select(1, self.a_pos) @ m.index_select(1, self.b_pos).transpose(-2, -1)  # [B, na, nb]
+        best, partner = first_max(scores)  # [B, na]
+        merged, src = rank_keep(best, r)  # sources: the r best A tokens, ascending A positions
+        pos = torch.arange(na, device=x.device)
+        unm = ((~merged).to(best.dtype) * (na - pos).to(best.dtype)).topk(na - r, dim=-1).indices  # the rest, ascending
+        dst = partner.gather(1, src)  # [B, r] B positions
+        xa, xb = x.index_select(1, self.a_pos), x.index_select(1, self.b_pos)
+        sa, sb = size.index_select(1, self.a_pos), size.index_select(1, self.b_pos)
+        assign = (dst.unsqueeze(1) == torch.arange(self.nb, device=x.device).unsqueeze(1)).to(x.dtype)  # [B, nb, r]
+        ss = gather_rows(sa, src)  # [B, r]
+        total = sb + (assign @ ss.unsqueeze(-1)).squeeze(-1)  # [B, nb]
+        xb = (xb * sb.unsqueeze(-1) + assign @ (gather_rows(xa, src) * ss.unsqueeze(-1))) / total.unsqueeze(-1)
+        x = torch.cat([x[:, :P], gather_rows(xa, unm), xb], dim=1)
+        size = torch.cat([size[:, :P], gather_rows(sa, unm), total], dim=1)
+        merges = None
+        if ids is not None:
+            ia, ib = ids.index_select(1, self.a_pos), ids.index_select(1, self.b_pos)
+            merges = torch.stack([gather_rows(ia, src), gather_rows(ib, dst)], dim=-1)
+            ids = torch.cat([ids[:, :P], gather_rows(ia, unm), ib], dim=1)
+        return x, size, ids, merges
+
+
+def metric_config(a) -> dict:
+    """How a merging block computes ToMe's metric, the keys summed over the kept heads channel by channel in
+    original q/k coordinates (``dim``: one past the largest kept q/k channel): ``{"from": "keys"}`` -- read off
+    the attention's own keys -- when every head's first ``dim`` q/k channels are the original ones in order
+    (padding after them), else ``{"from": "linear"}``, one Linear whose rows sum the kept heads' key rows of
+    each channel (:func:`metric_weights`)."""
+    real = [[c for c in ids if c != PAD] for ids in a.qk_ids]
+    dim = 1 + max(max(r) for r in real if r)
+    keys = all(list(ids[:dim]) == list(range(dim)) and all(c == PAD for c in ids[dim:]) for ids in a.qk_ids)
+    return {"from": "keys" if keys else "linear", "dim": dim}
+
+
+def metric_weights(a, dim: int) -> tuple[Tensor, Optional[Tensor]]:
+    """The ``linear`` metric of :func:`metric_config`: weight [dim, D] and bias [dim] with row c the sum of the
+    key rows (and biases) of q/k channel c over the kept heads (removed channels: nothing)."""
+    w = a.k_weight.new_zeros(dim, a.k_weight.shape[1])
+    bias = None if a.k_bias is None else a.k_bias.new_zeros(dim)
+    off = 0
+    for ids in a.qk_ids:
+        for j, c in enumerate(ids):
+            if c != PAD:
+                w[c] += a.k_weight[off + j]
+                if bias is not None:
+                    bias[c] += a.k_bias[off + j]
+        off += len(ids)
+    return w, bias

@@ -21,6 +21,7 @@ from .block import Block
 from .layers import PrunedModel, block_state_dict, mlp_config
 from .pool import AttentionPool, pool_architecture, pool_state_dict
 from .rope import paired, rope_config, rope_state_dict
+from .tokens import metric_config, metric_weights
 
 ARCH_FORMAT = "vitshrink.arch/1"
 
@@ -113,16 +114,18 @@ class PrunedViT(PrunedModel):
             x = x.index_select(1, self.token_order)
             ids = None if ids is None else ids.index_select(1, self.token_order)
         N = x.shape[1]
-        traced, fused_id = [], self.arch["num_tokens"]
+        traced, fused_id, size = [], self.arch["num_tokens"], None
         # the blocks run on a batched [B, N, D] token stream (see .attention.Attention)
         for blk, cfg in zip(self.blocks, self.arch["blocks"]):
             if cfg.get("insert_prefix"):
                 x, ids, N = self._insert_prefix(x, ids, N)
-            x, ids = blk(x, ids, fused_id)
+            x, ids, size, merges = blk(x, ids, fused_id, size)
             if blk.select is not None:
                 fused_id += int(blk.select.fuse)
                 if ids is not None:
                     traced.append(ids)
+            if merges is not None:
+                traced.append(merges)
             N = blk.n_out
             if self.trace:
                 self.residuals.append((cfg["source_index"], x, ids))
@@ -133,7 +136,11 @@ class PrunedViT(PrunedModel):
             return self.attn_pool(x if self.attn_pool_prefix else x[:, self.num_prefix:]).unsqueeze(1), traced
         if self.pool == "avg":  # timm global_pool='avg': patch tokens, after the final norm, then fc_norm
             x = x if self.norm is None else self.norm(x)
-            x = x[:, self.num_prefix:].mean(1, keepdim=True)
+            if size is None:
+                x = x[:, self.num_prefix:].mean(1, keepdim=True)
+            else:  # merged tokens (ToMe): each counts as the tokens it stands for
+                s = size[:, self.num_prefix:].unsqueeze(-1)
+                x = (x[:, self.num_prefix:] * s).sum(1, keepdim=True) / s.sum(1, keepdim=True)
             return (x if self.fc_norm is None else self.fc_norm(x)), traced
         x = x[:, :self.num_read]
         x = x if self.norm is None else self.norm(x)
@@ -176,6 +183,8 @@ def token_counts(ir: ViTIR) -> list[dict]:
             keys = P + sel["keep"] + int(sel["fuse"])
         queries = plan["query"]["n"] if plan["query"] else keys
         mlp = P + sel["keep"] + int(sel["fuse"]) if sel and sel["where"] == "mlp" else queries
+        if plan.get("merge"):
+            mlp = keys - plan["merge"]["r"]
         out.append({"in": plan["n_in"], "keys": keys, "queries": queries, "mlp": mlp, "out": plan["n_out"]})
     return out
 
@@ -193,7 +202,7 @@ def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
     late = ir.prefix_at is not None  # CaiT: the prefix tokens join before the first block from prefix_at on
     if late:
         seq = seq[P:]
-    plans, inserted = [], not late
+    plans, inserted, merged = [], not late, None
     for b in ir.blocks:
         insert = not inserted and b.source_index >= ir.prefix_at
         if insert:
@@ -220,6 +229,12 @@ def _token_plan(ir: ViTIR) -> tuple[Optional[list[int]], list[dict]]:
                     "layers": [[int(w.shape[0]), int(w.shape[1]), bias is not None] for w, bias in pr.layers]},
             }
             seq = seq[:P] + [-1] * (s.keep + int(s.fuse))  # ids now depend on the input
+        if merged is not None:
+            plan["prop_attn"] = merged  # sizes exist: log(size) on the keys (ToMe's proportional attention)
+        if b.merge is not None:
+            plan["merge"] = {"r": b.merge.r, "metric": metric_config(b.attn)}
+            merged = b.merge.prop_attn
+            seq = seq[:P] + [-1] * (len(seq) - P - b.merge.r)
         plan["n_out"] = len(seq)
         plans.append(plan)
     return (list(ir.token_order) if prefix_layout else None), plans
@@ -315,6 +330,11 @@ def state_dict(ir: ViTIR) -> dict[str, Tensor]:
             sd[p + "attn_bias"] = b.attn.rel_bias
         sd.update(block_state_dict(b, p, split=bool(plan["query"])))
         sd.update(rope_state_dict(b.attn, head_groups([[qk, v] for qk, v in zip(b.attn.qk_dims, b.attn.v_dims)]), p))
+        merge = plan.get("merge")
+        if merge is not None and merge["metric"]["from"] == "linear":
+            sd[p + "attn.metric_proj.weight"], bias = metric_weights(b.attn, merge["metric"]["dim"])
+            if bias is not None:
+                sd[p + "attn.metric_proj.bias"] = bias
         if plan["select"] is not None and b.select.predictor is not None:
             pr = b.select.predictor
             if pr.norm is not None:

@@ -190,6 +190,15 @@ class TokenSelectIR:
 
 
 @dataclass(frozen=True)
+class TokenMergeIR:
+    """Token merging in a block (see :class:`vitshrink.spec.resolved.MergeRule`): ``r`` patch tokens merged by
+    bipartite soft matching on the block's keys, between attention and MLP; ``prop_attn``: proportional attention."""
+
+    r: int
+    prop_attn: bool = True
+
+
+@dataclass(frozen=True)
 class BlockIR:
     """Pre-norm transformer block: x += attn(norm1(x)); x += mlp(norm2(x)) -- or, with ``post_norm``
     (timm's ResPost blocks, Swin V2), x += norm1(attn(x)); x += norm2(mlp(x)). ``norm_out``: a LayerNorm
@@ -200,7 +209,7 @@ class BlockIR:
     ``source_index`` is the block's index in the original model; spec keys ``blocks.{i}.*`` use it.
     ``tokens``: static token pruning -- the original ids of the tokens kept at this block (present in
     ``drop`` mode, updated in ``query`` mode; see :attr:`ViTIR.token_mode`), None for all.
-    ``select``: a dynamic token rule, or None.
+    ``select``: a dynamic token rule, or None. ``merge``: token merging (ToMe), or None.
     """
 
     source_index: int
@@ -210,6 +219,7 @@ class BlockIR:
     mlp: MlpIR
     tokens: Optional[tuple[int, ...]] = None
     select: Optional[TokenSelectIR] = None
+    merge: Optional[TokenMergeIR] = None
     post_norm: bool = False
     norm_out: Optional[LayerNormIR] = None
     class_attention: bool = False

@@ -209,7 +209,10 @@ class _skip_to:
         return self
 
     def _identity(self, x, *args, **kwargs):
-        return (x, args[0] if args else kwargs.get("ids")) if isinstance(self.previous[0], tuple) else x
+        if not isinstance(self.previous[0], tuple):  # a Swin block: the stream only
+            return x
+        ids = args[0] if args else kwargs.get("ids")  # a ViT block: (x, ids, size, merges) -- see codegen.block
+        return x, ids, args[2] if len(args) > 2 else kwargs.get("size"), None
 
     def _replay(self, *args, **kwargs):
         out = self.previous[self.i % len(self.previous)]
@@ -223,8 +226,8 @@ class _skip_to:
 
 
 def _plain(blk) -> bool:
-    return (isinstance(blk, Block) and not blk.post_norm and blk.select is None and not blk.query and not blk.drop
-            and hasattr(blk.attn, "proj") and hasattr(blk.mlp, "fc2"))
+    return (isinstance(blk, Block) and not blk.post_norm and blk.select is None and blk.merge is None and not blk.query
+            and not blk.drop and hasattr(blk.attn, "proj") and hasattr(blk.mlp, "fc2"))
 
 
 def _stream(model, blk, x):

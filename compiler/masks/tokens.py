@@ -1,6 +1,6 @@
 """Token schedules for ``vitshrink masks --tokens`` (ViT/DeiT): static ``uniform`` (evenly spaced) and
 ``slim`` (Patch Slimming's top-down selection from attention on calibration images), dynamic ``evit``
-and ``lfe`` rules."""
+and ``lfe`` rules, and ``tome`` token merging (r tokens merged per block)."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from ..errors import VitshrinkError
 from ..ir.vit import ViTIR
 
 
-TOKEN_KINDS = ("uniform", "slim", "evit", "lfe")
+TOKEN_KINDS = ("uniform", "slim", "evit", "lfe", "tome")
 #: ``--tokens KIND:auto`` with ``--macs R``: the keep ratio at which the token schedule alone brings the MACs to
 #: ``R / AUTO_WIDTH_SHARE`` of the dense model's, the width search taking the rest -- tokens first, because on
 #: DeiT-Tiny they cost less accuracy per MAC than heads and neurons (docs/benchmarks.md); never below
@@ -24,26 +24,33 @@ AUTO_MIN_KEEP = 0.5
 
 
 def parse_token_schedule(text: str) -> tuple[str, float, list[int]]:
-    """``KIND:RATIO@BLOCKS`` -> (kind, ratio, blocks), e.g. ``slim:0.7@4,7,10`` or ``uniform:0.9@3-11``.
+    """``KIND:RATIO@BLOCKS`` -> (kind, ratio, blocks), e.g. ``slim:0.7@4,7,10`` or ``uniform:0.9@3-11``;
+    ``tome:R[@BLOCKS]`` -> ("tome", R, blocks or [] for every block), e.g. ``tome:8``.
 
     KIND: ``uniform`` (static, spatially even), ``slim`` (static, Patch Slimming top-down),
     ``evit`` (dynamic, class attention), ``lfe`` (dynamic, VTC-LFC). RATIO in (0, 1]: the share of
-    the patch tokens present before each listed block that the block keeps.
+    the patch tokens present before each listed block that the block keeps. ``tome`` (token merging,
+    ToMe): R tokens merged in every listed block (ToMe's r; at most what bipartite matching allows there).
 
     Raises:
         VitshrinkError: the text does not follow the grammar.
     """
+    if text.split(":", 1)[0] == "tome":
+        try:
+            r_s, _, blocks_s = text.split(":", 1)[1].partition("@")
+            r = int(r_s)
+            blocks = _block_list(blocks_s) if blocks_s else []
+        except ValueError:
+            raise VitshrinkError(f"--tokens {text!r}: expected tome:R or tome:R@BLOCKS (R tokens merged per block), "
+                                 "e.g. tome:8 or tome:8@4,5,6") from None
+        if r < 1:
+            raise VitshrinkError(f"--tokens {text!r}: R, the tokens merged per block, must be positive")
+        return "tome", r, blocks
     try:
         kind, rest = text.split(":", 1)
         ratio_s, blocks_s = rest.split("@", 1)
         ratio = float(ratio_s)
-        blocks: list[int] = []
-        for part in blocks_s.split(","):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                blocks += list(range(int(a), int(b) + 1))
-            else:
-                blocks.append(int(part))
+        blocks = _block_list(blocks_s)
     except ValueError:
         raise VitshrinkError(f"--tokens {text!r}: expected KIND:RATIO@BLOCKS, e.g. evit:0.7@4,7,10 or slim:0.8@3-11") from None
     if kind not in TOKEN_KINDS:
@@ -51,6 +58,41 @@ def parse_token_schedule(text: str) -> tuple[str, float, list[int]]:
     if not 0.0 < ratio <= 1.0:
         raise VitshrinkError(f"--tokens {text!r}: a keep ratio must be in (0, 1]")
     return kind, ratio, sorted(set(blocks))
+
+
+def _block_list(text: str) -> list[int]:
+    """``4,7,10`` or ``3-11`` (or both) -> block indices. Raises ValueError."""
+    blocks: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            blocks += list(range(int(a), int(b) + 1))
+        else:
+            blocks.append(int(part))
+    return blocks
+
+
+def merge_schedule(ir: ViTIR, r: int, blocks: list[int]) -> dict[str, dict]:
+    """``token_merge`` settings for ToMe's r in ``blocks`` (every block when empty): r merges per block, fewer where
+    bipartite matching cannot merge r any more (as ToMe's timm patch does: ``r = min(r, (tokens - protected) // 2)``),
+    none once no token can merge.
+
+    Raises:
+        VitshrinkError: a block that does not exist.
+    """
+    from ..spec.tokens import mergeable  # lazy: spec imports torch only, but keep this module's imports light
+
+    L = len(ir.blocks)
+    for b in blocks:
+        if not 0 <= b < L:
+            raise VitshrinkError(f"--tokens: block {b} does not exist (the model has blocks 0..{L - 1})")
+    chosen, present, rules = set(blocks) or set(range(L)), ir.num_tokens, {}
+    for b in ir.blocks:
+        n = min(r, mergeable(present, ir.num_prefix)) if b.source_index in chosen else 0
+        if n > 0:
+            rules[str(b.source_index)] = {"r": n}
+            present -= n
+    return rules
 
 
 def auto_blocks(depth: int) -> list[int]:
@@ -78,6 +120,8 @@ def auto_schedule(family, ir: ViTIR, text: str, macs: float, shape: tuple[int, i
     from .budget import model_macs  # lazy: as above
 
     kind, rest = text.split(":", 1)
+    if kind == "tome":
+        return _auto_merge(family, ir, rest, macs, shape)
     blocks = rest.split("@", 1)[1] if "@" in rest else ",".join(map(str, auto_blocks(len(ir.blocks))))
     concrete = lambda r: f"{kind}:{r:.2f}@{blocks}"  # noqa: E731
     parse_token_schedule(concrete(AUTO_MIN_KEEP))  # grammar and kind, before any counting
@@ -102,6 +146,37 @@ def auto_schedule(family, ir: ViTIR, text: str, macs: float, shape: tuple[int, i
         else:
             hi = mid - 1
     return concrete(grid[lo])
+
+
+def _auto_merge(family, ir: ViTIR, rest: str, macs: float, shape: tuple[int, int, int]) -> Optional[str]:
+    """``tome:auto[@BLOCKS]`` under ``--macs R``: the smallest ToMe r (in every block, or in BLOCKS) whose merging
+    alone keeps at most R of the dense MACs -- merging takes the whole budget where it can: on DeiT-Tiny it costs
+    far less accuracy per MAC than heads, neurons or pruned tokens (docs/benchmarks.md) --, else the largest r and
+    the widths the rest. None at R >= 1."""
+    from ..spec.format import Spec  # lazy: as in auto_schedule
+    from ..spec.tokens import mergeable  # lazy: as above
+    from .budget import model_macs  # lazy: as above
+
+    blocks = rest.split("@", 1)[1] if "@" in rest else ""
+    concrete = lambda r: f"tome:{r}" + (f"@{blocks}" if blocks else "")  # noqa: E731
+    parse_token_schedule(concrete(1))
+    if macs >= 1.0:
+        return None
+    dense = model_macs(family, ir, shape)
+
+    def share(r: int) -> float:
+        return model_macs(family, ir, shape, Spec(settings=token_spec(ir, concrete(r))[1])) / dense
+
+    lo, hi = 1, mergeable(ir.num_tokens, ir.num_prefix)  # the smallest r with share <= R (the share falls with r)
+    if share(hi) > macs:
+        return concrete(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if share(mid) <= macs:
+            hi = mid
+        else:
+            lo = mid + 1
+    return concrete(lo)
 
 
 def _counts(ir: ViTIR, ratio: float, blocks: list[int]) -> dict[int, int]:
@@ -205,6 +280,8 @@ def token_spec(ir: ViTIR, schedule: str, mode: Optional[str] = None, fuse: bool 
             pooling (its pooled token set would change) or without a class token (the scores read it).
     """
     kind, ratio, blocks = parse_token_schedule(schedule)
+    if kind == "tome":  # token merging: class-token and average-pooled models alike (resolve refuses the rest)
+        return {}, {"token_merge": merge_schedule(ir, int(ratio), blocks)}
     if getattr(ir, "pool", "token") == "avg" or not ir.prefix or ir.prefix[0].name != "cls":
         raise VitshrinkError(f"--tokens: token schedules need a class-token model; {ir.name} pools the patch "
                              "tokens on average (global_pool='avg')")

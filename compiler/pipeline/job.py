@@ -207,7 +207,7 @@ class CompileJob:
         if ids_same is not None:
             self.report["exactness"]["token_ids_identical"] = ids_same
             if not ids_same:
-                raise VerificationError("exactness failed: dynamic token rules kept other tokens than the reference")
+                raise VerificationError("exactness failed: token rules kept (or merged) other tokens than the reference")
         failure = (f"exactness failed: pruned model differs from the masked dense reference by {exact:.3g} "
                    f"(reload {reload_diff:.3g}) > {tol:g}") if exact > tol or reload_diff > tol else None
         if failure or opt.verify_each:  # name the pass that broke it (check every pass with --verify-each)

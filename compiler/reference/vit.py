@@ -8,6 +8,10 @@ the papers define them, never by slicing:
   normalises over the kept channels only (mean and variance over kept channels; docs/architecture.md);
 - removed blocks: identity;
 - early exit (WDPruning): stop after the exit block and use its classifier;
+- token merging (ToMe): the merged tokens' slots die and their partners' slots hold the size-weighted
+  averages; every slot carries its size, ``log(size)`` goes on the attention logits of the keys after the
+  first merge, and the order of the live slots in the compiled sequence is tracked, as the bipartite
+  split reads it (written with ``scatter_reduce`` and sorting in Python, not the one-hot MatMul of codegen);
 - tokens: the sequence keeps all N token slots (plus one slot per fusing rule) with an *alive* mask
   per image. Dead tokens are masked out of attention as keys (logit -inf) and never updated; in
   Patch Slimming's query mode (eq. 2) tokens outside the block's mask stay alive as keys/values but
@@ -81,6 +85,37 @@ def _attention_scores(rule: DynamicRule, probs: list[Tensor], alive: Tensor, P: 
         col = (pr * patch[:, :, None]).sum(1) / npatch  # mean over patch queries of attn to each token
         total += w * cls_row + pr[:, 0, 0:1] * col
     return total / len(probs)
+
+
+def _merge(rule, x, alive, size, metric, order, P, traced):
+    """ToMe's bipartite soft matching with ``rule.r`` merges in every image, on the slots in sequence order
+    (``order[b]``): A the even positions after the prefix, B the odd ones; each A token's most similar B token
+    (cosine of the metric rows, ties to the lower B position); the ``r`` A tokens of highest similarity (ties to
+    the lower A position) written into their partners as size-weighted averages (``scatter_reduce``), their
+    slots dead. ``order`` becomes [prefix, the other A tokens, B tokens]."""
+    merges = []
+    for b in range(x.shape[0]):
+        seq = order[b]
+        a_slots = [seq[p] for p in range(P, len(seq)) if p % 2 == 0]
+        b_slots = [seq[p] for p in range(P, len(seq)) if p % 2 == 1]
+        ma = metric[b, a_slots] / metric[b, a_slots].norm(dim=-1, keepdim=True)
+        mb = metric[b, b_slots] / metric[b, b_slots].norm(dim=-1, keepdim=True)
+        sim = ma @ mb.t()
+        best = sim.max(dim=1).values
+        partner = [min(j for j in range(len(b_slots)) if sim[i, j] == best[i]) for i in range(len(a_slots))]
+        ranked = sorted(range(len(a_slots)), key=lambda i: (-float(best[i]), i))
+        src = sorted(ranked[:rule.r])
+        dst_slots = torch.tensor([b_slots[partner[i]] for i in src])
+        src_slots = torch.tensor([a_slots[i] for i in src])
+        weight = size[b, src_slots]
+        num = (x[b] * size[b, :, None]).scatter_reduce(0, dst_slots[:, None].expand(-1, x.shape[-1]),
+                                                       x[b, src_slots] * weight[:, None], reduce="sum")
+        size[b] = size[b].scatter_reduce(0, dst_slots, weight, reduce="sum")
+        x[b, dst_slots] = num[dst_slots] / size[b, dst_slots, None]
+        alive[b, src_slots] = False
+        merges.append([[int(s_), int(d)] for s_, d in zip(src_slots, dst_slots)])
+        order[b] = seq[:P] + [a_slots[i] for i in range(len(a_slots)) if i not in set(src)] + b_slots
+    traced.append(torch.tensor(merges))
 
 
 def _select(rule, x, alive, scores_of, P, next_slot, traced):
@@ -159,6 +194,9 @@ def reference_forward(
     static = torch.ones(T, dtype=torch.bool)  # tokens the static masks keep so far
     static[N:] = False
     next_slot, traced = N, []
+    size = torch.ones(B, T)  # ToMe: the tokens each slot stands for
+    order = [list(range(N)) for _ in range(B)]  # the sequence order of the live slots (merging reorders it)
+    sized = False  # a block before has merged: proportional attention from here on
 
     for blk in dense.blocks:
         i = blk.source_index
@@ -187,7 +225,8 @@ def reference_forward(
         h = x if blk.post_norm else ln(x, blk.norm1, e)
         out = torch.zeros_like(x)
         heads = spec.heads.get(i, torch.ones(a.num_heads, dtype=torch.bool))
-        probs_live = []
+        probs_live, metric = [], 0.0
+        merge = spec.merge.get(i)
         if a.talking is not None:
             out = _talking_heads(a, masked_heads(h, a, i, heads, spec), heads, alive, out)
         for hh, q, k, v, mv, sv in (() if a.talking is not None else masked_heads(h, a, i, heads, spec)):
@@ -196,6 +235,10 @@ def reference_forward(
             logits = (q @ k.transpose(-2, -1)) * a.scale
             if a.rel_bias is not None:  # every token is present: token pruning is refused with a bias
                 logits = logits + a.rel_bias[hh]
+            if sized:  # ToMe eq. 1: log(size) of every key
+                logits = logits + size.log()[:, None, :]
+            if merge is not None and mv.any():  # keys summed over the heads the block keeps (removed channels are 0;
+                metric = metric + k               # a head without v channels is removed whole)
             probs = torch.softmax(logits.masked_fill(~alive[:, None, :], -math.inf), dim=-1)
             out = out + (probs @ v) @ a.proj_weight[:, sv].t()
             if mv.any():
@@ -203,6 +246,9 @@ def reference_forward(
         if a.proj_bias is not None:
             out = out + a.proj_bias
         x = x + (ln(out, blk.norm1, e) if blk.post_norm else out * e) * update[..., None]
+        if merge is not None:
+            _merge(merge, x, alive, size, metric, order, P, traced)
+            update, sized = alive.clone(), sized or merge.prop_attn
 
         if rule is not None and rule.where == "mlp":
             if rule.score == "predictor":
@@ -245,8 +291,9 @@ def reference_forward(
         x = ln(x, norm, e)
     if dense.pool == "map":  # every patch token is alive: specs with token pruning are refused here
         pooled = _attention_pool(dense.attn_pool, x[:, :N] if dense.attn_pool.include_prefix else x[:, P:N])
-    elif dense.pool == "avg":  # likewise
-        pooled = x[:, P:N].mean(1)
+    elif dense.pool == "avg":  # likewise; with merging, the live patch tokens weighted by their sizes
+        w = (size * alive)[:, P:N, None]
+        pooled = (x[:, P:N] * w).sum(1) / w.sum(1)
         if dense.fc_norm is not None:
             pooled = ln(pooled, dense.fc_norm, e)
     else:

@@ -194,7 +194,7 @@ def markdown(report: dict) -> str:
         f"- exactness (pruned vs masked dense reference, {report['exactness']['inputs']}): max |diff| = "
         f"{report['exactness']['max_abs_diff']:.2e} <= {report['exactness']['tolerance']:g} ({ok(report['exactness']['passed'])})",
         f"- reloaded checkpoint vs compiled model: max |diff| = {report['exactness']['reload_max_abs_diff']:.2e}",
-        *([f"- dynamic token rules: kept tokens identical to the reference on every verification image: "
+        *([f"- token rules: kept (merged) tokens identical to the reference on every verification image: "
            f"{report['exactness']['token_ids_identical']}"] if "token_ids_identical" in report["exactness"] else []),
         f"- ONNX (opset {report['export']['opset']}, dynamic batch) in ONNX Runtime vs torch: pruned "
         f"{report['export']['onnx_max_abs_diff']:.2e}" + (f", dense {report['export']['dense_onnx_max_abs_diff']:.2e}"
@@ -216,7 +216,8 @@ def markdown(report: dict) -> str:
     ]
     for r in report["structure"]["blocks"]:
         t, rule = r["tokens"], r.get("token_rule")
-        rule_s = "" if not rule else f"{rule['score']} keep {rule['keep']} at {rule['where']}" + (" + fuse" if rule["fuse"] else "")
+        rule_s = ("" if not rule else f"ToMe: merge {rule['merge']}" + ("" if rule["prop_attn"] else " (no proportional attention)")
+                  if "merge" in rule else f"{rule['score']} keep {rule['keep']} at {rule['where']}" + (" + fuse" if rule["fuse"] else ""))
         lines.append(f"| {r.get('name', r['block'])} | {r['status']} | {r['heads'][0]} -> {r['heads'][1]} | "
                      f"{r['qk'][0]} -> {r['qk'][1]} | {r['v'][0]} -> {r['v'][1]} | {r['mlp'][0]} -> {r['mlp'][1]} | "
                      f"{t['keys'][1]} / {t['queries'][1]} / {t['mlp'][1]} (dense {t['keys'][0]}) | {rule_s} |")

@@ -19,6 +19,8 @@ def block_table(dense: ViTIR, pruned: ViTIR) -> dict:
         row = block_row(b, p, status, {k: [dense.num_tokens, t[k] if t else 0] for k in ("keys", "queries", "mlp")})
         row["token_rule"] = None if p is None or p.select is None else {
             "keep": p.select.keep, "score": p.select.score, "where": p.select.where, "fuse": p.select.fuse}
+        if p is not None and p.merge is not None:  # ToMe: r tokens merged between attention and MLP
+            row["token_rule"] = {"merge": p.merge.r, "score": "tome", "where": "mlp", "prop_attn": p.merge.prop_attn}
         rows.append(row)
     return {"embed_dim": [dense.embed_dim, pruned.embed_dim], "exit_after": pruned.exit_after,
             "token_mode": pruned.token_mode if any(b.tokens is not None for b in pruned.blocks) else None,

@@ -97,6 +97,31 @@ class DynamicRule:
     predictor: Optional[PredictorSetting] = None
 
 
+@dataclass(frozen=True)
+class MergeRule:
+    """A token-merging rule of one block (ToMe, Bolya et al. ICLR 2023): between the attention and the MLP,
+    ``r`` patch tokens merge into others, chosen by bipartite soft matching on the block's keys.
+
+    - the metric: each token's keys summed over the heads the block keeps, channel by channel in original q/k
+      coordinates (removed heads and channels contribute 0 -- a head left without v channels is removed whole:
+      ToMe's ``k.mean(1)`` up to a scale, which the cosine ignores), divided by its L2 norm;
+    - the split, by position in the current sequence: set A the even positions, set B the odd ones;
+      prefix tokens (class, distillation, registers) are in neither -- never merged, never merged into;
+    - every A token's best B partner (cosine similarity, ties to the lower B position); the ``r`` A tokens
+      with the best scores (ties to the lower A position) merge into their partners, several into one
+      possible; the new sequence is [prefix tokens, the other A tokens, the B tokens], each in order;
+    - sizes: every token carries how many original tokens it stands for (1 at the start); a merge is the
+      size-weighted average ``sum(x * s) / sum(s)`` and sizes add;
+    - ``prop_attn``: proportional attention -- ``log(s)`` of every key token added to the attention logits
+      of every block after the first merge (ToMe eq. 1), so a merged token counts as ``s`` tokens;
+      an average pool over the patch tokens is size-weighted too.
+
+    Shapes stay static: block i's MLP and every later block see ``r`` tokens fewer."""
+
+    r: int
+    prop_attn: bool = True
+
+
 @dataclass
 class ResolvedSpec:
     """A spec validated against one model: full-shape bool masks in original coordinates."""
@@ -111,6 +136,7 @@ class ResolvedSpec:
     tokens: dict[int, Tensor] = field(default_factory=dict)
     token_mode: str = "drop"
     dynamic: dict[int, DynamicRule] = field(default_factory=dict)
+    merge: dict[int, MergeRule] = field(default_factory=dict)
     stage_embed: dict[int, Tensor] = field(default_factory=dict)  # Swin: stage -> [C_s] bool
 
     def last_block(self, num_blocks: int) -> int:

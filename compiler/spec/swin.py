@@ -30,7 +30,7 @@ from .format import Spec, from_index_form
 from .resolved import ResolvedSpec, check_heads
 
 _KEY = re.compile(r"^layers\.(\d+)\.(?:embed|blocks\.(\d+)\.(heads|qk|v|mlp|keep|tokens))$")
-_VIT_ONLY_SETTINGS = ("exit", "token_mode", "dynamic_tokens")
+_VIT_ONLY_SETTINGS = ("exit", "token_mode", "dynamic_tokens", "token_merge")
 
 
 def block_name(ir: SwinIR, source_index: int) -> str:
@@ -65,7 +65,9 @@ def resolve(spec: Spec, ir: SwinIR, tensors: Optional[dict[str, Tensor]] = None)
     out = ResolvedSpec()
     for key in sorted(spec.settings):
         if key in _VIT_ONLY_SETTINGS:
-            raise SpecError(key, "does not apply to Swin (token rules and early exits are for ViT/DeiT models)")
+            raise SpecError(key, "does not apply to Swin (token rules and early exits are for ViT/DeiT models; a merged "
+                                 "token would leave its window)" if key == "token_merge" else
+                            "does not apply to Swin (token rules and early exits are for ViT/DeiT models)")
         raise SpecError(key, "unknown setting (Swin specs take masks only)")
     shapes = mask_shapes(ir)
     S = len(ir.stages)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import SpecError
 from ..ir.vit import ViTIR
-from .resolved import PREDICTOR_TYPES, SCORES, DynamicRule, PredictorSetting, ResolvedSpec
+from .resolved import PREDICTOR_TYPES, SCORES, DynamicRule, MergeRule, PredictorSetting, ResolvedSpec
 
 
 def check_static_tokens(out: ResolvedSpec, ir: ViTIR) -> None:
@@ -127,3 +127,63 @@ def resolve_dynamic(value: Any, out: ResolvedSpec, ir: ViTIR, tensors: dict[str,
         )
         present = k + int(fuse)
     return resolved
+
+
+def mergeable(n: int, num_prefix: int) -> int:
+    """How many tokens bipartite matching can merge in a sequence of ``n`` tokens whose first ``num_prefix``
+    are protected: the A-set tokens (even positions) after the prefix, and no more than the B-set ones."""
+    a = sum(1 for p in range(num_prefix, n) if p % 2 == 0)
+    b = sum(1 for p in range(num_prefix, n) if p % 2 == 1)
+    return min(a, b)
+
+
+def resolve_merge(value: Any, out: ResolvedSpec, ir: ViTIR) -> dict[int, MergeRule]:
+    """``token_merge``: ``{"<block>": {"r": count, "prop_attn": true}}`` (or ``{"<block>": count}``) -> rules.
+
+    Raises:
+        SpecError: naming ``token_merge.<block>`` (a block that does not exist or is removed, a count that is not a
+            positive integer or merges more tokens than bipartite matching can there, an unknown field).
+    """
+    if not isinstance(value, dict):
+        raise SpecError("token_merge", 'must be an object {"<block>": {"r": tokens merged}}')
+    L = len(ir.blocks)
+    rules: dict[int, MergeRule] = {}
+    for b, rule in value.items():
+        key = f"token_merge.{b}"
+        if not (isinstance(b, str) and b.isdigit() and int(b) < L):
+            raise SpecError(key, f"not a block index: the model has blocks 0..{L - 1}")
+        if isinstance(rule, int) and not isinstance(rule, bool):
+            rule = {"r": rule}
+        if not isinstance(rule, dict):
+            raise SpecError(key, 'must be {"r": tokens merged, "prop_attn": true} or a token count')
+        unknown = set(rule) - {"r", "prop_attn"}
+        if unknown:
+            raise SpecError(f"{key}.{sorted(unknown)[0]}", "unknown field (expected r, prop_attn)")
+        r = rule.get("r")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise SpecError(f"{key}.r", f"must be a positive number of tokens merged in the block, found {r!r}")
+        prop = rule.get("prop_attn", True)
+        if not isinstance(prop, bool):
+            raise SpecError(f"{key}.prop_attn", "must be true or false")
+        if int(b) in out.removed_blocks:
+            raise SpecError(key, f"block {b} is removed (blocks.{b}.keep is false)")
+        blk = ir.block(int(b))
+        heads = out.heads.get(int(b), torch.ones(blk.attn.num_heads, dtype=torch.bool))
+        v = out.v.get(int(b), torch.ones(blk.attn.num_heads, max(blk.attn.v_dims), dtype=torch.bool))
+        if not (heads & v.any(1)).any():
+            raise SpecError(key, f"merging reads block {b}'s keys, but every head of block {b} is removed (or keeps no v channel)")
+        rules[int(b)] = MergeRule(r, prop)
+    if len({r.prop_attn for r in rules.values()}) > 1:
+        raise SpecError("token_merge", "prop_attn must be the same in every block (sizes weigh the keys of every "
+                                       "block after the first merge)")
+    present, stop = ir.num_tokens, out.last_block(L)
+    for i in sorted(rules):
+        if i > stop:
+            continue
+        most = mergeable(present, ir.num_prefix)
+        if rules[i].r > most:
+            raise SpecError(f"token_merge.{i}", f"merges {rules[i].r} tokens, but bipartite matching can merge at most "
+                                                f"{most} of the {present} tokens present before block {i} "
+                                                f"({ir.num_prefix} prefix tokens never merge)")
+        present -= rules[i].r
+    return {i: r for i, r in rules.items() if i <= stop}

@@ -25,6 +25,9 @@ the previous one.
 
 ``dynamic_tokens``: ``{"<i>": rule}``, per block a fixed-count, input-dependent selection of the
 patch tokens (prefix tokens are always kept) -- see :class:`~vitshrink.spec.resolved.DynamicRule`.
+
+``token_merge``: ``{"<i>": {"r": r}}``, per block ``r`` patch tokens merged by ToMe's bipartite soft matching
+(size-weighted, proportional attention) -- see :class:`~vitshrink.spec.resolved.MergeRule`.
 """
 from __future__ import annotations
 
@@ -37,10 +40,10 @@ from ..errors import SpecError
 from ..ir.vit import ViTIR
 from .format import Spec, from_index_form
 from .resolved import ExitSetting, ResolvedSpec, check_heads
-from .tokens import check_static_tokens, resolve_dynamic
+from .tokens import check_static_tokens, resolve_dynamic, resolve_merge
 
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(heads|qk|v|mlp|keep|tokens)$")
-_KNOWN_SETTINGS = ("exit", "token_mode", "dynamic_tokens")
+_KNOWN_SETTINGS = ("exit", "token_mode", "dynamic_tokens", "token_merge")
 
 
 def block_name(ir: ViTIR, source_index: int) -> str:
@@ -107,8 +110,9 @@ def _check_positions(out: ResolvedSpec, ir: ViTIR, spec: Spec) -> None:
         return
     if out.tokens:
         raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
-    if "dynamic_tokens" in spec.settings:
-        raise SpecError("dynamic_tokens", why)
+    for key in ("dynamic_tokens", "token_merge"):
+        if key in spec.settings:
+            raise SpecError(key, why + (" -- a merged token has no position" if key == "token_merge" else ""))
     for b in rope:
         m = out.qk.get(b.source_index)
         for h in range(0 if m is None else m.shape[0]):
@@ -192,9 +196,9 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
         why = (f"does not apply to a model pooled over every patch token (global_pool={ir.pool!r})")
         if out.tokens:
             raise SpecError(f"blocks.{min(out.tokens)}.tokens", why)
-        for key in ("dynamic_tokens", "exit"):
+        for key in ("dynamic_tokens", "exit") + (("token_merge",) if ir.pool == "map" else ()):
             if key in spec.settings:
-                raise SpecError(key, why)
+                raise SpecError(key, why + (" through an attention pool" if key == "token_merge" else ""))
     _check_positions(out, ir, spec)
     _check_talking(out, ir)
     check_heads(out, lambda i: block_name(ir, i))
@@ -203,4 +207,9 @@ def resolve(spec: Spec, ir: ViTIR, tensors: Optional[dict[str, Tensor]] = None) 
         out.dynamic = resolve_dynamic(spec.settings["dynamic_tokens"], out, ir, tensors)
     if out.tokens and out.dynamic:
         raise SpecError("dynamic_tokens", "static token masks (blocks.{i}.tokens) and dynamic rules cannot be combined yet")
+    if "token_merge" in spec.settings:
+        if out.tokens or out.dynamic:
+            raise SpecError("token_merge", "token merging and token pruning (blocks.{i}.tokens, dynamic_tokens) cannot be "
+                                           "combined yet")
+        out.merge = resolve_merge(spec.settings["token_merge"], out, ir)
     return out
