@@ -29,10 +29,10 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ("deit_small_width", "deit_base_width", "deit_tiny_irregular", "deit_small_evit", "swin_tiny_width")
+CASES = ("deit_small_width", "deit_base_width", "deit_tiny_irregular", "deit_small_evit", "deit_small_tome", "swin_tiny_width")
 #: the issue's targets at batch 256, fp16, CUDA graph or torch.compile: realization against timm's model
 TARGETS = {"deit_small_width": 0.85, "deit_base_width": 0.85, "deit_tiny_irregular": 0.8, "deit_small_evit": 0.8,
-           "swin_tiny_width": 0.8}
+           "deit_small_tome": 0.8, "swin_tiny_width": 0.8}
 
 
 def import_vitshrink():
@@ -58,7 +58,7 @@ def build_case(name: str, torch):
 
     model_name = {"deit_small_width": "deit_small_patch16_224", "deit_base_width": "deit_base_patch16_224",
                   "deit_tiny_irregular": "deit_tiny_patch16_224", "deit_small_evit": "deit_small_patch16_224",
-                  "swin_tiny_width": "swin_tiny_patch4_window7_224"}[name]
+                  "deit_small_tome": "deit_small_patch16_224", "swin_tiny_width": "swin_tiny_patch4_window7_224"}[name]
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,6 +70,8 @@ def build_case(name: str, torch):
         spec = load_spec(REPO / "compiler" / "examples" / "deit_tiny_example.json")
     elif name == "deit_small_evit":
         spec = Spec(*token_spec(ir, "evit:0.7@4,7,10"))
+    elif name == "deit_small_tome":  # token merging, 13 tokens per block (ToMe's r for ViT-S): Gather + one-hot MatMul
+        spec = Spec(*token_spec(ir, "tome:13"))
     else:
         spec = family.masks.l1_spec(ir, heads=0.5, mlp=0.5)
     pruned_ir = family.passes.apply_spec(ir, resolve_spec(spec, ir))

@@ -9,10 +9,14 @@ the 744 others (the L1 specs are given the same calibration record, so every row
 0.5``); latency is ONNX Runtime fp32, 2 threads, batch 1, against timm's own model in the same rounds
 (the compile's interleaved timing; medians). Every row compiled exactly (the report's max abs diff).
 
-Writes benchmarks/results/posttrain.json and posttrain.png (top-1 against latency; the time each method
-took), prints the table.
+Token merging (ToMe, ``--tokens tome:auto``: the smallest r whose merging alone meets the budget; no scores, no
+re-fit) at ``--macs`` 0.86, 0.7, 0.58, 0.5, compiled with ONNX Runtime fp32 and OpenVINO INT8 at batch 1 and 8 --
+the INT8 model against timm's INT8 original (same NNCF recipe and calibration), its top-1 on the same held-out images.
 
-    python benchmarks/posttrain.py [--seconds 3] [--only macs0.58,...]
+Writes benchmarks/results/posttrain.json and posttrain.png (top-1 against latency; the time each method
+took), prints the table (``--table FILE``; the merging rows: ``--merge-table FILE``).
+
+    python benchmarks/posttrain.py [--seconds 3] [--only macs0.58,...] [--methods "ToMe merging,..."]
 """
 from __future__ import annotations
 
@@ -34,6 +38,10 @@ METHODS = {"L1 (no data)": None, "data-aware": ["--no-reconstruct"], "data-aware
            TOKENS: ["--tokens", "evit:auto"]}  # the keep ratio chosen by the budget: --macs only
 L1_SPECS = {"heads0.67+mlp0.5": ["--heads", "0.67", "--mlp", "0.5"], "mlp0.75": ["--mlp", "0.75"],
             "heads0.67": ["--heads", "0.67"]}
+MERGE = "ToMe merging"
+MERGE_METHODS = {MERGE: ["--tokens", "tome:auto"]}
+MERGE_BUDGETS = (0.86, 0.7, 0.58, 0.5)
+MERGE_ENGINES = ("ort", "openvino-int8")  # fp32 and INT8 against the original at the same precision, batch 1 and 8
 
 
 def configs() -> list[tuple[str, str, list[str]]]:
@@ -45,6 +53,8 @@ def configs() -> list[tuple[str, str, list[str]]]:
         if method != TOKENS:
             rows.append((method, "heads0.67+mlp0.5", ["--heads", "0.67", "--mlp", "0.5", *extra]))
         rows += [(method, f"macs{b}", ["--macs", str(b), *extra]) for b in BUDGETS]
+    for method, extra in MERGE_METHODS.items():
+        rows += [(method, f"macs{b}", ["--macs", str(b), *extra]) for b in MERGE_BUDGETS]
     return rows
 
 
@@ -54,6 +64,9 @@ def main() -> int:
         return 0
     if sys.argv[1:2] == ["--table"]:  # the README's markdown table
         print(table(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
+    if sys.argv[1:2] == ["--merge-table"]:
+        print(merge_table(json.loads(Path(sys.argv[2]).read_text())))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -85,7 +98,9 @@ def main() -> int:
                 spec.write_text(json.dumps(s))
             weights = spec.with_name(f"{tag}.weights.safetensors")
             ck = weights if weights.is_file() else CKPT
-            run([exe, "compile", MODEL, "--checkpoint", ck, "--spec", spec, "--data", VAL, "--batch", "1",
+            merging = method in MERGE_METHODS
+            run([exe, "compile", MODEL, "--checkpoint", ck, "--spec", spec, "--data", VAL, "--batch", "1,8" if merging else "1",
+                 *(["--engines", ",".join(MERGE_ENGINES)] if merging else []),
                  "--bench-seconds", str(a.seconds), "--out", out, "--quiet"])
             r = json.loads((out / "report.json").read_text())
             machine = r["machine"]
@@ -100,6 +115,12 @@ def main() -> int:
                    "cpu_flags": flags}
             if method == TOKENS:
                 row["tokens"] = s["meta"]["tokens"]["schedule"]
+            if merging:
+                row["tokens"] = s["meta"].get("tokens", {}).get("schedule") or next(x for x in args if str(x).startswith("tome:"))
+                row["merge"] = {f"{e['engine']}@{e['batch']}": {k: e[k] for k in ("speedup_vs_original", "realization_vs_original")}
+                                | {"original_ms": e["baseline_ms"]["p50"], "pruned_ms": e["pruned_ms"]["p50"]} for e in r["latency"]}
+                row["top1_by_engine"] = {e["engine"]: {"original": e.get("original_top1"), "pruned": e["pruned_top1"]}
+                                         for e in acc.get("engines", [])}
             rows.append(row)
             print(f"{method:28s} {name:18s} MACs x{row['macs_ratio']:.3f}  top-1 {row['pruned_top1']:.3f} (n={acc['n']})  "
                   f"{row['original_ms']:.2f} -> {row['pruned_ms']:.2f} ms x{row['speedup_vs_original']:.2f} "
@@ -127,7 +148,8 @@ def table(res: dict) -> str:
     latency of the reconstructed (else the only) model."""
     by: dict = {}
     for r in res["rows"]:
-        by.setdefault(r["structure"], {})[r["method"]] = r
+        if r["method"] not in MERGE_METHODS:  # those: merge_table
+            by.setdefault(r["structure"], {})[r["method"]] = r
     lines = ["| `vitshrink masks` | MACs | top-1: L1 (no data) | data-aware | + reconstruction | + `--tokens evit:auto` | "
              "ORT b1: original -> pruned ms, speed-up (realization) | masks s |", "|---|---|---|---|---|---|---|---|"]
     order = sorted(by, key=lambda k: (not k.startswith("heads0.67+"), -by[k][next(iter(by[k]))]["macs_ratio"]))
@@ -145,6 +167,21 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_table(res: dict) -> str:
+    """The merging rows: top-1 (fp32, OpenVINO INT8), speed-up (realization) against the original at the same precision
+    on ONNX Runtime fp32 and OpenVINO INT8, batch 1 and 8."""
+    lines = ["| `--macs` | method (r) | MACs | top-1 fp32 / OV INT8 | ORT b1 | ORT b8 | OV INT8 b1 | OV INT8 b8 | masks s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = sorted((r for r in res["rows"] if r["method"] in MERGE_METHODS), key=lambda r: (-r["macs_ratio"], r["method"]))
+    for r in rows:
+        m, t8 = r["merge"], r["top1_by_engine"].get("openvino-int8", {}).get("pruned")
+        cell = lambda k: f"x{m[k]['speedup_vs_original']:.2f} ({m[k]['realization_vs_original']:.2f})" if k in m else "--"  # noqa: E731
+        lines.append(f"| {r['structure'].removeprefix('macs')} | {r['method']} ({r['tokens']}) | x{r['macs_ratio']:.2f} | "
+                     f"{r['pruned_top1']:.3f} / {t8 if t8 is None else format(t8, '.3f')} | {cell('ort@1')} | {cell('ort@8')} | "
+                     f"{cell('openvino-int8@1')} | {cell('openvino-int8@8')} | {r['masks_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -152,7 +189,7 @@ def plot(res: dict, path: Path) -> None:
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [2.2, 1]})
     colors = {"L1 (no data)": "tab:gray", "data-aware": "tab:orange", "data-aware + reconstruction": "tab:blue",
-              TOKENS: "tab:green"}
+              TOKENS: "tab:green", MERGE: "tab:purple"}
     rows = res["rows"]
     for method, c in colors.items():
         pts = sorted((r["macs_ratio"], r["pruned_top1"], r["structure"]) for r in rows if r["method"] == method)
@@ -181,8 +218,8 @@ def plot(res: dict, path: Path) -> None:
     names = [m for m in colors if m in per]
     heights = [sum(per[m]) / len(per[m]) for m in names]
     bx.bar(range(len(names)), heights, color=[colors[m] for m in names])
-    short = {"L1 (no data)": "L1\n(no data)", "data-aware + reconstruction": "data-aware\n+ reconstr.",
-             TOKENS: "data-aware\n+ reconstr.\n+ EViT tokens"}
+    short = {"L1 (no data)": "L1\n(no data)", "data-aware": "data-\naware", "data-aware + reconstruction": "data-\naware\n+ recon.",
+             TOKENS: "data-\naware\n+ recon.\n+ EViT", MERGE: "ToMe\nmerging\n(no data)"}
     bx.set_xticks(range(len(names)), [short.get(m, m) for m in names], fontsize=8)
     for i, m in enumerate(names):  # rows merged from runs on different CPUs: say which each bar was timed on
         flags = [r.get("cpu_flags") for r in rows if r["method"] == m]
