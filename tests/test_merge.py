@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from conftest import images, small_vit
 from test_exactness import exit_tensors, specs
-from test_engines import runner_binary  # noqa: F401 - the native runner, built once
 from test_tokens import HS, TOL, check
 from vitshrink.errors import SpecError
 from vitshrink.families import apply_spec, build_module, reference_forward, resolve_spec
