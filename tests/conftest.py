@@ -24,17 +24,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
-
-#: the modules that take longest on two workers, longest first (the README's `--durations` list): pytest-xdist's
-#: --dist loadfile hands out modules in collection order, so these go first and the short ones fill in at the end
-#: (longest-processing-time-first) instead of one long module starting last and running alone.
-LONGEST_FIRST = ("test_engines", "test_run", "test_api", "test_main_job", "test_latency_budget", "test_github_action",
-                 "test_posttrain", "test_cli", "test_tokens", "test_merge", "test_gate", "test_import_cli", "test_exactness")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: the order inside a module is kept
 SHARED = Path(os.environ.get("VITSHRINK_SHARED_DATA", REPO.parent / "shared" / "data"))
 DEIT_TINY_CKPT = SHARED / "deit_tiny_patch16_224.in1k.safetensors"
 IMAGENET_VAL = SHARED / "imagenet-sample" / "val"
