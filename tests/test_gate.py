@@ -245,7 +245,9 @@ def test_slowdown_measured_by_retiming_both_models(tmp_path):
     gate = gate_from_mapping({"max_slowdown": "5%"}, "t")
     base = crafted(seed=1)
     (same,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "same", tmp_path / "old", seconds=0.5))
-    assert same.status == "pass" and abs(same.value) < 0.05 and "re-timed" in same.note
+    # the same model: not a slowdown (pass, or inconclusive -> pass); its point estimate is timing noise -- 6% seen with
+    # the other test worker busy -- so only bounded far below the deeper model's +100%
+    assert same.status == "pass" and abs(same.value) < 0.25 and "re-timed" in same.note
     (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=0.5))
     assert deeper.status == "fail" and deeper.value > 0.5 and deeper.interval[0] > 0.05
     assert retimer(tmp_path / "same", tmp_path / "nowhere", seconds=1) is None  # a bare report: rounds compared
