@@ -10,6 +10,10 @@ from onnxruntime.capi import _pybind_state
 
 from .base import Runner
 
+# errors only: the graph optimizer logs through the default logger, whatever a session's severity (e.g. one
+# "UnsqueezeElimination cannot remove node" warning per block of timm's exported SDPA attention)
+ort.set_default_logger_severity(3)
+
 
 class OrtRunner(Runner):
     """Runs an ONNX file with ONNX Runtime.

@@ -16,14 +16,13 @@ from click.testing import CliRunner
 from conftest import REPO
 
 # No `if __name__ == "__main__":` guard on purpose: a spawn-started child would run this twice.
-# The two child processes a compile starts -- the background ONNX export and the latency worker -- from __main__
-# without the rest of the compile (the whole compile from a script: test_example_runs).
+# The child process a compile starts -- the latency worker -- from __main__ without the rest of the compile
+# (the whole compile from a script: test_example_runs).
 CHILDREN = textwrap.dedent("""\
     import json, torch, vitshrink
-    from vitshrink.export import BackgroundExport
+    from vitshrink.export import export_onnx
     from vitshrink.runtime.latency import measure_onnx
-    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)), "m.pt")
-    onnx = BackgroundExport("m.pt", "m.onnx", (3, 8, 8)).wait()
+    onnx = export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)), "m.onnx", (3, 8, 8))
     res = measure_onnx({"dense": onnx, "pruned": onnx}, [1], 2, (3, 8, 8), budget_s=0.1)
     print("RESULT", json.dumps({"rounds": res[1].rounds}))
 """)

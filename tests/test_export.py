@@ -82,3 +82,30 @@ def test_structure_is_gone_in_the_module_and_the_onnx_initializers(tmp_path, sma
         assert sum(x in (s, s[::-1]) for x in shapes) >= 4, s
     dense_widths = {48, 144, 96}  # embed_dim, 3 x embed_dim, MLP hidden of the dense model
     assert not [s for s in shapes if len(s) == 2 and set(s) & dense_widths], "a dense-width weight survived"
+
+
+def test_the_torchscript_exporter_first_the_dynamo_one_when_it_fails(tmp_path, small_distilled, monkeypatch):
+    """The file records the exporter that made it; a TorchScript failure falls back to torch.export (the same
+    logits); both failing is one VerificationError naming each exporter's error."""
+    import vitshrink.export as export
+    from vitshrink.errors import VerificationError
+
+    _, ir = small_distilled
+    module, x = build_module(ir).eval(), images(3)
+    with torch.no_grad():
+        want = module(x).numpy()
+    first = export_onnx(module, tmp_path / "a.onnx", (3, 32, 32))
+    assert export.exporter_of(first) == "torchscript"
+
+    def broken(*a, **k):
+        raise RuntimeError("no TorchScript today")
+
+    monkeypatch.setattr(export, "_torchscript", broken)
+    second = export_onnx(module, tmp_path / "b.onnx", (3, 32, 32))
+    assert export.exporter_of(second) == "dynamo"
+    for path in (first, second):
+        assert np.abs(OrtRunner(path).run(x.numpy()) - want).max() <= 1e-4
+    monkeypatch.setattr(export, "_dynamo", broken)
+    with pytest.raises(VerificationError, match="torchscript: RuntimeError: no TorchScript today; dynamo: RuntimeError"):
+        export_onnx(module, tmp_path / "c.onnx", (3, 32, 32))
+    assert not (tmp_path / "c.onnx").exists()

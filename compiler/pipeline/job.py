@@ -36,7 +36,7 @@ from .. import families
 from ..codegen.checkpoint import load, save
 from ..counting import count_macs
 from ..errors import ModelError, VerificationError, VitshrinkError
-from ..export import INPUT_NAME, OPSET, BackgroundExport, export_onnx, onnx_max_abs_diff
+from ..export import INPUT_NAME, OPSET, export_onnx, exporter_of, onnx_max_abs_diff
 from ..frontends.timm import eval_transform
 from ..importers import import_checkpoint, import_dense
 from ..importers.verify import import_report, source_logits
@@ -246,19 +246,12 @@ class CompileJob:
         onnx_engines = any(engines.source_artifact(e) == "onnx" for e in opt.engines)
         dense_onnx = (onnx_engines and opt.bench_seconds > 0) or bool(opt.data)
         with self.log.stage("export", "export ONNX" + (" (dense baseline + pruned)" if dense_onnx else " (pruned)")), torch.no_grad():
-            want_pruned, want_dense, dense_export = self.logits, self.dense(x), None
-            if dense_onnx:  # the dense baseline exports in a child, on the other core, meanwhile
-                torch.save(self.dense, work / "dense.pt")
-                dense_export = BackgroundExport(work / "dense.pt", work / "dense.onnx", self.shape)
-            try:
-                if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
-                    onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
-                else:
-                    onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
-                onnx_dense = dense_export.wait() if dense_export is not None else None
-            finally:
-                if dense_export is not None:
-                    dense_export.cancel()
+            want_pruned, want_dense = self.logits, self.dense(x)
+            onnx_dense = export_onnx(self.dense, work / "dense.onnx", self.shape) if dense_onnx else None
+            if "onnx" in self.timed_layout:  # the layout choice exported this very graph already
+                onnx_pruned = Path(shutil.move(self.timed_layout["onnx"], tmp / "model.onnx"))
+            else:
+                onnx_pruned = export_onnx(self.pruned, tmp / "model.onnx", self.shape)
             self.pruned = None
             dense_dir = save_dense_module(self.dense, work) if any(e.startswith("torch") for e in opt.engines) else None
             self.dense = None
@@ -283,6 +276,7 @@ class CompileJob:
             "onnx_max_abs_diff": d_pruned, "dense_onnx_max_abs_diff": d_dense, "tolerance": tol,
             "passed": d_pruned <= tol and (d_dense is None or d_dense <= tol), "opset": OPSET, "input": INPUT_NAME,
             "dynamic_batch": True, "file": "model.onnx", "bytes": onnx_pruned.stat().st_size,
+            "exporter": exporter_of(onnx_pruned),
         }
         if not self.report["export"]["passed"]:
             raise VerificationError(f"export verification failed: ONNX Runtime differs from torch by "
@@ -362,8 +356,6 @@ class CompileJob:
                 shutil.rmtree(created_parent, ignore_errors=True)
             raise
         finally:
-            if self.original is not None:
-                self.original.cancel()
             shutil.rmtree(work, ignore_errors=True)
         self.log.info(f"[bold green]wrote[/] {self.out}/ (report.md, report.json, widths.png, latency.png, model.onnx, model/, spec.json)")
         return self.report

@@ -19,7 +19,8 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   ``--verify-each`` ``exactness.per_pass`` (per pass in the order they ran: ``pass``, ``what``,
   ``max_abs_diff`` against the reference with the masks so far, ``passed``); ``export.onnx_max_abs_diff`` (ONNX
   Runtime vs torch, pruned), ``export.dense_onnx_max_abs_diff`` (null when nothing timed or measured the dense
-  model: ``--bench-seconds 0`` without ``--data``), ``export.passed``; ``verified``
+  model: ``--bench-seconds 0`` without ``--data``), ``export.passed``, ``export.exporter`` (``torchscript`` or
+  ``dynamo``: :func:`vitshrink.export.export_onnx`); ``verified``
 - ``layout``: ``policy`` (``--layout``), ``chosen``, ``reason`` (and the timings when ``auto`` timed the
   candidates), ``padded``
 - ``latency``: entries with ``runtime``, ``engine``, ``precision``, ``device``, ``batch``, ``threads``,
