@@ -46,13 +46,13 @@ from .runtime.engines import parse_engines
 ENTRY_FIELDS = {
     "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
     "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
-    "allow_model_mismatch", "verify_each", "img_size", "calib", "calib_images", "verify_images", "trt",
+    "allow_model_mismatch", "verify_each", "img_size", "calib", "calib_images", "verify_images", "trt", "original_checkpoint",
 }
-PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "data", "calib", "baseline")
+PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "original_checkpoint", "data", "calib", "baseline")
 #: entry fields passed to :class:`~vitshrink.pipeline.options.CompileOptions` under the same name
 OPTION_FIELDS = ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance",
                  "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each", "img_size", "calib",
-                 "calib_images", "verify_images", "trt")
+                 "calib_images", "verify_images", "trt", "original_checkpoint")
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
 
 

@@ -340,3 +340,44 @@ def test_cli_writes_spec_and_weights_that_compile_exactly(tmp_path):
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["max_abs_diff"] <= TOL
     assert r["accuracy"]["n"] == 4  # the 8 calibration images are left out
+    # the original is the user's model, not the re-fitted weights: masks recorded the weights it started from
+    from vitshrink.pipeline.output import sha256
+
+    assert meta["source"] == {"checkpoint": str(DEIT_TINY_CKPT.resolve()), "sha256": sha256(DEIT_TINY_CKPT)}
+    o = r["original"]
+    assert o["weights"]["sha256"] == meta["source"]["sha256"] and o["weights"]["from"].startswith("the spec's meta.source")
+    assert "the original weights deit_tiny" in o["model"]
+    assert o["onnx"]["status"] == "ok"  # --data alone exports it: checked against the original weights' own logits
+    row = r["accuracy"]["engines"][0]
+    assert row["original"].startswith(o["model"]) and row["original_top1"] is not None
+
+
+def test_the_original_weights_are_the_users(tmp_path):
+    """original_weights(): --original-checkpoint, else the spec's meta.source when --checkpoint is another file,
+    else --checkpoint; re-fitted weights whose source is unknown or gone are named "the given weights"; a missing
+    --original-checkpoint is one error line, nothing written."""
+    from vitshrink.errors import VitshrinkError
+    from vitshrink.pipeline.original import original_label, original_weights
+    from vitshrink.pipeline.output import sha256
+
+    start, refit = tmp_path / "start.safetensors", tmp_path / "refit.safetensors"
+    start.write_bytes(b"original"), refit.write_bytes(b"re-fitted")
+    src = {"source": {"checkpoint": str(start), "sha256": sha256(start)}, "refit": [1]}
+    w = original_weights(str(refit), None, src)
+    assert w["separate"] and w["checkpoint"] == str(start) and "start.safetensors" in original_label(w)
+    assert original_weights(str(start), None, src)["separate"] is False  # compiled on the weights masks started from
+    assert original_weights(str(refit), str(refit), src)["separate"] is False  # the user says so
+    assert original_weights(str(refit), str(start), {})["from"] == "--original-checkpoint"
+    unknown = original_weights(str(refit), None, {"refit": [1]})
+    assert unknown["known"] is False and original_label(unknown).startswith("the given weights")
+    start.write_bytes(b"changed since")
+    gone = original_weights(str(refit), None, src)
+    assert gone["known"] is False and str(start) in gone["reason"]
+    assert original_label(original_weights(str(refit), None, {}))== "the given weights"
+    with pytest.raises(VitshrinkError, match="--original-checkpoint .*nope: no such file"):
+        original_weights(str(refit), str(tmp_path / "nope"), {})
+    spec = Path(__file__).resolve().parents[1] / "compiler" / "examples" / "deit_tiny_example.json"
+    res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", str(spec), "--out", str(tmp_path / "o"),
+                                    "--original-checkpoint", str(tmp_path / "nope"), "--img-size", "32", "--quiet"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [f"error: --original-checkpoint {tmp_path / 'nope'}: no such file"]
+    assert not (tmp_path / "o").exists()

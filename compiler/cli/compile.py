@@ -29,6 +29,9 @@ Examples:
                    "(Torch-Pruning, torch.nn.utils.prune, NNI masks, zeroed structure).")
 @click.option("--from", "source_format", default=None, help="Format of a pruned --checkpoint (skip detection).")
 @click.option("--dense-checkpoint", default=None, help="Dense weights, for pruned formats that hold masks only (NNI).")
+@click.option("--original-checkpoint", default=None,
+              help="Weights of the original model (latency baseline, original top-1) when --checkpoint holds others; "
+                   "default: the weights `vitshrink masks` started from (the spec's meta.source), else --checkpoint.")
 @click.option("--trust-pickle", is_flag=True, help="Let a pickled checkpoint run its own code (default: never).")
 @click.option("--allow-model-mismatch", is_flag=True, help="Compile a spec whose meta.model names another model.")
 @click.option("--img-size", default=None, callback=img_size_option,
@@ -64,7 +67,7 @@ Examples:
                    "with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
-def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, trust_pickle, allow_model_mismatch, img_size, import_options,
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, original_checkpoint, trust_pickle, allow_model_mismatch, img_size, import_options,
                 data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, verify_each, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
@@ -81,7 +84,8 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, t
     opts = CompileOptions(checkpoint=checkpoint, data=data, calib=calib, calib_images=calib_images, batch=batches, threads=threads,
                           bench_seconds=bench_seconds, limit=limit, layout=layout, token_layout=token_layout,
                           tolerance=tolerance, verify_each=verify_each, trt=trt, progress=not quiet, source_format=source_format,
-                          dense_checkpoint=dense_checkpoint, trust_pickle=trust_pickle, import_options=import_options,
+                          dense_checkpoint=dense_checkpoint, original_checkpoint=original_checkpoint, trust_pickle=trust_pickle,
+                          import_options=import_options,
                           engines=engines, allow_model_mismatch=allow_model_mismatch, img_size=img_size)
     try:
         report = compile_model(model, spec, out, opts)
@@ -132,6 +136,10 @@ def summary(report: dict) -> None:
     if "accuracy" in report:
         a = report["accuracy"]
         click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
+        first = (a.get("engines") or [{}])[0]
+        if first.get("original_top1") is not None:  # the drop that max_top1_drop gates, and from which model
+            click.echo(f"top-1 ort (fp32): original {first['original_top1']:.4f} -> pruned {first['pruned_top1']:.4f}, "
+                       f"drop {100 * (first['original_top1'] - first['pruned_top1']):.1f} points (original: {first['original']})")
         for r in a.get("engines", [])[1:]:
             o = f"original {r['original_top1']:.4f} -> " if r["original_top1"] is not None else ""
             click.echo(f"top-1 {r['engine']} ({r['precision']}): {o}pruned {r['pruned_top1']:.4f}")

@@ -162,6 +162,9 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         if paths:  # compile --data leaves these images out of its accuracy
             spec.meta["calibration"] = record(paths, data, "vitshrink masks --data")
         spec.meta.setdefault("model", model)  # compile refuses it for another model (--allow-model-mismatch)
+        if checkpoint:  # the original weights: compile measures the original with them (not the re-fitted ones)
+            from ..pipeline.output import sha256  # lazy: as the compile stack
+            spec.meta["source"] = {"checkpoint": str(Path(checkpoint).resolve()), "sha256": sha256(checkpoint)}
         if img_size:
             spec.meta["img_size"] = list(img_size)  # compile it with the same --img-size
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,13 @@ from ..runtime.ort import OrtRunner
 
 
 def accuracy_section(checked: dict, artifacts: dict, images, data: str, transform, num_classes: int, threads: int,
-                     log) -> dict:
+                     log, original: str = "timm's own model") -> dict:
     """The report's ``accuracy``: ``n``, ``images`` (which were measured, which left out and why), dense and
     pruned top-1/top-5 and their agreement (ONNX Runtime fp32), and ``engines``: rows ``{engine, precision,
     original_top1, pruned_top1, original_top5, pruned_top5, top1_agreement, original}`` -- ``ort`` fp32 first
-    (timm's own export as the original, vitshrink's dense model when that export failed), then every
-    low-precision engine that passed verification (its original at that precision; None when the
+    (timm's own export of the original -- ``original`` names its weights: the user's, not ``vitshrink masks``'
+    re-fitted ones (:func:`~.original.original_weights`) --, vitshrink's dense model when that export failed), then
+    every low-precision engine that passed verification (its original at that precision; None when the
     original's artifact failed its check).
 
     Args:
@@ -53,6 +54,7 @@ def accuracy_section(checked: dict, artifacts: dict, images, data: str, transfor
                      "original_top1": acc[f"{o}_top1"] if o else None, "pruned_top1": acc[f"{p}_top1"],
                      "original_top5": acc[f"{o}_top5"] if o else None, "pruned_top5": acc[f"{p}_top5"],
                      "top1_agreement": float((pred[o] == pred[p]).mean()) if o else None,
-                     "original": None if not o else ("timm's own export" if o.endswith("original") else "vitshrink's dense model")}
+                     "original": None if not o else (f"{original}, exported" if o.endswith("original")
+                                                                      else "vitshrink's dense model")}
                     for name, prec, o, p in rows],
     }

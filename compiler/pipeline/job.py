@@ -52,7 +52,7 @@ from .calibration import load_images
 from .calibration import plan as plan_images
 from .layout_choice import choose_layout
 from .options import CompileOptions, with_overrides
-from .original import OriginalBaseline
+from .original import OriginalBaseline, original_weights
 from .precision import build_low_precision, kinds_needed
 from .output import check_output, commit_output, prepare_output, scratch_dir, sha256, toolchain
 from .progress import Log
@@ -88,7 +88,7 @@ class CompileJob:
         """Stage 1: the spec (or the imported checkpoint), the timm model, the resolved spec, the
         verification images. Warnings are shown only once the input is known to be good."""
         opt, log = self.opt, self.log
-        self.imported = None
+        self.imported, self.original_weights, self.original_model = None, None, None
         with log.stage("import", f"import {self.model_name}"):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -103,6 +103,9 @@ class CompileJob:
                     self.spec = load_spec(self.spec_path)
                     check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
                     timm_model, dense_ir, extras = import_dense(self.model_name, opt.checkpoint, opt.img_size)
+                    self.original_weights = original_weights(opt.checkpoint, opt.original_checkpoint, self.spec.meta)
+                    if self.original_weights.get("separate"):  # masks' re-fitted weights: the original is the user's
+                        self.original_model = import_dense(self.model_name, self.original_weights["checkpoint"], opt.img_size)[0]
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
             self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)
@@ -132,10 +135,14 @@ class CompileJob:
             timm_logits = self.timm_model(self.x)
             fidelity = _max_diff(self.family.codegen.build_module(self.dense_ir, share=True)(self.x), timm_logits)
             self.source = source_logits(self.imported, self.model_name, self.x) if self.imported is not None else None
-        self.original = OriginalBaseline(self.timm_model, self.model_name, self.imported is not None, self.opt,
-                                         self.shape, work, timm_logits, self.log)
+        original, original_logits = self.timm_model, timm_logits
+        if self.original_model is not None:
+            with torch.no_grad():
+                original, original_logits = self.original_model, self.original_model(self.x)
+        self.original = OriginalBaseline(original, self.model_name, self.imported is not None, self.opt,
+                                         self.shape, work, original_logits, self.log, self.original_weights)
         self.report["original"] = self.original.info
-        self.timm_model = None
+        self.timm_model = self.original_model = None
         if fidelity > opt.tolerance:
             raise VerificationError(f"import fidelity failed: IR codegen differs from timm by {fidelity:.3g} > {opt.tolerance:g}")
         spec_path, ckpt = self.spec_path, opt.checkpoint
@@ -319,7 +326,7 @@ class CompileJob:
         if self.opt.data:
             self.report["accuracy"] = accuracy_section(self.report.get("engines", {}), self.artifacts, self.images,
                                                        self.opt.data, self.transform, self.num_classes,
-                                                       max(self.opt.threads), self.log)
+                                                       max(self.opt.threads), self.log, self.report["original"]["model"])
 
     # ------------------------------------------------------------------------------------- the run
 

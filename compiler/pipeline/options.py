@@ -46,6 +46,10 @@ class CompileOptions:
         source_format: without a spec, ``checkpoint`` is a pruned checkpoint of another tool; its format
             (``--from``), detected when None (:func:`vitshrink.importers.import_checkpoint`).
         dense_checkpoint: dense weights for formats that hold masks only (NNI).
+        original_checkpoint: the weights of the original model -- the latency baseline and the accuracy that
+            ``max_top1_drop`` compares with -- when ``checkpoint`` holds other ones (``vitshrink masks --data``'s
+            re-fitted weights); default: the spec's ``meta.source`` (written by ``vitshrink masks``), else
+            ``checkpoint`` (:func:`vitshrink.pipeline.original.original_weights`).
         trust_pickle: let a pickled checkpoint run its own code (off: classes are recorded, not run).
         import_options: format options (``--import-option KEY=VALUE``), e.g. ``{"exit": "11"}`` (WDPruning).
         engines: engines to verify and time (``--engines``): names of
@@ -79,6 +83,7 @@ class CompileOptions:
     progress: bool = True
     source_format: Optional[str] = None
     dense_checkpoint: Optional[str] = None
+    original_checkpoint: Optional[str] = None
     trust_pickle: bool = False
     import_options: Optional[dict] = None
     engines: Sequence[str] | str = ("ort",)
@@ -96,6 +101,8 @@ class CompileOptions:
         self.threads = (self.threads,) if isinstance(self.threads, int) else tuple(self.threads)
         if self.checkpoint is not None:
             self.checkpoint = str(self.checkpoint)
+        if self.original_checkpoint is not None:
+            self.original_checkpoint = str(self.original_checkpoint)
         if self.data is not None:
             self.data = str(self.data)
         if self.calib is not None:

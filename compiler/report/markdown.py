@@ -131,7 +131,8 @@ def _accuracy_lines(report: dict) -> list[str]:
               f"Top-1 agreement between dense and pruned: {a['top1_agreement']:.4f}.", ""]
     rows = a.get("engines") or []
     if rows:
-        lines += ["Per engine and precision (original: timm's own model at that precision):", "",
+        who = (report.get("original") or {}).get("model", "timm's own model")
+        lines += [f"Per engine and precision (original: {who}, at that precision):", "",
                   "| engine | precision | original top-1 | pruned top-1 | drop (points) | original top-5 | pruned top-5 | top-1 agreement |",
                   "|---|---|---|---|---|---|---|---|"]
         f = lambda v: "--" if v is None else f"{v:.4f}"  # noqa: E731
