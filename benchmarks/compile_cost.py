@@ -3,7 +3,7 @@
     python benchmarks/compile_cost.py deit_base_patch16_224 --spec SPEC [compile options...]
 
 Peak memory is the largest maximum resident set size of the compile's processes (getrusage of the
-children: the compile and the child that exports the original model), which includes torch, timm,
+children: the compile and its latency workers), which includes torch, timm,
 the ONNX exporter and the ONNX Runtime sessions. Prints wall time, peak and report.json's
 ``timings_s`` (seconds per stage), and writes them with the machine to
 benchmarks/results/compile_cost.json.

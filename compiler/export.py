@@ -56,11 +56,33 @@ def _torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.Mo
     return onnx.load_from_string(buf.getvalue())
 
 
-def _inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ONNX shape inference with data propagation on a copy of ``proto`` whose large initializers are graph
+    inputs of the same type and shape (their values are never needed: no 350 MB copy for a Base model); None
+    where it fails."""
+    g = proto.graph
+    inputs = {i.name for i in g.input}
+    big = [t for t in g.initializer if int(np.prod(t.dims)) > 1024 and t.name not in inputs]
+    names = {t.name for t in big}
+    light = onnx.helper.make_model(
+        onnx.helper.make_graph(g.node, g.name, [*g.input, *(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                                                           for t in big)],
+                               g.output, [t for t in g.initializer if t.name not in names], value_info=g.value_info),
+        opset_imports=proto.opset_import, ir_version=proto.ir_version)
     try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # noqa: BLE001 - (a model over 2 GB): folded without them
-        return proto
+        return onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001 - the model keeps what the exporter inferred
+        return None
+
+
+def _inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every tensor's inferred shape (``value_info``): the cleanup then folds the shape arithmetic
+    the TorchScript exporter left (``Shape`` -> ``Gather`` -> ``Concat`` of static dimensions)."""
+    inferred = _shape_inference(proto)
+    if inferred is not None:
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(inferred.graph.value_info)
+    return proto
 
 
 def _static_output_dims(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -73,13 +95,11 @@ def _static_output_dims(proto: onnx.ModelProto) -> onnx.ModelProto:
         for d in list(o.type.tensor_type.shape.dim)[1:]:
             if d.dim_param:
                 d.Clear()
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # noqa: BLE001 - a model shape inference cannot read keeps its unnamed dimensions
-        return proto
-    types = {o.name: o.type for o in inferred.graph.output}
-    for o in outputs:
-        o.type.CopyFrom(types[o.name])
+    inferred = _shape_inference(proto)
+    if inferred is not None:
+        types = {o.name: o.type for o in inferred.graph.output}
+        for o in outputs:
+            o.type.CopyFrom(types[o.name])
     return proto
 
 
