@@ -24,7 +24,7 @@ from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
 from .frontends import timm_cait, timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
-from .frontends.timm import create_model, fit_pos_embed, load_checkpoint, load_state, read_state_dict
+from .frontends.timm import create_model, fit_classifier, fit_pos_embed, load_state, read_state_dict
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
 from .masks import swin as masks_swin
@@ -215,17 +215,18 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         model = create_model(name, **{**(model_kwargs or {}), **({"img_size": tuple(img_size)} if img_size else {})})
     family = family_of(model)
     extras: dict[str, Tensor] = {}
-    if img_size and (state_dict is not None or checkpoint is not None):
-        state_dict = fit_pos_embed(model, state_dict if state_dict is not None else read_state_dict(checkpoint))
+    if state_dict is None and checkpoint is not None:
+        state_dict = read_state_dict(checkpoint)
     if state_dict is not None:
+        fit_classifier(model, state_dict)
+        if img_size:
+            state_dict = fit_pos_embed(model, state_dict)
         extras = load_state(model, state_dict, f"imported weights for {name}" if checkpoint is None else f"checkpoint '{checkpoint}'")
     elif random:
         warnings.warn(
             f"no checkpoint given: {name} has RANDOM weights (seed {RANDOM_INIT_SEED}; latency and exactness are "
             "meaningful, accuracy is not)", stacklevel=2,
         )
-    else:
-        extras = load_checkpoint(model, checkpoint)
     if configure is not None:
         configure(model)
     return model, family.frontend.from_timm(model, name), extras

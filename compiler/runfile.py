@@ -26,6 +26,7 @@ the driver. Exit code of the run: the worst entry, in the order 1 (verification 
 """
 from __future__ import annotations
 
+import difflib
 import os
 import platform
 import shutil
@@ -71,14 +72,12 @@ def read_runfile(path: str | Path) -> list[dict]:
     defaults, raw = doc.get("defaults", {}), doc.get("entry", [])
     if not isinstance(raw, list) or not raw:
         raise VitshrinkError(f"run file {p}: no [[entry]] tables")
+    _known_fields(defaults, f"run file {p}, [defaults]")  # named as where it is written, not as the first entry
     entries, names = [], set()
     for i, e in enumerate(raw):
         where = f"run file {p}, entry {i + 1}"
+        _known_fields(e, where)
         entry = {**defaults, **e, "gate": {**defaults.get("gate", {}), **e.get("gate", {})}}
-        bad = sorted(set(entry) - ENTRY_FIELDS)
-        if bad:
-            hint = " (pass --trust-pickle to vitshrink run)" if bad[0] == "trust_pickle" else ""
-            raise VitshrinkError(f"{where}: unknown field '{bad[0]}'{hint}")
         if "model" not in entry:
             raise VitshrinkError(f"{where}: field 'model' is missing")
         entry.setdefault("name", entry["model"])
@@ -91,6 +90,8 @@ def read_runfile(path: str | Path) -> list[dict]:
         for k in PATH_FIELDS:
             if entry.get(k) is not None:
                 entry[k] = str((p.parent / entry[k]).resolve())
+                if not Path(entry[k]).exists():  # found now, not when the entry starts after others compiled
+                    raise VitshrinkError(f"{where}: field '{k}': {entry[k]}: no such file or directory")
         try:
             entry["engines"] = list(parse_engines(entry.get("engines", ["ort"])))
         except ValueError as e:
@@ -102,6 +103,17 @@ def read_runfile(path: str | Path) -> list[dict]:
         gate_from_mapping(entry["gate"], f"{where} [gate]")
         entries.append(entry)
     return entries
+
+
+def _known_fields(table: dict, where: str) -> None:
+    """Raise :class:`VitshrinkError` naming the first field of ``table`` a run file entry does not take, with
+    the closest known ones."""
+    bad = sorted(set(table) - ENTRY_FIELDS)
+    if bad:
+        close = difflib.get_close_matches(bad[0], sorted(ENTRY_FIELDS), n=2)
+        hint = (" (pass --trust-pickle to vitshrink run)" if bad[0] == "trust_pickle"
+                else f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
+        raise VitshrinkError(f"{where}: unknown field '{bad[0]}'{hint}")
 
 
 def _options(entry: dict, trust_pickle: bool) -> CompileOptions:
@@ -116,8 +128,8 @@ def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
     failures: returns ``{"name", "exit_code", "error", "report", "checks", "files": {name: bytes}, "seconds",
     "host"}`` -- ``files`` the output directory's files, for the driver to write."""
     t0 = time.time()
-    out = {"name": entry["name"], "exit_code": 0, "error": None, "report": None, "checks": [], "files": {},
-           "host": platform.node()}
+    out = {"name": entry["name"], "model": entry["model"], "exit_code": 0, "error": None, "report": None, "checks": [],
+           "files": {}, "host": platform.node()}
     tmp = Path(tempfile.mkdtemp(prefix="vitshrink-run-"))
     try:
         report = compile_model(entry["model"], entry.get("spec"), tmp / "out", _options(entry, trust_pickle))
@@ -220,17 +232,21 @@ def worst_exit(results: list[dict]) -> int:
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
-    """One row per entry: name, model, exit code, MACs ratio, top-1 drop (points), speed-ups (against the
-    original model where the report timed it, else against vitshrink's dense), gate counts."""
+    """One row per entry: name, model (a failed entry's too), exit code, MACs ratio, top-1 drop (points, from the
+    original model as ``max_top1_drop`` measures it; from vitshrink's dense model where the report has no
+    original), speed-ups (against the original model where the report timed it, else against vitshrink's dense),
+    gate counts."""
     rows = []
     for r in results:
         rep = r["report"] or {}
         acc = rep.get("accuracy") or {}
+        first = (acc.get("engines") or [{}])[0]
+        base = first.get("original_top1") if first.get("original_top1") is not None else acc.get("dense_top1")
         checks = r["checks"]
         rows.append({
-            "entry": r["name"], "model": rep.get("model", ""), "exit": r["exit_code"],
+            "entry": r["name"], "model": rep.get("model") or r.get("model", ""), "exit": r["exit_code"],
             "macs_x": rep["macs"]["dense"] / rep["macs"]["pruned"] if rep.get("macs") else None,
-            "top1_drop": 100 * (acc["dense_top1"] - acc["pruned_top1"]) if "pruned_top1" in acc else None,
+            "top1_drop": 100 * (base - acc["pruned_top1"]) if "pruned_top1" in acc and base is not None else None,
             "speedup": {f"b{e['batch']} t{e['threads']}": e.get("speedup_vs_original", e["speedup"]) for e in rep.get("latency", [])},
             "gate": f"{sum(c['status'] == 'pass' for c in checks)}/{len(checks)}" if checks else "—",
             "host": r["host"], "seconds": r["seconds"], "error": r["error"] or "",

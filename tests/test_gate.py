@@ -223,7 +223,7 @@ def test_diff_lists_what_changed(tmp_path):
     changes = {(r["section"], r["field"]): r for r in json.loads(out.read_text())["changes"] if r["changed"]}
     assert changes[("toolchain", "onnxruntime")]["new"] == "1.33.0"
     assert changes[("structure", "block 0 heads")]["old"] == 2 and changes[("structure", "block 0 heads")]["new"] == 1
-    assert changes[("accuracy", "pruned_top1")]["change"] == "-5.1%"
+    assert changes[("accuracy", "pruned_top1")]["change"] == "-4.0 points"  # 0.79 -> 0.75: points, not -5.1%
     assert float(changes[("latency", "ort cpu b1 t2 pruned p50 ms")]["change"].rstrip("%")) > 10
     assert ("params", "pruned") not in changes and ("inputs", "spec sha256") not in changes
     assert "onnxruntime" in res.stdout and "fields changed" in res.stdout
@@ -308,3 +308,31 @@ def test_diff_leads_with_the_paired_ratio_and_flags_drift(tmp_path):
     slower = crafted(seed=1, slower=1.2)
     real = [r for r in diff_reports(old, slower) if r["field"].endswith("pruned p50 ms")]
     assert real and all(r["note"] == "" for r in real), real
+
+
+def test_diff_gives_accuracy_changes_in_points(tmp_path):
+    """Top-1 0.7167 -> 0.47 is -24.7 points, not -34.4%: every accuracy fraction (and each engine row's original and
+    pruned top-1) changes in points; the image count and latencies stay relative."""
+    import copy
+
+    from vitshrink.report.diff import diff_reports
+
+    old = crafted(seed=1)
+    old["accuracy"].update(pruned_top1=0.7167, engines=[{"engine": "ort", "precision": "fp32", "original_top1": 0.79,
+                                                         "pruned_top1": 0.7167}])
+    new = copy.deepcopy(old)
+    new["accuracy"].update(n=500, pruned_top1=0.47, engines=[{"engine": "ort", "precision": "fp32", "original_top1": 0.79,
+                                                              "pruned_top1": 0.47}])
+    rows = {r["field"]: r["change"] for r in diff_reports(old, new) if r["section"] == "accuracy"}
+    assert rows["pruned_top1"] == "-24.7 points" and rows["ort (fp32) pruned top-1"] == "-24.7 points"
+    assert rows["ort (fp32) original top-1"] == "" and rows["n"] == "-50.0%"
+
+
+def test_every_help_gives_examples_and_its_own_exit_codes():
+    """Each command's --help ends with an example and the exit codes; diff's are its own (it never gates: no 3,
+    no 'every check passed')."""
+    helps = {name: CliRunner().invoke(main, [name, "--help"]).output for name in main.commands}
+    for name, text in helps.items():
+        assert "Exit codes" in text and "Example" in text, name
+    assert "every check passed" not in helps["diff"] and "\n    3  " not in helps["diff"]
+    assert "every check passed" in helps["check"] and "\n    3  " in helps["check"]

@@ -398,6 +398,11 @@ def test_masks_writes_tomes_schedule(tmp_path):
         assert res.exit_code == 0, res.output
         spec = json.loads((tmp_path / "s.json").read_text())
         assert {k: v["r"] for k, v in spec["settings"]["token_merge"].items()} == want, tokens
+    for tokens in ("tome:3", "uniform:0.7@3"):  # --fuse is EViT's: refused where it would be ignored
+        res = CliRunner().invoke(main, ["masks", "deit_tiny_patch16_224", "--img-size", "64", "--tokens", tokens, "--fuse",
+                                        "--out", str(tmp_path / "f.json")])
+        assert res.exit_code == 2 and res.output.strip().startswith("error: --fuse: only the dynamic rules"), res.output
+        assert not (tmp_path / "f.json").exists()
 
 
 def test_tome_auto_takes_the_whole_budget_without_scores(tmp_path):

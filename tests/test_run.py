@@ -40,13 +40,15 @@ max_macs = "10M"
 [[entry]]
 name = "bad-spec"
 model = "deit_tiny_patch16_224"
-spec = "no-such-spec.json"
+spec = "bad-spec.json"
 """
+BAD_SPEC = '{"format": "vitshrink.spec/1", "masks": {"blocks.99.heads": [0]}}'  # read fine, refused at its compile
 
 
 def _run(tmp_path: Path, name: str, *extra: str, text: str = RUNFILE):
     f = tmp_path / "vitshrink.toml"
     f.write_text(text)
+    (tmp_path / "bad-spec.json").write_text(BAD_SPEC)
     out = tmp_path / name
     res = CliRunner().invoke(main, ["run", str(f), "--out", str(out), *extra])
     summary = json.loads((out / "summary.json").read_text())
@@ -70,7 +72,7 @@ def test_run_locally(local_run):
     assert (out / "passes" / "report.json").is_file() and (out / "passes" / "model.onnx").is_file()
     assert not (out / "bad-spec").exists()
     junit = (out / "junit.xml").read_text()
-    assert junit.count("<testsuite ") == 3 and 'failures="1"' in junit and "no-such-spec.json" in junit
+    assert junit.count("<testsuite ") == 3 and 'failures="1"' in junit and "blocks.99" in junit
     assert "[1/3] passes" in res.stderr and "[3/3 done] bad-spec: exit 2" in res.stderr
     assert "| passes |" in (out / "summary.md").read_text()
 
@@ -97,10 +99,29 @@ def test_run_on_a_local_ray_cluster(tmp_path, local_run):
     ("[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'a.json'\n[[entry]]\nname = 'a'\nmodel = 'm'\nspec = 'b.json'\n", "unique"),
     ("[entries]\n", "unknown table 'entries'"),
     ("model = ", "not TOML"),
+    ("[defaults]\nengins = ['ort']\n[[entry]]\nmodel = 'm'\nspec = 'a.json'\n",
+     "[defaults]: unknown field 'engins'; did you mean 'engines'?"),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\n[[entry]]\nname = 'b'\nmodel = 'm'\nspec = 'gone.json'\n",
+     "entry 'b': field 'spec': "),  # found before the first entry compiles
 ])
 def test_bad_run_files_exit_2_before_running(tmp_path, text, msg):
+    (tmp_path / "a.json").write_text("{}"), (tmp_path / "b.json").write_text("{}")
     f = tmp_path / "bad.toml"
     f.write_text(text)
     res = CliRunner().invoke(main, ["run", str(f), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and msg in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_summary_rows_name_a_failed_entrys_model_and_the_drop_from_the_original():
+    from vitshrink.runfile import summary_rows
+
+    failed = {"name": "broken", "model": "deit_tiny_patch16_224", "exit_code": 2, "error": "error: no such file",
+              "report": None, "checks": [], "host": "h", "seconds": 0.1}
+    acc = {"dense_top1": 0.50, "pruned_top1": 0.49,  # re-fitted dense: 1 point; the original had 0.79: 30 points
+           "engines": [{"engine": "ort", "precision": "fp32", "original_top1": 0.79, "pruned_top1": 0.49}]}
+    ok = {**failed, "name": "ok", "exit_code": 0, "error": None,
+          "report": {"model": "deit_tiny_patch16_224", "macs": {"dense": 2.0, "pruned": 1.0}, "accuracy": acc, "latency": []}}
+    rows = {r["entry"]: r for r in summary_rows([failed, ok])}
+    assert rows["broken"]["model"] == "deit_tiny_patch16_224" and rows["broken"]["top1_drop"] is None
+    assert rows["ok"]["top1_drop"] == pytest.approx(30.0) and rows["ok"]["macs_x"] == 2.0

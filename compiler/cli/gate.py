@@ -92,7 +92,12 @@ def check_cmd(report, quiet, **kwargs):
 @click.command("diff", epilog="""\b
 Example:
   vitshrink diff runs/last-week runs/today --json diff.json
-""" + GATE_EXIT.replace("  3  a gate check failed: the table says which\n", ""))
+
+\b
+Exit codes:
+  0  the differences were listed (a difference is not a failure: gate with `vitshrink check --baseline`)
+  2  bad input (a report or directory that cannot be read): one line 'error: ...'
+""")
 @click.argument("old")
 @click.argument("new")
 @click.option("--json", "json_out", default=None, help="Also write the differences as JSON.")

@@ -12,6 +12,12 @@ import click
 from ..errors import VitshrinkError
 from .common import fail
 
+IMPORT_EXIT = """\b
+Exit codes:
+  0  success
+  2  bad input (checkpoint, format, model name, option): one line 'error: ...', nothing written
+"""
+
 _SOURCE_OPTIONS = [
     click.option("--from", "source_format", default=None,
                  help="Format of PRUNED (skip detection): torch-pruning, hf, torch-prune, nni, zeroed."),
@@ -82,7 +88,7 @@ def _table(model: str, result) -> str:
 @click.command("inspect", epilog="""\b
 Example:
   vitshrink inspect tp_deit_small.pth --model deit_small_patch16_224
-""")
+""" + IMPORT_EXIT)
 @click.argument("pruned")
 @click.option("--model", default=None, help="timm name of the original architecture (read from the pickle if it records one).")
 @_source_options
@@ -102,7 +108,7 @@ Example:
   vitshrink import tp_deit_small.pth --model deit_small_patch16_224 --out runs/tp_import
   vitshrink compile deit_small_patch16_224 --checkpoint runs/tp_import/dense.safetensors \\
   --spec runs/tp_import/spec.json --out runs/tp
-""")
+""" + IMPORT_EXIT)
 @click.argument("pruned")
 @click.option("--model", default=None, help="timm name of the original architecture (read from the pickle if it records one).")
 @click.option("--out", "out", required=True, help="Directory for spec.json, dense.safetensors, import.json.")

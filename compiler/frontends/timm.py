@@ -107,6 +107,21 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str = "stat
     return {k: v.float() for k, v in sd.items() if k not in own}
 
 
+def fit_classifier(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """A checkpoint fine-tuned to its own classes: when its classifier weight (timm's ``pretrained_cfg``
+    ``classifier``: ``head``, ``head.fc``; a distilled model's ``head`` and ``head_dist``) is [N, D] with N other
+    than the model's ``num_classes``, timm's ``reset_classifier(N)`` makes the model's head that size before the
+    weights load (a 10-class ViT fine-tuned from ImageNet: N = 10). A checkpoint without the classifier keeps
+    the model's head (the load then names the missing key).
+    """
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    weight = next((sd[f"{n}.weight"] for n in names if f"{n}.weight" in sd), None)
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != getattr(model, "num_classes", weight.shape[0]) \
+            and hasattr(model, "reset_classifier"):
+        model.reset_classifier(int(weight.shape[0]))
+
+
 def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``sd`` with its absolute position embedding (``pos_embed`` [1, prefix + h*w, D]) resampled to the patch
     grid of ``model`` (created at another ``img_size``) by timm's own ``resample_abs_pos_embed`` (bicubic, the

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
+from ..frontends.timm import fit_classifier
 from ..families import VIT, Family
 from ..spec.format import Spec
 
@@ -95,6 +96,7 @@ class ImportContext:
         Raises:
             CheckpointError: naming the missing key, or the key and both shapes.
         """
+        fit_classifier(self.model, sd)  # a head fine-tuned to its own classes: the model's is made that size
         for k, v in self.model.state_dict().items():
             if k not in sd:
                 raise CheckpointError(f"{what} '{self.path}' does not fit {self.model_name}: key '{k}' missing")

@@ -280,6 +280,9 @@ def token_spec(ir: ViTIR, schedule: str, mode: Optional[str] = None, fuse: bool 
             pooling (its pooled token set would change) or without a class token (the scores read it).
     """
     kind, ratio, blocks = parse_token_schedule(schedule)
+    if fuse and kind not in ("evit", "lfe"):  # accepted and ignored would mislead: say which rules fuse
+        raise VitshrinkError(f"--fuse: only the dynamic rules (evit, lfe) fuse their pruned tokens; --tokens {kind}:... "
+                             + ("merges tokens itself" if kind == "tome" else "drops fixed tokens"))
     if kind == "tome":  # token merging: class-token and average-pooled models alike (resolve refuses the rest)
         return {}, {"token_merge": merge_schedule(ir, int(ratio), blocks)}
     if getattr(ir, "pool", "token") == "avg" or not ir.prefix or ir.prefix[0].name != "cls":

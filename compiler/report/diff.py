@@ -40,6 +40,9 @@ def _flatten(report: dict) -> dict[tuple[str, str], Any]:
     for k, v in (report.get("accuracy") or {}).items():
         if isinstance(v, (int, float)):
             out[("accuracy", k)] = v
+    for r in (report.get("accuracy") or {}).get("engines") or []:  # the rows max_top1_drop gates
+        for k in ("original_top1", "pruned_top1"):
+            out[("accuracy", f"{r['engine']} ({r['precision']}) {k.replace('_top1', ' top-1')}")] = r.get(k)
     for e in report.get("latency", []):  # the paired ratios first: they cancel the machine's drift between runs
         tag = entry_label(e)
         out[("latency", f"{tag} speed-up")] = e.get("speedup_paired", e.get("speedup"))  # older reports: p50 ratio in "speedup"
@@ -53,10 +56,15 @@ def _flatten(report: dict) -> dict[tuple[str, str], Any]:
     return out
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def diff_reports(old: dict, new: dict) -> list[dict]:
     """Rows ``{section, field, old, new, change, changed, note}``: every compared field of either report
     (per latency entry the paired speed-up first, then the absolute milliseconds); ``change`` is the
-    relative change for numbers (``+3.1%``), ``added`` / ``removed`` / ``changed`` otherwise, ``""``
+    difference in percentage points for accuracies (top-1 0.7167 -> 0.47: ``-24.7 points``), the relative
+    change for other numbers (``+3.1%``), ``added`` / ``removed`` / ``changed`` otherwise, ``""``
     when equal; ``note`` flags absolute times that moved with the machine, not the model (:data:`DRIFT_FACTOR`)."""
     a, b = _flatten(old), _flatten(new)
     rows = []
@@ -68,7 +76,9 @@ def diff_reports(old: dict, new: dict) -> list[dict]:
             change = "added"
         elif vb is None:
             change = "removed"
-        elif isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool) and va:
+        elif key[0] == "accuracy" and key[1] != "n" and _number(va) and _number(vb):  # fractions: people read points
+            change = f"{100 * (vb - va):+.1f} points"
+        elif _number(va) and _number(vb) and va:
             change = f"{100 * (vb / va - 1):+.1f}%"
         else:
             change = "changed"
