@@ -340,6 +340,7 @@ def test_cli_writes_spec_and_weights_that_compile_exactly(tmp_path):
     r = json.loads((out / "report.json").read_text())
     assert r["exactness"]["max_abs_diff"] <= TOL
     assert r["accuracy"]["n"] == 4  # the 8 calibration images are left out
+    assert f"top-1 on the 4 images of {imgs} not used for calibration; 8 left out: they chose the spec's masks" in res.output
     # the original is the user's model, not the re-fitted weights: masks recorded the weights it started from
     from vitshrink.pipeline.output import sha256
 

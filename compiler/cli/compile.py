@@ -135,6 +135,10 @@ def summary(report: dict) -> None:
                        f"x{e['speedup']:.3f} (ideal x{e['ideal_speedup']:.3f}, realization {e['realization']:.3f}){flag}")
     if "accuracy" in report:
         a = report["accuracy"]
+        imgs = a.get("images") or {}
+        on = imgs.get("what") or f"{a['n']} images"  # rows of compiles on other images are not comparable: say which
+        left = f"; {imgs['excluded']} left out: they {imgs['excluded_because']}" if imgs.get("excluded") else ""
+        click.echo(f"top-1 on {on}{left}")
         click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
         first = (a.get("engines") or [{}])[0]
         if first.get("original_top1") is not None:  # the drop that max_top1_drop gates, and from which model
