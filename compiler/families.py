@@ -24,7 +24,8 @@ from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
 from .frontends import timm_cait, timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
-from .frontends.timm import create_model, fit_classifier, fit_pos_embed, load_state, read_state_dict
+from .frontends.timm import (create_model, fit_classifier, fit_pos_embed, load_state, read_label_names, read_state_dict,
+                             set_label_names)
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
 from .masks import swin as masks_swin
@@ -188,7 +189,8 @@ def family_of(obj: Any) -> Family:
 
 def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict: Optional[dict[str, Tensor]] = None,
                  configure=None, img_size: Optional[tuple[int, int]] = None,
-                 model_kwargs: Optional[dict] = None) -> tuple[nn.Module, IR, dict[str, Tensor]]:
+                 model_kwargs: Optional[dict] = None, num_classes: Optional[int] = None
+                 ) -> tuple[nn.Module, IR, dict[str, Tensor]]:
     """Create timm model ``name``, load its weights and translate it with its family's frontend.
 
     Args:
@@ -202,6 +204,9 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             embedding is resampled to it as timm resamples it (:func:`~vitshrink.frontends.timm.fit_pos_embed`).
         model_kwargs: more timm ``create_model`` arguments (an importer's
             :attr:`~vitshrink.importers.base.ImportResult.model_kwargs`: an HF tower's ``num_classes``).
+        num_classes: ``--num-classes`` (0: a feature extractor); None: the checkpoint's classifier decides
+            (:func:`~vitshrink.frontends.timm.fit_classifier`). A timm checkpoint's label names are read from the
+            ``config.json`` beside it (:func:`~vitshrink.frontends.timm.read_label_names`).
     Returns:
         (timm model in eval mode, dense IR -- :class:`~vitshrink.ir.vit.ViTIR`,
         :class:`~vitshrink.ir.swin.SwinIR` --, extra checkpoint tensors not in the model).
@@ -210,15 +215,17 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
         CheckpointError: unreadable checkpoint, a missing key or a shape mismatch (named).
     """
     random = state_dict is None and checkpoint is None
+    kwargs = {**(model_kwargs or {}), **({"img_size": tuple(img_size)} if img_size else {}),
+              **({"num_classes": num_classes} if random and num_classes is not None else {})}
     with torch.random.fork_rng():  # random weights are seeded (two compiles agree); the caller's RNG is untouched
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = create_model(name, **{**(model_kwargs or {}), **({"img_size": tuple(img_size)} if img_size else {})})
+        model = create_model(name, **kwargs)
     family = family_of(model)
     extras: dict[str, Tensor] = {}
     if state_dict is None and checkpoint is not None:
         state_dict = read_state_dict(checkpoint)
     if state_dict is not None:
-        fit_classifier(model, state_dict)
+        fit_classifier(model, state_dict, num_classes)
         if img_size:
             state_dict = fit_pos_embed(model, state_dict)
         extras = load_state(model, state_dict, f"imported weights for {name}" if checkpoint is None else f"checkpoint '{checkpoint}'")
@@ -227,6 +234,9 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             f"no checkpoint given: {name} has RANDOM weights (seed {RANDOM_INIT_SEED}; latency and exactness are "
             "meaningful, accuracy is not)", stacklevel=2,
         )
+    names = read_label_names(checkpoint) if checkpoint is not None else None
+    if names is not None:
+        set_label_names(model, *names)
     if configure is not None:
         configure(model)
     return model, family.frontend.from_timm(model, name), extras

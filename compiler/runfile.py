@@ -48,12 +48,13 @@ ENTRY_FIELDS = {
     "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
     "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
     "allow_model_mismatch", "verify_each", "img_size", "calib", "calib_images", "verify_images", "trt", "original_checkpoint",
+    "num_classes", "labels",
 }
-PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "original_checkpoint", "data", "calib", "baseline")
+PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "original_checkpoint", "data", "calib", "baseline", "labels")
 #: entry fields passed to :class:`~vitshrink.pipeline.options.CompileOptions` under the same name
 OPTION_FIELDS = ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance",
                  "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each", "img_size", "calib",
-                 "calib_images", "verify_images", "trt", "original_checkpoint")
+                 "calib_images", "verify_images", "trt", "original_checkpoint", "num_classes", "labels")
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
 
 
@@ -116,23 +117,23 @@ def _known_fields(table: dict, where: str) -> None:
         raise VitshrinkError(f"{where}: unknown field '{bad[0]}'{hint}")
 
 
-def _options(entry: dict, trust_pickle: bool) -> CompileOptions:
+def _options(entry: dict, trust_pickle: bool, progress: bool = False) -> CompileOptions:
     kw = {k: entry[k] for k in OPTION_FIELDS if k in entry}
     if "from" in entry:
         kw["source_format"] = entry["from"]
-    return CompileOptions(progress=False, trust_pickle=trust_pickle, **kw)
+    return CompileOptions(progress=progress, trust_pickle=trust_pickle, **kw)
 
 
-def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
-    """Compile and gate one entry (locally or inside a Ray task). Never raises for the entry's own
-    failures: returns ``{"name", "exit_code", "error", "report", "checks", "files": {name: bytes}, "seconds",
+def run_entry(entry: dict, trust_pickle: bool = False, progress: bool = False) -> dict:
+    """Compile and gate one entry (locally or inside a Ray task; ``progress``: the compile's stage lines and bars
+    on stderr, as ``vitshrink compile`` shows them). Never raises for the entry's own failures: returns ``{"name", "exit_code", "error", "report", "checks", "files": {name: bytes}, "seconds",
     "host"}`` -- ``files`` the output directory's files, for the driver to write."""
     t0 = time.time()
     out = {"name": entry["name"], "model": entry["model"], "exit_code": 0, "error": None, "report": None, "checks": [],
            "files": {}, "host": platform.node()}
     tmp = Path(tempfile.mkdtemp(prefix="vitshrink-run-"))
     try:
-        report = compile_model(entry["model"], entry.get("spec"), tmp / "out", _options(entry, trust_pickle))
+        report = compile_model(entry["model"], entry.get("spec"), tmp / "out", _options(entry, trust_pickle, progress))
         out["report"] = report
         gate = gate_from_mapping(entry.get("gate", {}), f"entry '{entry['name']}' [gate]")
         if gate:
@@ -155,11 +156,13 @@ def run_entry(entry: dict, trust_pickle: bool = False) -> dict:
 
 
 def run_all(entries: list[dict], out_dir: str | Path, trust_pickle: bool = False, ray_address: Optional[str] = None,
-            on_done: Optional[Callable[[dict, int, int], None]] = None, on_start: Optional[Callable[[dict, int, int], None]] = None) -> list[dict]:
+            on_done: Optional[Callable[[dict, int, int], None]] = None, on_start: Optional[Callable[[dict, int, int], None]] = None,
+            progress: bool = False) -> list[dict]:
     """Run every entry (locally in order, or as Ray tasks when ``ray_address`` is given: ``"local"``
     starts a local cluster), write each entry's files to ``out_dir/<name>/`` as results arrive, and
     return the results in file order (``files`` dropped). ``on_start`` / ``on_done(result, i, n)``
-    report progress.
+    report progress; ``progress``: each local entry's compile shows its stages as it goes (not on Ray, whose
+    workers' output would interleave).
 
     On Ray, an entry with ``target = "T"`` asks for the custom resource ``target:T`` (a node started
     with ``--resources '{"target:T": 1}'``) and as many CPUs as its largest thread count, so that
@@ -185,7 +188,7 @@ def run_all(entries: list[dict], out_dir: str | Path, trust_pickle: bool = False
         for i, e in enumerate(entries):
             if on_start:
                 on_start(e, i + 1, n)
-            keep(run_entry(e, trust_pickle), i)
+            keep(run_entry(e, trust_pickle, progress), i)
     else:
         _run_on_ray(entries, trust_pickle, ray_address, keep, on_start)
     return [results[e["name"]] for e in entries]

@@ -251,6 +251,17 @@ def test_slowdown_measured_by_retiming_both_models(tmp_path):
     (deeper,) = evaluate(crafted(seed=2), gate, base, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=0.5))
     assert deeper.status == "fail" and deeper.value > 0.5 and deeper.interval[0] > 0.05
     assert retimer(tmp_path / "same", tmp_path / "nowhere", seconds=1) is None  # a bare report: rounds compared
+    # an INT8 row re-times the INT8 files beside model.onnx (issue 43: it was left to the two reports' rounds)
+    new, old = crafted(seed=2), crafted(seed=1)
+    for r in (new, old):
+        r["latency"][0].update(engine="ort-int8", precision="int8")
+    for name in ("deeper", "old"):
+        shutil.copy(tmp_path / name / "model.onnx", tmp_path / name / "model.int8.onnx")  # ONNX Runtime runs either
+    (int8,) = evaluate(new, gate, old, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=0.5))
+    assert int8.status == "fail" and int8.value > 0.5 and "model.int8.onnx re-timed" in int8.note, int8
+    (tmp_path / "old" / "model.int8.onnx").unlink()  # the baseline's INT8 file gone: its rounds, not a re-timing
+    (int8,) = evaluate(new, gate, old, retime=retimer(tmp_path / "deeper", tmp_path / "old", seconds=0.5))
+    assert "re-timed" not in int8.note
 
 
 def test_junit_has_the_real_times(tmp_path):

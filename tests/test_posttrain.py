@@ -380,5 +380,5 @@ def test_the_original_weights_are_the_users(tmp_path):
     spec = Path(__file__).resolve().parents[1] / "compiler" / "examples" / "deit_tiny_example.json"
     res = CliRunner().invoke(main, ["compile", "deit_tiny_patch16_224", "--spec", str(spec), "--out", str(tmp_path / "o"),
                                     "--original-checkpoint", str(tmp_path / "nope"), "--img-size", "32", "--quiet"])
-    assert res.exit_code == 2 and res.output.strip().splitlines() == [f"error: --original-checkpoint {tmp_path / 'nope'}: no such file"]
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [f"error: --original-checkpoint {tmp_path / 'nope'}: no such file or directory"]
     assert not (tmp_path / "o").exists()

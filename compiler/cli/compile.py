@@ -37,6 +37,13 @@ Examples:
 @click.option("--img-size", default=None, callback=img_size_option,
               help="Input size H[,W]: the timm model is created at it (position embeddings of the checkpoint resampled "
                    "as timm does), e.g. 224 for DINOv2 (518 by default).")
+@click.option("--num-classes", type=int, default=None,
+              help="Classes of the model's head where the checkpoint does not say (0: a feature extractor); default: "
+                   "the checkpoint's classifier (a head fine-tuned to N classes gets N).")
+@click.option("--labels", default=None,
+              help="Label names, one per output in output order (.txt one per line, or .json list / {index: name}): "
+                   "--data's folders map to outputs by name. Default: the model's own (HF id2label, timm label_names), "
+                   "else ImageNet wnids, else sorted folder order.")
 @click.option("--import-option", "import_options", multiple=True, callback=lambda c, p, v: parse_options(v),
               help="KEY=VALUE for the format of a pruned --checkpoint, repeatable (WDPruning: exit=11).")
 @click.option("--data", default=None, help="ImageFolder directory for top-1/top-5 of the original, dense and pruned models "
@@ -67,8 +74,8 @@ Examples:
                    "with the reason.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @gate_options
-def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, original_checkpoint, trust_pickle, allow_model_mismatch, img_size, import_options,
-                data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, verify_each, trt, engines, quiet, **gate_kwargs):
+def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, original_checkpoint, trust_pickle, allow_model_mismatch, img_size, num_classes, labels,
+                import_options, data, calib, calib_images, batches, threads, bench_seconds, limit, layout, token_layout, tolerance, verify_each, trt, engines, quiet, **gate_kwargs):
     """Prune MODEL (a timm ViT/DeiT or Swin name) as SPEC says -- or as a pruned --checkpoint of another tool says --,
     verify, export ONNX, measure, report into OUT. With gate thresholds (--gate FILE, --min-speedup ...)
     the report is then gated as `vitshrink check` does: exit 3 when a check fails (OUT is kept)."""
@@ -86,7 +93,8 @@ def compile_cmd(model, spec, out, checkpoint, source_format, dense_checkpoint, o
                           tolerance=tolerance, verify_each=verify_each, trt=trt, progress=not quiet, source_format=source_format,
                           dense_checkpoint=dense_checkpoint, original_checkpoint=original_checkpoint, trust_pickle=trust_pickle,
                           import_options=import_options,
-                          engines=engines, allow_model_mismatch=allow_model_mismatch, img_size=img_size)
+                          engines=engines, allow_model_mismatch=allow_model_mismatch, img_size=img_size,
+                          num_classes=num_classes, labels=labels)
     try:
         report = compile_model(model, spec, out, opts)
     except VitshrinkError as e:
@@ -138,7 +146,7 @@ def summary(report: dict) -> None:
         imgs = a.get("images") or {}
         on = imgs.get("what") or f"{a['n']} images"  # rows of compiles on other images are not comparable: say which
         left = f"; {imgs['excluded']} left out: they {imgs['excluded_because']}" if imgs.get("excluded") else ""
-        click.echo(f"top-1 on {on}{left}")
+        click.echo(f"top-1 on {on}{left}" + (f" (folders to outputs by {imgs['labels']})" if imgs.get("labels") else ""))
         click.echo(f"top-1 dense {a['dense_top1']:.4f} pruned {a['pruned_top1']:.4f} (agreement {a['top1_agreement']:.4f}, n={a['n']})")
         first = (a.get("engines") or [{}])[0]
         if first.get("original_top1") is not None:  # the drop that max_top1_drop gates, and from which model

@@ -56,12 +56,21 @@ def _import(pruned, model, source_format, dense_checkpoint, trust_pickle, import
     return model, import_checkpoint(pruned, model, source_format, dense_checkpoint, trust_pickle, import_options)
 
 
+def _classes(result) -> str:
+    """The head the checkpoint has: its number of classes and where their names come from."""
+    head = result.state_dict.get("head.weight", result.state_dict.get("head.fc.weight"))
+    if head is None or head.ndim != 2:
+        return "none (a feature extractor: the output is the pooled features)"
+    names = f"; label names from {result.label_names[1]}" if result.label_names else ""
+    return f"{head.shape[0]} (head [{head.shape[0]}, {head.shape[1]}]{names})"
+
+
 def _table(model: str, result) -> str:
     from ..importers import format_names  # lazy: as above
 
     n = result.notes
     lines = [f"{result.format}: {result.reason}", f"loader: {n.get('loader')}", f"model: {model}",
-             f"indices: {n.get('index_history')}", "",
+             f"indices: {n.get('index_history')}", f"classes: {_classes(result)}", "",
              f"{'block':>5}  {'heads':>9}  {'q/k ch':>11}  {'v ch':>11}  {'mlp':>11}"]
     for r in n["widths"]:
         lines.append(f"{r['block']:>5}  {r['heads'][1]:>4}/{r['heads'][0]:<4}  {r['qk'][1]:>5}/{r['qk'][0]:<5}  "
@@ -133,6 +142,9 @@ def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle
         save_spec(result.spec, tmp / "spec.json")
         save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / "dense.safetensors"),
                   metadata={"source": str(pruned), "format": result.format})
+        if result.label_names:  # timm's Hub layout: compile reads the label names beside dense.safetensors
+            (tmp / "config.json").write_text(json.dumps({"architecture": model, "num_classes": len(result.label_names[0]),
+                                                         "label_names": list(result.label_names[0])}, indent=1) + "\n")
         (tmp / "import.json").write_text(json.dumps({"model": model, "source": str(pruned), **import_report(result)},
                                                      indent=1) + "\n")
         if out_dir.exists():
@@ -141,5 +153,6 @@ def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     click.echo(f"{result.format}: {result.reason}")
-    click.echo(f"wrote {out}/ (spec.json, dense.safetensors, import.json); compile with: vitshrink compile {model} "
+    labels = ", config.json: the label names" if result.label_names else ""
+    click.echo(f"wrote {out}/ (spec.json, dense.safetensors, import.json{labels}); compile with: vitshrink compile {model} "
                f"--checkpoint {out}/dense.safetensors --spec {out}/spec.json --out OUT")

@@ -29,6 +29,8 @@ Examples:
 @click.option("--checkpoint", default=None, help="Weights to score (random weights when omitted).")
 @click.option("--img-size", default=None, callback=img_size_option,
               help="Input size H[,W] to create the model at (as compile --img-size; recorded in the spec).")
+@click.option("--num-classes", type=int, default=None,
+              help="Classes of the model's head where the checkpoint does not say (0: a feature extractor); default: its classifier's.")
 @click.option("--heads", type=float, default=None, help="Keep ratio of heads per block (largest score).")
 @click.option("--mlp", type=float, default=None, help="Keep ratio of MLP hidden neurons per block (largest score).")
 @click.option("--embed", type=float, default=None, help="Keep ratio of embedding channels (largest score).")
@@ -71,7 +73,7 @@ Examples:
 @click.option("--fuse", is_flag=True, help="Dynamic rules: merge pruned tokens into one (EViT).")
 @click.option("--out", "out", required=True, help="Spec file to write (.json or .safetensors); its folder is created.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, engine, batch, threads, bench_seconds, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
+def masks_cmd(model, checkpoint, img_size, num_classes, heads, mlp, embed, macs, latency_ms, engine, batch, threads, bench_seconds, data, calib_images, criterion, steps, round_to, no_reconstruct, weights_out,
               tokens, token_mode, fuse, out, quiet):
     """Write a mask spec for MODEL: L1 width criteria, or with --data data-aware masks (per block or one --macs
     budget) and re-fitted weights; and/or a token schedule."""
@@ -113,7 +115,7 @@ def masks_cmd(model, checkpoint, img_size, heads, mlp, embed, macs, latency_ms, 
         log = Log(not quiet)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            timm_model, ir, extras = import_dense(model, checkpoint, img_size)  # a transformers directory too
+            timm_model, ir, extras = import_dense(model, checkpoint, img_size, num_classes)  # a transformers directory too
         family = families.family_of(ir)
         if tokens and not family.token_pruning:
             raise VitshrinkError(f"--tokens: token schedules do not apply to {model} ({family.title}: {family.no_tokens_because})")

@@ -51,7 +51,7 @@ Examples:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Fan the entries out over Ray: no value starts a local cluster, or give the cluster ADDRESS.")
 @click.option("--trust-pickle", is_flag=True, help="Let pickled checkpoints of every entry run their own code.")
-@click.option("--quiet", is_flag=True, help="No per-entry progress lines.")
+@click.option("--quiet", is_flag=True, help="No progress lines (per entry, and per stage of a local entry's compile).")
 def run_cmd(runfile, out, ray_address, trust_pickle, quiet):
     """Compile and gate every [[entry]] of RUNFILE (model, checkpoint, spec or importer, batch sizes,
     thresholds), one report each, one summary table; locally in order or over a Ray cluster."""
@@ -73,7 +73,7 @@ def run_cmd(runfile, out, ray_address, trust_pickle, quiet):
             console.print(f"[{i}/{n} done] {r['name']}: {verdict} ({r['seconds']:.0f} s on {r['host']})", markup=False)
 
     try:
-        results = run_all(entries, out, trust_pickle, ray_address, on_done=done, on_start=started)
+        results = run_all(entries, out, trust_pickle, ray_address, on_done=done, on_start=started, progress=not quiet)
     except VitshrinkError as e:
         fail(e)
     rows = summary_rows(results)

@@ -7,7 +7,10 @@ registry, :mod:`vitshrink.families`).
 from __future__ import annotations
 
 import difflib
+import json
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import load_file
@@ -107,19 +110,76 @@ def load_state(model: nn.Module, sd: dict[str, torch.Tensor], where: str = "stat
     return {k: v.float() for k, v in sd.items() if k not in own}
 
 
-def fit_classifier(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+def fit_classifier(model: nn.Module, sd: dict[str, torch.Tensor], num_classes: Optional[int] = None) -> None:
     """A checkpoint fine-tuned to its own classes: when its classifier weight (timm's ``pretrained_cfg``
     ``classifier``: ``head``, ``head.fc``; a distilled model's ``head`` and ``head_dist``) is [N, D] with N other
     than the model's ``num_classes``, timm's ``reset_classifier(N)`` makes the model's head that size before the
-    weights load (a 10-class ViT fine-tuned from ImageNet: N = 10). A checkpoint without the classifier keeps
-    the model's head (the load then names the missing key).
+    weights load (a 10-class ViT fine-tuned from ImageNet: N = 10). A checkpoint without any classifier key is a
+    feature extractor (``reset_classifier(0)``: the output is the pooled features [B, D]), said in a warning.
+
+    Args:
+        num_classes: ``--num-classes``: the number the user expects (0: a feature extractor, any head in ``sd``
+            is left out); None: read from ``sd``.
+    Raises:
+        CheckpointError: ``num_classes`` > 0 that does not match the checkpoint's classifier (key and shape named).
     """
     names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
     names = (names,) if isinstance(names, str) else tuple(names)
-    weight = next((sd[f"{n}.weight"] for n in names if f"{n}.weight" in sd), None)
-    if weight is not None and weight.ndim == 2 and weight.shape[0] != getattr(model, "num_classes", weight.shape[0]) \
-            and hasattr(model, "reset_classifier"):
-        model.reset_classifier(int(weight.shape[0]))
+    if not names or not hasattr(model, "reset_classifier"):
+        return
+    key = next((f"{n}.weight" for n in names if f"{n}.weight" in sd), None)
+    weight = sd[key] if key is not None and sd[key].ndim == 2 else None
+    if num_classes is not None:
+        if num_classes < 0:
+            raise CheckpointError(f"--num-classes {num_classes}: give the number of classes (0: a feature extractor)")
+        if num_classes and weight is not None and weight.shape[0] != num_classes:
+            raise CheckpointError(f"--num-classes {num_classes} does not fit the checkpoint: '{key}' has shape "
+                                  f"{list(weight.shape)}, a head of {weight.shape[0]} classes")
+        target = num_classes
+    elif weight is not None:
+        target = int(weight.shape[0])
+    elif not any(k.startswith(f"{n}.") for n in names for k in sd) and getattr(model, "num_classes", 0):
+        warnings.warn(f"the checkpoint has no classifier ('{names[0]}.weight'): compiled as a feature extractor "
+                      "(num_classes=0, output the pooled features [B, D]); give --num-classes N if it should have a head",
+                      stacklevel=2)
+        target = 0
+    else:
+        return  # a partial classifier: the load names the missing key
+    if target != getattr(model, "num_classes", target):
+        model.reset_classifier(target)
+
+
+def set_label_names(model: nn.Module, names, source: str) -> None:
+    """Record on a timm model (its ``pretrained_cfg``, as timm's own ``label_names``) the name of each output
+    class and where the names were read (``label_names_from``); :func:`label_names_of` reads them back."""
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "label_names": tuple(str(n) for n in names),
+                            "label_names_from": source}
+
+
+def label_names_of(model: nn.Module) -> tuple[Optional[tuple[str, ...]], str]:
+    """(one name per output class, where they were read), or (None, "") when the model has none that fit its
+    ``num_classes`` (timm's ImageNet models carry none: folders map by wnid, :mod:`vitshrink.runtime.accuracy`)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("label_names")
+    if names and len(names) == getattr(model, "num_classes", -1):
+        return tuple(names), cfg.get("label_names_from") or "timm's label_names"
+    return None, ""
+
+
+def read_label_names(checkpoint: str | Path) -> Optional[tuple[tuple[str, ...], str]]:
+    """The label names of a timm checkpoint saved the way timm saves to the Hub (``config.json`` with
+    ``label_names`` beside the weights file), or None."""
+    cfg_path = Path(checkpoint).parent / "config.json"
+    if not Path(checkpoint).is_file() or not cfg_path.is_file():
+        return None
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return None
+    names = cfg.get("label_names") if isinstance(cfg, dict) else None
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return tuple(names), f"label_names of {cfg_path}"
+    return None
 
 
 def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,13 +209,30 @@ def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
-def eval_transform(model: nn.Module):
-    """timm's own eval transform for ``model`` (resize, center crop, normalise), as a callable on PIL images,
-    at the input size the model was created at (``img_size=``/``--img-size``: its pretrained config still
-    names the default size; the crop ratio stays)."""
-    t = timm()
-    cfg = t.data.resolve_data_config({}, model=model)
+def data_config(model: nn.Module) -> dict:
+    """timm's data config of ``model`` (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
+    ``crop_mode``) from its ``pretrained_cfg`` -- where an importer put its source's preprocessing (an HF image
+    processor's) --, at the input size the model was created at (``img_size=``/``--img-size``: the pretrained
+    config still names the default size; the crop ratio stays)."""
+    cfg = timm().data.resolve_data_config({}, model=model)
     size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if size is not None:
         cfg["input_size"] = (cfg["input_size"][0], *map(int, size))
-    return t.data.create_transform(**cfg, is_training=False)
+    return cfg
+
+
+def eval_transform(model: nn.Module):
+    """timm's own eval transform for ``model`` (resize, center crop, normalise: :func:`data_config`), as a
+    callable on PIL images -> [C, H, W] float32."""
+    return timm().data.create_transform(**data_config(model), is_training=False)
+
+
+def preprocessing(model: nn.Module) -> dict:
+    """What images go through before the model, for the report: :func:`data_config` (tuples as lists), where
+    it came from (``from``: an HF image processor's ``preprocessor_config.json``, or timm's ``pretrained_cfg``),
+    and the model's LayerNorm eps (``layer_norm_eps``: every distinct value; HF ViTs 1e-12, timm 1e-6)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in data_config(model).items()},
+            "transform": "timm eval transform (resize, center crop, normalise)",
+            "from": cfg.get("data_config_from") or f"timm's pretrained_cfg of {cfg.get('architecture', 'the model')}",
+            "layer_norm_eps": sorted({float(m.eps) for m in model.modules() if isinstance(m, nn.LayerNorm)})}

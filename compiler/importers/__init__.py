@@ -39,11 +39,11 @@ from torch import nn
 
 from ..errors import VitshrinkError
 from ..families import family_of, import_model
-from ..frontends.timm import check_model_name, create_model
+from ..frontends.timm import check_model_name, create_model, fit_classifier, read_label_names, set_label_names
 from . import hf, nni, s2vite, savit, torch_prune, torch_pruning, vtc_lfc, wdpruning, zeroed
 from .base import Format, ImportContext, ImportResult
 from .hf import model_kwargs, timm_name
-from .load import load_source
+from .load import as_state_dict, load_source
 from .safe_pickle import find, is_module_record
 
 #: every format, in detection order (a fallback only when nothing specific matches)
@@ -86,6 +86,9 @@ def import_checkpoint(path: str | Path, model_name: str | nn.Module, fmt: Option
         model, model_name = model_name.eval(), getattr(model_name, "default_cfg", {}).get("architecture", type(model_name).__name__)
     else:
         model = create_model(model_name, **kwargs)
+        flat = as_state_dict(obj)
+        if flat is not None:  # a head fine-tuned to its own classes is not a shrunk one: the model's made that size first
+            fit_classifier(model, flat)
     family = family_of(model)
     ctx = ImportContext(model_name, model, path, family, Path(dense_checkpoint) if dense_checkpoint else None, trust,
                         loader, dict(options or {}))
@@ -193,23 +196,37 @@ def widths(result: ImportResult, ctx: ImportContext) -> list[dict]:
     return rows
 
 
-def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Optional[tuple[int, int]] = None):
+def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Optional[tuple[int, int]] = None,
+                 num_classes: Optional[int] = None, like: Optional[str | Path] = None):
     """:func:`vitshrink.families.import_model` for the dense weights a spec is applied to, where ``checkpoint``
     may also be a transformers directory (read by the ``hf`` importer: its weights in timm's layout, its
-    LayerNorm eps and, for a vision tower, its output width). Returns what ``import_model`` returns.
+    LayerNorm eps, its ``id2label``, its image processor and, for a vision tower, its output width).
+
+    Args:
+        num_classes: ``--num-classes`` (None: the checkpoint's head decides).
+        like: the checkpoint a weights-file ``checkpoint`` was derived from (``vitshrink masks``' re-fitted
+            weights, in timm's layout): what it computes with beyond its weights applies to ``checkpoint`` too --
+            a transformers directory's LayerNorm eps, ``id2label`` and image processor, a timm file's label names
+            (:func:`~vitshrink.frontends.timm.read_label_names`).
+    Returns what ``import_model`` returns.
 
     Raises:
         VitshrinkError: as ``import_model``; a directory whose ``config.pruned_heads`` already prunes heads
             (a spec would be applied on top of them: compile it without ``--spec``).
     """
     if checkpoint is None or not Path(checkpoint).is_dir():
-        return import_model(model_name, checkpoint, img_size=img_size)
+        configure, names = None, read_label_names(like) if like is not None else None
+        if like is not None and Path(like).is_dir():
+            configure = import_checkpoint(like, model_name, "hf").configure
+        elif names is not None:
+            configure = lambda model: set_label_names(model, *names)  # noqa: E731 - the one thing a file carries
+        return import_model(model_name, checkpoint, img_size=img_size, num_classes=num_classes, configure=configure)
     result = import_checkpoint(checkpoint, model_name, "hf")
     if result.spec.masks:
         raise VitshrinkError(f"checkpoint '{checkpoint}': config.pruned_heads already prunes heads; a --spec would apply "
                              "on top of them: compile the directory without --spec, or give the dense model")
     return import_model(model_name, state_dict=result.state_dict, configure=result.configure, img_size=img_size,
-                        model_kwargs=result.model_kwargs)
+                        model_kwargs=result.model_kwargs, num_classes=num_classes)
 
 
 def guess_model(path: str | Path, trust: bool = False) -> Optional[str]:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..frontends.timm import fit_classifier
+from ..frontends.timm import fit_classifier, set_label_names
 from ..families import VIT, Family
 from ..spec.format import Spec
 
@@ -33,6 +33,11 @@ class ImportResult:
             reference is timm's model cut by hand after that many blocks with that norm and classifier.
         model_kwargs: timm ``create_model`` arguments the source's architecture needs beyond the model name
             (an HF vision tower's ``num_classes=0`` or projection width, its ``img_size``).
+        label_names: the source's name of each output class (an HF ``config.id2label`` other than transformers'
+            ``LABEL_i`` placeholders) and where they were read, set on the model by :meth:`configure`.
+        data_config: how the source preprocesses images, as timm data-config keys (``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``: an HF image processor's), set on the model's
+            ``pretrained_cfg`` by :meth:`configure` so timm's eval transform does the same.
     """
 
     format: str
@@ -46,9 +51,16 @@ class ImportResult:
     layer_norm_eps: Optional[float] = None
     reference_exit: Optional[tuple[int, str, str]] = None
     model_kwargs: dict = field(default_factory=dict)
+    label_names: Optional[tuple[tuple[str, ...], str]] = None
+    data_config: Optional[dict] = None
 
     def configure(self, model: nn.Module) -> nn.Module:
-        """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps)."""
+        """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps, the
+        label names)."""
+        if self.label_names is not None:
+            set_label_names(model, *self.label_names)
+        if self.data_config:
+            model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **self.data_config}
         if self.layer_norm_eps is not None:
             for m in model.modules():
                 if isinstance(m, nn.LayerNorm):

@@ -94,7 +94,59 @@ def _probe(obj: Any, ctx: ImportContext) -> Optional[str]:
             f"{sum(len(v) for v in pruned.values())} pruned heads in config.pruned_heads")
 
 
+def label_names(cfg: dict) -> Optional[tuple[tuple[str, ...], str]]:
+    """``config.id2label`` as one name per output in output order, and where it was read; None for transformers'
+    placeholders (``LABEL_0``, ``LABEL_1``, ...: a model saved without label names) or a map with holes."""
+    raw = cfg.get("id2label")
+    if not isinstance(raw, dict) or not raw:
+        return None
+    try:
+        by_index = {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return None
+    names = tuple(by_index.get(i) for i in range(len(by_index)))
+    if None in names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None
+    return names, "config.json id2label"
+
+
+_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's codes
+
+
+def data_config(pre: Optional[dict]) -> Optional[dict]:
+    """An HF image processor's ``preprocessor_config.json`` as timm data-config keys, so timm's eval transform
+    preprocesses as the processor does: ``image_mean`` / ``image_std`` (0 and 1 without ``do_normalize``),
+    ``resample`` (PIL's code), and the geometry -- ``size`` {height, width} resized exactly (timm's
+    ``crop_mode="squash"``) or {shortest_edge} (``"center"``), then ``crop_size`` when ``do_center_crop``
+    (``crop_pct`` = crop / size). ``data_config_from`` names the file. None: no processor, or one whose pixel
+    scaling is not 1/255 (then timm's defaults apply and the report says so).
+    """
+    if not pre or not pre.get("do_rescale", True) or abs(float(pre.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-9:
+        return None
+    size, crop = pre.get("size") or {}, pre.get("crop_size") or {}
+    side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
+    cfg: dict = {"data_config_from": "preprocessor_config.json (the HF image processor)"}
+    if pre.get("do_normalize", True) and pre.get("image_mean") and pre.get("image_std"):
+        cfg.update(mean=tuple(map(float, pre["image_mean"])), std=tuple(map(float, pre["image_std"])))
+    elif not pre.get("do_normalize", True):
+        cfg.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    if pre.get("resample") in _RESAMPLE:
+        cfg["interpolation"] = _RESAMPLE[pre["resample"]]
+    if isinstance(side, (int, float)) and side > 0:
+        cfg["crop_mode"] = "squash" if isinstance(size, dict) and "height" in size else "center"
+        cut = crop.get("height") if isinstance(crop, dict) and pre.get("do_center_crop") else None
+        cfg["crop_pct"] = float(cut) / float(side) if isinstance(cut, (int, float)) and cut > 0 else 1.0
+    return cfg
+
+
 def _convert(obj: Any, ctx: ImportContext) -> ImportResult:
+    result = _convert_any(obj, ctx)
+    result.label_names = label_names(obj["hf_config"])
+    result.data_config = data_config(obj.get("hf_preprocessor"))
+    return result
+
+
+def _convert_any(obj: Any, ctx: ImportContext) -> ImportResult:
     cfg, state = obj["hf_config"], obj["state"]
     why = refusal(cfg)
     if why:

@@ -16,7 +16,8 @@ from .safe_pickle import find, is_module_record, module_tree, safe_load
 
 
 def read_hf_dir(path: Path) -> Optional[dict]:
-    """``{"hf_config": dict, "state": {key: tensor}}`` for a transformers model directory, else None."""
+    """``{"hf_config": dict, "state": {key: tensor}, "hf_preprocessor": dict or None}`` for a transformers model
+    directory (``hf_preprocessor``: its image processor's ``preprocessor_config.json``), else None."""
     cfg_file = path / "config.json"
     if not path.is_dir() or not cfg_file.is_file():
         return None
@@ -34,7 +35,12 @@ def read_hf_dir(path: Path) -> Optional[dict]:
             state = torch.load(str(weights[0]), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"'{weights[0]}': cannot be read ({type(e).__name__}: {e})".splitlines()[0]) from e
-    return {"hf_config": config, "state": state}
+    pre_file = path / "preprocessor_config.json"
+    try:
+        pre = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"'{pre_file}': cannot be read as JSON ({e})") from e
+    return {"hf_config": config, "state": state, "hf_preprocessor": pre if isinstance(pre, dict) else None}
 
 
 def load_source(path: str | Path, trust: bool = False) -> tuple[Any, str]:

@@ -111,7 +111,7 @@ def _spec_files(meta: dict) -> Optional[list[Path]]:
 
 
 def plan(calib: Optional[str], n: int, data: Optional[str], num_classes: int, spec_meta: Optional[dict],
-         needed: bool, limit: Optional[int] = None) -> ImageSets:
+         needed: bool, limit: Optional[int] = None, labels: tuple = (None, "")) -> ImageSets:
     """Choose the calibration images and the accuracy images (the rules of this module).
 
     Args:
@@ -120,12 +120,18 @@ def plan(calib: Optional[str], n: int, data: Optional[str], num_classes: int, sp
         spec_meta: the spec's ``meta`` (its ``calibration``: the images its masks were chosen on).
         needed: a requested engine calibrates (INT8); without it only the exclusion applies.
         limit: ``--limit``: accuracy on the first ``limit`` held-out images.
+        labels: (one name per output or None, where they were read): how ``data``'s folders map to outputs
+            (:func:`vitshrink.runtime.accuracy.map_folders`).
     Raises:
-        VitshrinkError: ``--calib`` missing or without images, ``--calib-images`` < 1, ``--data`` unusable.
+        VitshrinkError: ``--calib`` missing or without images, ``--calib-images`` < 1, ``--data`` unusable, label
+            names that are not one per output or do not cover the folders.
     """
     if n < 1:
         raise VitshrinkError(f"--calib-images {n}: give a positive number of images")
-    items = list_images(data, num_classes) if data else None
+    names, names_from = labels
+    if names is not None and len(names) != num_classes:
+        raise VitshrinkError(f"{names_from}: {len(names)} label names, the model has {num_classes} outputs")
+    items, mapped = list_images(data, num_classes, names, names_from or "the model's label names") if data else (None, None)
     mask_files = _spec_files(spec_meta)
     calib_paths, cal = None, {"source": "none", "n": 0}
     if calib:
@@ -158,7 +164,7 @@ def plan(calib: Optional[str], n: int, data: Optional[str], num_classes: int, sp
         why.append("calibrated the INT8 engines")
     if mask_files is not None:
         why.append("chose the spec's masks")
-    sets.accuracy_images = {"dir": str(data), "n": len(sets.accuracy_items), "excluded": excluded,
+    sets.accuracy_images = {"dir": str(data), "n": len(sets.accuracy_items), "excluded": excluded, "labels": mapped,
                             "excluded_because": " and ".join(why) if excluded else None,
                             "what": (f"the {len(sets.accuracy_items)} images of {data} not used for calibration"
                                      if excluded else f"the first {len(sets.accuracy_items)} images of {data}")}

@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 
 from ..errors import SpecError
+from ..frontends.timm import label_names_of
+from ..runtime.accuracy import read_labels
 from .calibration import load_images
 
 
@@ -65,3 +67,14 @@ def referenced_tensors(resolved, tensors: dict) -> dict:
     if e is not None:
         prefixes += [p for p in (e.head, e.head_dist, e.norm) if p is not None]
     return {k: v for k, v in tensors.items() if any(k.startswith(p + ".") for p in prefixes)}
+
+
+def label_names(labels_file: Optional[str], model) -> tuple[Optional[tuple[str, ...]], str]:
+    """The label names ``--data``'s folders are matched to, and where they were read: ``--labels FILE``
+    (:func:`vitshrink.runtime.accuracy.read_labels`), else the timm model's own (an HF ``id2label``, timm's
+    ``label_names``: :func:`vitshrink.frontends.timm.label_names_of`), else (None, "").
+
+    Raises:
+        VitshrinkError: an unreadable ``--labels`` file (named).
+    """
+    return read_labels(labels_file) if labels_file else label_names_of(model)

@@ -37,7 +37,7 @@ from ..codegen.checkpoint import load, save
 from ..counting import count_macs
 from ..errors import ModelError, VerificationError, VitshrinkError
 from ..export import INPUT_NAME, OPSET, export_onnx, exporter_of, onnx_max_abs_diff
-from ..frontends.timm import eval_transform
+from ..frontends.timm import eval_transform, preprocessing
 from ..importers import import_checkpoint, import_dense
 from ..importers.verify import import_report, source_logits
 from ..report.schema import FORMAT as REPORT_FORMAT
@@ -46,10 +46,9 @@ from ..runtime import engines
 from ..runtime.machine import machine
 from ..spec.format import load_spec, save_spec
 from .engine_checks import build_tensorrt, save_dense_module, time_engines, verify_engines
-from .inputs import check_spec_model, referenced_tensors, verification_images
+from .inputs import check_spec_model, label_names, referenced_tensors, verification_images
 from .accuracy import accuracy_section
-from .calibration import load_images
-from .calibration import plan as plan_images
+from .calibration import load_images, plan as plan_images
 from .layout_choice import choose_layout
 from .options import CompileOptions, with_overrides
 from .original import OriginalBaseline, original_weights
@@ -98,14 +97,15 @@ class CompileJob:
                     self.spec = self.imported.spec
                     timm_model, dense_ir, extras = families.import_model(
                         self.model_name, state_dict=self.imported.state_dict, configure=self.imported.configure,
-                        img_size=opt.img_size, model_kwargs=self.imported.model_kwargs)
+                        img_size=opt.img_size, model_kwargs=self.imported.model_kwargs, num_classes=opt.num_classes)
                 else:
                     self.spec = load_spec(self.spec_path)
                     check_spec_model(self.spec, self.model_name, opt.allow_model_mismatch)
-                    timm_model, dense_ir, extras = import_dense(self.model_name, opt.checkpoint, opt.img_size)
                     self.original_weights = original_weights(opt.checkpoint, opt.original_checkpoint, self.spec.meta)
-                    if self.original_weights.get("separate"):  # masks' re-fitted weights: the original is the user's
-                        self.original_model = import_dense(self.model_name, self.original_weights["checkpoint"], opt.img_size)[0]
+                    like = self.original_weights["checkpoint"] if self.original_weights.get("separate") else None
+                    timm_model, dense_ir, extras = import_dense(self.model_name, opt.checkpoint, opt.img_size, opt.num_classes, like)
+                    if like:  # masks' re-fitted weights: the original is the user's (an HF directory configures both)
+                        self.original_model = import_dense(self.model_name, like, opt.img_size, opt.num_classes)[0]
             checkpoint = {**timm_model.state_dict(), **extras}
             self.family = families.family_of(dense_ir)
             self.resolved = self.family.spec.resolve(self.spec, dense_ir, checkpoint)
@@ -113,11 +113,11 @@ class CompileJob:
                 raise ModelError(f"--data: {self.model_name} is a feature extractor (num_classes=0, output "
                                  f"[B, {dense_ir.num_outputs}]); top-1 accuracy needs a classifier")
             calibrates = any(engines.ENGINES[e].precision == "int8" and not engines.status(e) for e in opt.engines)
-            self.images = plan_images(opt.calib, opt.calib_images, opt.data, dense_ir.num_classes, self.spec.meta,
-                                      calibrates, opt.limit)
+            self.images = plan_images(opt.calib, opt.calib_images, opt.data, dense_ir.num_classes, self.spec.meta, calibrates,
+                                      opt.limit, label_names(opt.labels, timm_model))
             if self.images.warning:
                 warnings.warn(self.images.warning)
-            self.transform = eval_transform(timm_model)
+            self.transform, self.preprocessing = eval_transform(timm_model), preprocessing(timm_model)
         for w in caught:  # bad input has ended with its one error line before any warning is shown
             log.warn(str(w.message))
         self.shape = (dense_ir.in_chans, *dense_ir.img_size)
@@ -148,7 +148,7 @@ class CompileJob:
         spec_path, ckpt = self.spec_path, opt.checkpoint
         self.report.update({
             "format": REPORT_FORMAT, "model": self.model_name, "family": self.family.name, "input": list(self.shape),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "preprocessing": self.preprocessing,
             "inputs": {
                 "spec": ({"path": str(spec_path), "sha256": sha256(spec_path)} if spec_path is not None
                          else {"path": None, "imported_from": str(ckpt)}),

@@ -62,6 +62,12 @@ class CompileOptions:
             that fit any larger model; refused by default).
         img_size: (H, W) to create the timm model at (``--img-size``; the checkpoint's absolute position
             embeddings resampled as timm resamples them); None: the model's default.
+        num_classes: the classes of the model's head (``--num-classes``; 0: a feature extractor) where the checkpoint
+            does not say it; None: read from the checkpoint's classifier (:func:`vitshrink.frontends.timm.fit_classifier`).
+        labels: a file of label names, one per output in output order (``.txt`` one per line, or ``.json``: a
+            list or ``{index: name}``), mapping ``data``'s class folders to outputs by name; default: the model's
+            own (HF ``id2label``, timm ``label_names``), else ImageNet wnids or sorted folder order
+            (:func:`vitshrink.runtime.accuracy.map_folders`).
     Raises:
         VitshrinkError: an unknown engine (named); :meth:`check`: a value out of range (named).
     """
@@ -89,6 +95,8 @@ class CompileOptions:
     engines: Sequence[str] | str = ("ort",)
     allow_model_mismatch: bool = False
     img_size: Optional[tuple[int, int]] = None
+    num_classes: Optional[int] = None
+    labels: Optional[str] = None
 
     def __post_init__(self):
         try:
@@ -105,8 +113,9 @@ class CompileOptions:
             self.original_checkpoint = str(self.original_checkpoint)
         if self.data is not None:
             self.data = str(self.data)
-        if self.calib is not None:
-            self.calib = str(self.calib)
+        for name in ("calib", "labels"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
         if isinstance(self.img_size, int) and not isinstance(self.img_size, bool):  # a run file's img_size = 64
             self.img_size = (self.img_size, self.img_size)
         elif isinstance(self.img_size, list):
@@ -120,6 +129,9 @@ class CompileOptions:
             raise VitshrinkError(f"--token-layout {self.token_layout!r}: expected 'prefix' or 'gather'")
         if any(b < 1 for b in self.batch) or any(t < 1 for t in self.threads):
             raise VitshrinkError("--batch and --threads take positive integers")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 0):
+            raise VitshrinkError(f"--num-classes {self.num_classes!r}: give the number of classes (0: a feature extractor)")
         if self.calib_images < 1:
             raise VitshrinkError(f"--calib-images {self.calib_images}: give a positive number of images")
         s = self.img_size

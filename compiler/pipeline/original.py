@@ -37,8 +37,8 @@ def original_weights(checkpoint: Optional[str], original_checkpoint: Optional[st
     given = sha256(checkpoint) if checkpoint else None
     same = {"checkpoint": checkpoint, "sha256": given, "from": "--checkpoint", "separate": False}
     if original_checkpoint is not None:
-        if not Path(original_checkpoint).is_file():
-            raise VitshrinkError(f"--original-checkpoint {original_checkpoint}: no such file")
+        if not Path(original_checkpoint).exists():  # a weights file or a transformers directory
+            raise VitshrinkError(f"--original-checkpoint {original_checkpoint}: no such file or directory")
         h = sha256(original_checkpoint)
         return same if h == given else {"checkpoint": original_checkpoint, "sha256": h, "from": "--original-checkpoint",
                                         "separate": True}
@@ -49,7 +49,7 @@ def original_weights(checkpoint: Optional[str], original_checkpoint: Optional[st
                                               "which weights it started from (--original-checkpoint)"}
         return same
     path = Path(src.get("checkpoint", ""))
-    if path.is_file() and sha256(path) == src["sha256"]:
+    if path.exists() and src.get("checkpoint") and sha256(path) == src["sha256"]:  # a file or a transformers directory
         return {"checkpoint": str(path), "sha256": src["sha256"], "from": "the spec's meta.source (the weights vitshrink "
                 "masks started from)", "separate": True}
     return {"known": False, "reason": f"the weights vitshrink masks started from ({path}, sha256 {src['sha256'][:12]}) "

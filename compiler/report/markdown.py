@@ -119,8 +119,12 @@ def _accuracy_lines(report: dict) -> list[str]:
     a, cal = report["accuracy"], report.get("calibration") or {}
     imgs = a.get("images") or {}
     what = imgs.get("what") or f"{a['n']} images from {report['inputs']['data']}"
-    lines = ["## Accuracy", "", f"Measured on {what}, the model's timm eval transform."
-             + (f" Left out: {imgs['excluded']} images that {imgs['excluded_because']}." if imgs.get("excluded") else "")]
+    pre = report.get("preprocessing") or {}
+    how = (f"resize ({pre['interpolation']}, {pre['crop_mode']}, crop {pre['crop_pct']:g}), mean {pre['mean']}, std "
+           f"{pre['std']} from {pre['from']}" if pre else "the model's timm eval transform")
+    lines = ["## Accuracy", "", f"Measured on {what}; images preprocessed by {how}."
+             + (f" Left out: {imgs['excluded']} images that {imgs['excluded_because']}." if imgs.get("excluded") else "")
+             + (f" Class folders to outputs: {imgs['labels']}." if imgs.get("labels") else "")]
     if cal.get("n"):
         lines += ["", f"Calibration: {cal['n']} images ({cal['source']}; {cal.get('dir', '')}, sha256 {cal.get('sha256', '')[:12]})."]
     elif cal.get("source", "none") != "none":

@@ -5,7 +5,9 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
 
 - ``model``, ``family`` (the frontend family: vit, swin, eva, relpos, swinv2), ``input`` ([C, H, W] of one
   image), ``created``, ``inputs`` (spec/checkpoint paths and sha256, data dir), ``toolchain`` (versions),
-  ``machine``, ``timings_s`` (seconds per stage)
+  ``machine``, ``timings_s`` (seconds per stage), ``preprocessing`` (what images go through before the model:
+  ``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode``, ``transform``, ``from`` -- an HF
+  image processor's ``preprocessor_config.json`` or timm's ``pretrained_cfg`` --, ``layer_norm_eps``)
 - ``params.dense``, ``params.pruned``; ``macs.dense``, ``macs.pruned`` (structure after pruning),
   ``macs.executed`` (what the exported graph computes, including layout padding), ``macs.ratio``
 - ``structure``: ``embed_dim`` [dense, pruned], ``exit_after``, ``token_mode`` (static masks),
@@ -44,7 +46,8 @@ report.json fields (``vitshrink.report/1``; all MACs per image, all times in ms)
   ``engines``, ``calibration_images``, ``seconds`` per model (``ov-int8``: ``activations``, ``symmetric`` or
   ``asymmetric``); ``cpu_note`` when the CPU lacks int8 instructions
 - ``accuracy`` (with ``--data``): ``n``, ``images`` (``dir``, ``n``, ``excluded``: images left out because they
-  calibrated or chose the masks, ``excluded_because``, ``what``), ``dense_top1``, ``pruned_top1``,
+  calibrated or chose the masks, ``excluded_because``, ``what``, ``labels``: how class folders map to outputs --
+  ImageNet-1k wnids, the model's label names and where they were read, or sorted folder order), ``dense_top1``, ``pruned_top1``,
   ``dense_top5``, ``pruned_top5``, ``top1_agreement`` (fractions; ONNX Runtime fp32), and ``engines``: per
   engine run a row ``{engine, precision, original_top1, pruned_top1, original_top5, pruned_top5,
   top1_agreement, original}`` -- the ``ort`` fp32 row first, then every low-precision engine (its
