@@ -131,15 +131,20 @@ class TokenSelect(nn.Module):
         return y, ids
 
 
-def first_max(s: Tensor) -> tuple[Tensor, Tensor]:
-    """The maximum over the last axis of ``s`` [..., L] and the *first* position holding it, the same in torch
-    and in every ONNX engine: the positions holding the maximum get the unique keys ``L - j`` and ArgMax reads
-    the largest (an ArgMax over tied values is left to each engine)."""
-    L = s.shape[-1]
-    m = s.amax(-1)
-    pos = torch.arange(L, device=s.device)
-    key = (s == m.unsqueeze(-1)).to(s.dtype) * (L - pos).to(s.dtype)
-    return m, key.argmax(-1)
+def ranked(scores: Tensor, L: int) -> Tensor:
+    """Positions [B, L] of ``scores`` [B, L] (``L`` given: a constant K in the graph, TensorRT's rule) from the largest down, ties to the lower position, the same in
+    PyTorch and ONNX: ``torch.sort(stable=True)`` eagerly, one TopK in the exported graph (ONNX TopK breaks ties
+    by the lower index: its operator spec; ORT, OpenVINO and the native runner verified on exact ties). An
+    O(L log L) sort where :func:`rank_keep` compares all L^2 pairs: DeiT-Tiny with ToMe r=14 1.5% faster at batch 1,
+    2.4% at batch 8 (ORT, 2 threads, AVX2 EPYC, interleaved)."""
+    if torch.onnx.is_in_onnx_export():
+        return scores.topk(L, dim=-1).indices
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def ascending(idx: Tensor, k: int) -> Tensor:
+    """Distinct integers [B, k] in ascending order (a TopK of the negated values: no ties to break)."""
+    return -((-idx).topk(k, dim=-1).values)
 
 
 def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
@@ -152,14 +157,15 @@ def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
 
 class TokenMerge(nn.Module):
     """ToMe's bipartite soft matching (Bolya et al. ICLR 2023, sec. 3) with ``r`` merges, written with the ops
-    every engine runs: Gather, MatMul, ReduceMax / ArgMax on unique keys, TopK on unique keys, a one-hot
+    every engine runs: Gather, MatMul, ReduceMax / ArgMax (the first maximum), TopK (ties to the lower index), a one-hot
     assignment matrix (Equal + Cast) and a MatMul in place of ``scatter_reduce`` (no ScatterND/Elements).
 
     x [B, n, D], size [B, n] (tokens each stands for), metric [B, n, dm] (keys summed over heads) ->
     x [B, n - r, D] = [prefix tokens, unmerged A tokens, B tokens], size likewise. Set A: the even positions
     after the ``num_prefix`` prefix tokens, set B: the odd ones. Each A token's partner is its most similar
-    B token (cosine; ties to the lower B position); the ``r`` A tokens of highest similarity (ties to the
-    lower A position, :func:`rank_keep`) merge: ``x_b = (x_b s_b + sum x_a s_a) / (s_b + sum s_a)``.
+    B token (cosine; ties to the lower B position: ``max`` / ArgMax return the first maximum); the ``r`` A tokens
+    of highest similarity (ties to the lower A position, :func:`ranked`) merge:
+    ``x_b = (x_b s_b + sum x_a s_a) / (s_b + sum s_a)``.
     """
 
     def __init__(self, tokens: int, num_prefix: int, r: int):
@@ -181,10 +187,9 @@ class TokenMerge(nn.Module):
         P, r, na = self.num_prefix, self.r, self.na
         m = metric / metric.norm(dim=-1, keepdim=True)
         scores = m.index_select(1, self.a_pos) @ m.index_select(1, self.b_pos).transpose(-2, -1)  # [B, na, nb]
-        best, partner = first_max(scores)  # [B, na]
-        merged, src = rank_keep(best, r)  # sources: the r best A tokens, ascending A positions
-        pos = torch.arange(na, device=x.device)
-        unm = ((~merged).to(best.dtype) * (na - pos).to(best.dtype)).topk(na - r, dim=-1).indices  # the rest, ascending
+        best, partner = scores.max(dim=-1)  # [B, na]: the first B position holding the maximum, in torch and ONNX
+        order = ranked(best, na)
+        src, unm = ascending(order[:, :r], r), ascending(order[:, r:], na - r)  # the r best A tokens, and the rest (A positions)
         dst = partner.gather(1, src)  # [B, r] B positions
         xa, xb = x.index_select(1, self.a_pos), x.index_select(1, self.b_pos)
         sa, sb = size.index_select(1, self.a_pos), size.index_select(1, self.b_pos)
