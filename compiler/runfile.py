@@ -26,6 +26,7 @@ the driver. Exit code of the run: the worst entry, in the order 1 (verification 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import platform
@@ -40,21 +41,15 @@ from .gate.evaluate import evaluate, passed
 from .gate.retime import retimer
 from .gate.thresholds import gate_from_mapping, read_toml
 from .pipeline.job import compile_model
-from .pipeline.options import CompileOptions
+from .pipeline.options import NOT_ENTRY_FIELDS, CompileOptions
 from .report.io import read_report, report_dir
 from .runtime.engines import parse_engines
 
-ENTRY_FIELDS = {
-    "name", "model", "checkpoint", "spec", "from", "dense_checkpoint", "import_options", "data", "limit",
-    "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance", "engines", "target", "baseline", "gate",
-    "allow_model_mismatch", "verify_each", "img_size", "calib", "calib_images", "verify_images", "trt", "original_checkpoint",
-    "num_classes", "labels",
-}
-PATH_FIELDS = ("checkpoint", "spec", "dense_checkpoint", "original_checkpoint", "data", "calib", "baseline", "labels")
-#: entry fields passed to :class:`~vitshrink.pipeline.options.CompileOptions` under the same name
-OPTION_FIELDS = ("checkpoint", "data", "limit", "batch", "threads", "bench_seconds", "layout", "token_layout", "tolerance",
-                 "dense_checkpoint", "import_options", "engines", "allow_model_mismatch", "verify_each", "img_size", "calib",
-                 "calib_images", "verify_images", "trt", "original_checkpoint", "num_classes", "labels")
+#: entry fields passed to :class:`~vitshrink.pipeline.options.CompileOptions` under the same name: every option of a
+#: compile (one description: a new option is a run-file field the moment it is a CompileOptions field)
+OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(CompileOptions) if f.name not in NOT_ENTRY_FIELDS)
+ENTRY_FIELDS = {"name", "model", "spec", "from", "target", "baseline", "gate", *OPTION_FIELDS}
+PATH_FIELDS = ("spec", "baseline", *(f.name for f in dataclasses.fields(CompileOptions) if f.metadata.get("path")))
 SEVERITY = {0: 0, 3: 1, 2: 2, 1: 3}  # exit code -> how bad
 
 

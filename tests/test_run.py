@@ -103,6 +103,9 @@ def test_run_on_a_local_ray_cluster(tmp_path, local_run):
      "[defaults]: unknown field 'engins'; did you mean 'engines'?"),
     ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\n[[entry]]\nname = 'b'\nmodel = 'm'\nspec = 'gone.json'\n",
      "entry 'b': field 'spec': "),  # found before the first entry compiles
+    # every compile option is a field (from CompileOptions), paths checked and values validated before any compile
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\nlabels = 'labels.txt'\n", "field 'labels': "),
+    ("[[entry]]\nmodel = 'm'\nspec = 'a.json'\nnum_classes = -1\n", "--num-classes -1"),
 ])
 def test_bad_run_files_exit_2_before_running(tmp_path, text, msg):
     (tmp_path / "a.json").write_text("{}"), (tmp_path / "b.json").write_text("{}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..errors import VitshrinkError
@@ -11,6 +11,10 @@ from ..runtime.engines import parse_engines
 from .calibration import DEFAULT_IMAGES
 
 DEFAULT_TOLERANCE = 1e-4
+PATH = {"path": True}  # a field naming a file or directory (a run file resolves it against its own folder)
+#: fields that are not per-compile settings of a run file entry: the CLI's display, the run's --trust-pickle, and
+#: source_format, which a run file spells ``from`` as the CLI does
+NOT_ENTRY_FIELDS = ("progress", "trust_pickle", "source_format")
 
 
 @dataclass
@@ -72,9 +76,9 @@ class CompileOptions:
         VitshrinkError: an unknown engine (named); :meth:`check`: a value out of range (named).
     """
 
-    checkpoint: Optional[str] = None
-    data: Optional[str] = None
-    calib: Optional[str] = None
+    checkpoint: Optional[str] = field(default=None, metadata=PATH)
+    data: Optional[str] = field(default=None, metadata=PATH)
+    calib: Optional[str] = field(default=None, metadata=PATH)
     calib_images: int = DEFAULT_IMAGES
     batch: Sequence[int] | int = (1,)
     threads: Sequence[int] | int = (2,)
@@ -88,15 +92,15 @@ class CompileOptions:
     trt: bool = False
     progress: bool = True
     source_format: Optional[str] = None
-    dense_checkpoint: Optional[str] = None
-    original_checkpoint: Optional[str] = None
+    dense_checkpoint: Optional[str] = field(default=None, metadata=PATH)
+    original_checkpoint: Optional[str] = field(default=None, metadata=PATH)
     trust_pickle: bool = False
     import_options: Optional[dict] = None
     engines: Sequence[str] | str = ("ort",)
     allow_model_mismatch: bool = False
     img_size: Optional[tuple[int, int]] = None
     num_classes: Optional[int] = None
-    labels: Optional[str] = None
+    labels: Optional[str] = field(default=None, metadata=PATH)
 
     def __post_init__(self):
         try:
