@@ -7,6 +7,7 @@ Public API (``__all__``; imported on first use so ``import vitshrink`` stays che
 ``dir(vitshrink)`` and visible to type checkers and IDEs):
 
 - :func:`compile_model`, :class:`CompileOptions` -- the whole job (what ``vitshrink compile`` runs).
+- :func:`make_masks` -- the masks job (what ``vitshrink masks`` runs): a spec v1 (and re-fitted weights).
 - :func:`load` -- rebuild a pruned model from a ``vitshrink compile`` output or checkpoint directory.
 - :func:`load_spec`, :func:`resolve_spec`, :class:`Spec` -- the mask format.
 - :func:`import_model` -- timm model + checkpoint -> dense IR.
@@ -31,6 +32,7 @@ _LAZY = {
     "PrunedViT": ("vitshrink.codegen", "PrunedViT"),
     "compile_model": ("vitshrink.pipeline", "compile_model"),
     "CompileOptions": ("vitshrink.pipeline", "CompileOptions"),
+    "make_masks": ("vitshrink.pipeline", "make_masks"),
     "VitshrinkError": ("vitshrink.errors", "VitshrinkError"),
     "VerificationError": ("vitshrink.errors", "VerificationError"),
     "SpecError": ("vitshrink.errors", "SpecError"),
@@ -57,7 +59,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs (never 
     from .errors import CheckpointError, ModelError, SpecError, VerificationError, VitshrinkError  # noqa: F401
     from .families import apply_spec, build_module, import_model, reference_forward, resolve_spec  # noqa: F401
     from .importers import import_checkpoint  # noqa: F401
-    from .pipeline import CompileOptions, compile_model  # noqa: F401
+    from .pipeline import CompileOptions, compile_model, make_masks  # noqa: F401
     from .spec import Spec, load_spec, save_spec  # noqa: F401
 
 

@@ -57,3 +57,18 @@ def test_bad_ratio(small_model, ratio):
     _, ir = small_model
     with pytest.raises(VitshrinkError, match="keep ratio"):
         l1_spec(ir, mlp=ratio)
+
+
+def test_the_masks_job_is_a_function(tmp_path):
+    """vitshrink.make_masks -- what `vitshrink masks` runs -- called directly: the spec written and returned (L1 widths
+    and a ToMe schedule on random weights: the warning says so); bad input raises before anything is written."""
+    import vitshrink
+    from vitshrink.spec import load_spec
+
+    r = vitshrink.make_masks("deit_tiny_patch16_224", tmp_path / "s.json", img_size=(32, 32), heads=0.67, tokens="tome:2")
+    assert r.path.is_file() and r.weights is None and r.images == 0
+    assert load_spec(r.path).masks.keys() == r.spec.masks.keys() and len(r.spec.masks) == 12
+    assert r.spec.settings["token_merge"] and any("RANDOM" in w for w in r.warnings)
+    with pytest.raises(VitshrinkError, match="--macs needs calibration images"):
+        vitshrink.make_masks("deit_tiny_patch16_224", tmp_path / "t.json", macs=0.5)
+    assert not (tmp_path / "t.json").exists()

@@ -2,6 +2,7 @@
 :class:`~.job.CompileJob`:
 
 - :mod:`.options`: :class:`CompileOptions` (one field per flag);
+- :mod:`.masks`: the masks job (``vitshrink masks``), :func:`make_masks`;
 - :mod:`.job`: the stages, :func:`compile_model`;
 - :mod:`.inputs`: the verification (and calibration) images;
 - :mod:`.layout_choice`: ``--layout auto``, the head layout timed on the target engine;
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 from .job import CompileJob, compile_model
+from .masks import MasksResult, make_masks
 from .options import CompileOptions
 
-__all__ = ["CompileJob", "CompileOptions", "compile_model"]
+__all__ = ["CompileJob", "CompileOptions", "MasksResult", "compile_model", "make_masks"]
