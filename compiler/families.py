@@ -24,8 +24,8 @@ from .codegen import swin as codegen_swin
 from .codegen import vit as codegen_vit
 from .errors import ModelError
 from .frontends import timm_cait, timm_eva, timm_relpos, timm_swin, timm_swinv2, timm_vit
-from .frontends.timm import (create_model, fit_classifier, fit_pos_embed, load_state, read_label_names, read_state_dict,
-                             set_label_names)
+from .frontends.timm import configure as configure_like, create_model, fit_classifier, fit_pos_embed, load_state, \
+    read_sidecar, read_state_dict
 from .ir.swin import SwinIR
 from .ir.vit import ViTIR
 from .masks import swin as masks_swin
@@ -206,7 +206,7 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             :attr:`~vitshrink.importers.base.ImportResult.model_kwargs`: an HF tower's ``num_classes``).
         num_classes: ``--num-classes`` (0: a feature extractor); None: the checkpoint's classifier decides
             (:func:`~vitshrink.frontends.timm.fit_classifier`). A timm checkpoint's label names are read from the
-            ``config.json`` beside it (:func:`~vitshrink.frontends.timm.read_label_names`).
+            ``config.json`` beside it, and what ``vitshrink import`` wrote there (:func:`~vitshrink.frontends.timm.read_sidecar`).
     Returns:
         (timm model in eval mode, dense IR -- :class:`~vitshrink.ir.vit.ViTIR`,
         :class:`~vitshrink.ir.swin.SwinIR` --, extra checkpoint tensors not in the model).
@@ -234,9 +234,8 @@ def import_model(name: str, checkpoint: Optional[str | Path] = None, state_dict:
             f"no checkpoint given: {name} has RANDOM weights (seed {RANDOM_INIT_SEED}; latency and exactness are "
             "meaningful, accuracy is not)", stacklevel=2,
         )
-    names = read_label_names(checkpoint) if checkpoint is not None else None
-    if names is not None:
-        set_label_names(model, *names)
+    if checkpoint is not None:
+        configure_like(model, **read_sidecar(checkpoint))
     if configure is not None:
         configure(model)
     return model, family.frontend.from_timm(model, name), extras

@@ -174,3 +174,24 @@ def test_labels_that_miss_a_folder_and_a_num_classes_that_misfits_exit_2(tmp_pat
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and why in lines[0], res.output
         assert not out.exists()
+
+
+def test_an_imported_hf_directory_keeps_its_eps_labels_and_processor(tmp_path):
+    """`vitshrink import` of a transformers directory writes, beside dense.safetensors, what the weights do not carry
+    (timm's label_names; the LayerNorm eps and the image processor), and a compile of that file reads it back: the
+    model computes with eps 1e-12 as transformers does (timm's default is 1e-6), scores by id2label, preprocesses as
+    the processor."""
+    from test_hf_import import _save
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from vitshrink.frontends.timm import data_config, label_names_of
+    from vitshrink.importers import import_dense
+
+    hf = ViTForImageClassification(ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                                             intermediate_size=768, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"}))
+    _save(hf.eval(), tmp_path / "hf", "v4")
+    ViTImageProcessor().to_json_file(str(tmp_path / "hf" / "preprocessor_config.json"))
+    res = CliRunner().invoke(main, ["import", str(tmp_path / "hf"), "--model", "deit_tiny_patch16_224", "--out", str(tmp_path / "i")])
+    assert res.exit_code == 0 and "config.json" in res.output, res.output
+    model = import_dense("deit_tiny_patch16_224", str(tmp_path / "i" / "dense.safetensors"))[0]
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-12}
+    assert label_names_of(model)[0] == ("cat", "dog", "fox") and data_config(model)["mean"] == (0.5, 0.5, 0.5)

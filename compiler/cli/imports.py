@@ -65,6 +65,21 @@ def _classes(result) -> str:
     return f"{head.shape[0]} (head [{head.shape[0]}, {head.shape[1]}]{names})"
 
 
+def _sidecar(model: str, result) -> dict:
+    """The ``config.json`` written beside ``dense.safetensors`` (timm's Hub layout: ``label_names``; vitshrink's
+    own block: the source's LayerNorm eps and preprocessing), so a compile of the file computes as the source does;
+    {} when the source has none of them."""
+    ours = {k: v for k, v in (("layer_norm_eps", result.layer_norm_eps), ("data_config", result.data_config)) if v}
+    if not ours and not result.label_names:
+        return {}
+    side: dict = {"architecture": model}
+    if result.label_names:
+        side.update(num_classes=len(result.label_names[0]), label_names=list(result.label_names[0]))
+    if ours:
+        side["vitshrink"] = {**ours, "source": str(result.notes.get("source") or result.spec.meta.get("source", ""))}
+    return side
+
+
 def _table(model: str, result) -> str:
     from ..importers import format_names  # lazy: as above
 
@@ -142,9 +157,9 @@ def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle
         save_spec(result.spec, tmp / "spec.json")
         save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(tmp / "dense.safetensors"),
                   metadata={"source": str(pruned), "format": result.format})
-        if result.label_names:  # timm's Hub layout: compile reads the label names beside dense.safetensors
-            (tmp / "config.json").write_text(json.dumps({"architecture": model, "num_classes": len(result.label_names[0]),
-                                                         "label_names": list(result.label_names[0])}, indent=1) + "\n")
+        side = _sidecar(model, result)
+        if side:  # beside dense.safetensors: what compile applies to it (read_sidecar)
+            (tmp / "config.json").write_text(json.dumps(side, indent=1) + "\n")
         (tmp / "import.json").write_text(json.dumps({"model": model, "source": str(pruned), **import_report(result)},
                                                      indent=1) + "\n")
         if out_dir.exists():
@@ -153,6 +168,6 @@ def import_cmd(pruned, model, out, source_format, dense_checkpoint, trust_pickle
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     click.echo(f"{result.format}: {result.reason}")
-    labels = ", config.json: the label names" if result.label_names else ""
+    labels = ", config.json: what the source computes with beyond its weights" if side else ""
     click.echo(f"wrote {out}/ (spec.json, dense.safetensors, import.json{labels}); compile with: vitshrink compile {model} "
                f"--checkpoint {out}/dense.safetensors --spec {out}/spec.json --out OUT")

@@ -149,11 +149,22 @@ def fit_classifier(model: nn.Module, sd: dict[str, torch.Tensor], num_classes: O
         model.reset_classifier(target)
 
 
-def set_label_names(model: nn.Module, names, source: str) -> None:
-    """Record on a timm model (its ``pretrained_cfg``, as timm's own ``label_names``) the name of each output
-    class and where the names were read (``label_names_from``); :func:`label_names_of` reads them back."""
-    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "label_names": tuple(str(n) for n in names),
-                            "label_names_from": source}
+def configure(model: nn.Module, layer_norm_eps: Optional[float] = None, label_names=None,
+              data_config: Optional[dict] = None) -> nn.Module:
+    """Set on a timm model what its source computes with beyond its weights: the LayerNorm eps of every LayerNorm
+    (Hugging Face: 1e-12), the name of each output class and where they were read (``(names, source)``: in its
+    ``pretrained_cfg`` as timm's own ``label_names``, read back by :func:`label_names_of`), and how images are
+    preprocessed (timm data-config keys in ``pretrained_cfg``: :func:`data_config`). None: left as it is."""
+    if layer_norm_eps is not None:
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.eps = layer_norm_eps
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if label_names is not None:
+        cfg.update(label_names=tuple(str(n) for n in label_names[0]), label_names_from=label_names[1])
+    cfg.update(data_config or {})
+    model.pretrained_cfg = cfg
+    return model
 
 
 def label_names_of(model: nn.Module) -> tuple[Optional[tuple[str, ...]], str]:
@@ -166,20 +177,30 @@ def label_names_of(model: nn.Module) -> tuple[Optional[tuple[str, ...]], str]:
     return None, ""
 
 
-def read_label_names(checkpoint: str | Path) -> Optional[tuple[tuple[str, ...], str]]:
-    """The label names of a timm checkpoint saved the way timm saves to the Hub (``config.json`` with
-    ``label_names`` beside the weights file), or None."""
+def read_sidecar(checkpoint: str | Path) -> dict:
+    """What the ``config.json`` beside a weights file says the model computes with beyond its weights, as the
+    keywords of :func:`configure`: ``label_names`` (timm's key, as timm saves to the Hub) and, written by
+    ``vitshrink import`` of a transformers directory, ``vitshrink.layer_norm_eps`` / ``vitshrink.data_config``;
+    {} when there is no such file (or it says none of them)."""
     cfg_path = Path(checkpoint).parent / "config.json"
     if not Path(checkpoint).is_file() or not cfg_path.is_file():
-        return None
+        return {}
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError):
-        return None
-    names = cfg.get("label_names") if isinstance(cfg, dict) else None
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    out: dict = {}
+    names = cfg.get("label_names")
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
-        return tuple(names), f"label_names of {cfg_path}"
-    return None
+        out["label_names"] = (tuple(names), f"label_names of {cfg_path}")
+    ours = cfg.get("vitshrink") if isinstance(cfg.get("vitshrink"), dict) else {}
+    if isinstance(ours.get("layer_norm_eps"), (int, float)):
+        out["layer_norm_eps"] = float(ours["layer_norm_eps"])
+    if isinstance(ours.get("data_config"), dict):
+        out["data_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in ours["data_config"].items()}
+    return out
 
 
 def fit_pos_embed(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

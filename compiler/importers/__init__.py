@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import VitshrinkError
 from ..families import family_of, import_model
-from ..frontends.timm import check_model_name, create_model, fit_classifier, read_label_names, set_label_names
+from ..frontends.timm import check_model_name, configure, create_model, fit_classifier, read_sidecar
 from . import hf, nni, s2vite, savit, torch_prune, torch_pruning, vtc_lfc, wdpruning, zeroed
 from .base import Format, ImportContext, ImportResult
 from .hf import model_kwargs, timm_name
@@ -206,8 +206,8 @@ def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Op
         num_classes: ``--num-classes`` (None: the checkpoint's head decides).
         like: the checkpoint a weights-file ``checkpoint`` was derived from (``vitshrink masks``' re-fitted
             weights, in timm's layout): what it computes with beyond its weights applies to ``checkpoint`` too --
-            a transformers directory's LayerNorm eps, ``id2label`` and image processor, a timm file's label names
-            (:func:`~vitshrink.frontends.timm.read_label_names`).
+            a transformers directory's LayerNorm eps, ``id2label`` and image processor, what the ``config.json``
+            beside a file says (:func:`~vitshrink.frontends.timm.read_sidecar`).
     Returns what ``import_model`` returns.
 
     Raises:
@@ -215,12 +215,12 @@ def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Op
             (a spec would be applied on top of them: compile it without ``--spec``).
     """
     if checkpoint is None or not Path(checkpoint).is_dir():
-        configure, names = None, read_label_names(like) if like is not None else None
+        source = None
         if like is not None and Path(like).is_dir():
-            configure = import_checkpoint(like, model_name, "hf").configure
-        elif names is not None:
-            configure = lambda model: set_label_names(model, *names)  # noqa: E731 - the one thing a file carries
-        return import_model(model_name, checkpoint, img_size=img_size, num_classes=num_classes, configure=configure)
+            source = import_checkpoint(like, model_name, "hf").configure
+        elif like is not None and read_sidecar(like):
+            source = lambda model: configure(model, **read_sidecar(like))  # noqa: E731 - what the file beside says
+        return import_model(model_name, checkpoint, img_size=img_size, num_classes=num_classes, configure=source)
     result = import_checkpoint(checkpoint, model_name, "hf")
     if result.spec.masks:
         raise VitshrinkError(f"checkpoint '{checkpoint}': config.pruned_heads already prunes heads; a --spec would apply "

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..frontends.timm import fit_classifier, set_label_names
+from ..frontends.timm import configure as configure_model, fit_classifier
 from ..families import VIT, Family
 from ..spec.format import Spec
 
@@ -56,16 +56,8 @@ class ImportResult:
 
     def configure(self, model: nn.Module) -> nn.Module:
         """Set on a timm model what the source computes with but the weights do not carry (LayerNorm eps, the
-        label names)."""
-        if self.label_names is not None:
-            set_label_names(model, *self.label_names)
-        if self.data_config:
-            model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **self.data_config}
-        if self.layer_norm_eps is not None:
-            for m in model.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.eps = self.layer_norm_eps
-        return model
+        label names, the preprocessing: :func:`vitshrink.frontends.timm.configure`)."""
+        return configure_model(model, self.layer_norm_eps, self.label_names, self.data_config)
 
 
 @dataclass
