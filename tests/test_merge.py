@@ -430,3 +430,22 @@ def test_tome_auto_takes_the_whole_budget_without_scores(tmp_path):
     assert share(r) <= 0.6 < share(r - 1)
     assert spec["meta"]["budget"]["macs"] == pytest.approx(share(r) * spec["meta"]["budget"]["dense_macs"], rel=1e-9)
     assert spec["meta"]["calibration"]["n"] == 4 and "budget: MACs" in res.output
+
+
+def test_merging_every_a_token_exports(tmp_path):
+    """A block whose r is its whole A set (a short sequence: 5 tokens -> 4 -> 3 -> 2) exports and runs in ONNX Runtime
+    with torch's logits: no empty Gather (an ONNX Reshape to 0 rows copies the input's dim instead)."""
+    import numpy as np
+
+    from vitshrink.export import export_onnx
+    from vitshrink.frontends.timm import from_timm
+    from vitshrink.runtime.ort import OrtRunner
+
+    ir = from_timm(small_vit(img_size=16), "small_vit_16")  # 4 patches + the class token
+    rs = resolve_spec(Spec({}, {"token_merge": {"0": 1, "1": 1, "2": 1}}), ir)
+    module = build_module(apply_spec(ir, rs)).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    path = export_onnx(module, tmp_path / "m.onnx", (3, 16, 16))
+    with torch.no_grad():
+        want = module(x)
+    assert float(np.abs(OrtRunner(path).run(x.numpy()) - want.numpy()).max()) <= TOL

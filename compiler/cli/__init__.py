@@ -1,7 +1,7 @@
 """``vitshrink`` command line: one module per command group, registered on :func:`main` here.
 
 - :mod:`.compile`: ``compile``, ``bench``; :mod:`.masks`: ``masks``; :mod:`.imports`: ``import``, ``inspect``;
-  :mod:`.gate`: ``check``, ``diff``; :mod:`.run`: ``run``; :mod:`.runner`: ``build-runner``;
+  :mod:`.gate`: ``check``, ``diff``; :mod:`.run`: ``run``; :mod:`.sweep`: ``sweep``; :mod:`.runner`: ``build-runner``;
   :mod:`.common`: exit codes, one-line errors, option parsers.
 
 Commands import the compile stack (torch, timm, onnx: seconds to load) inside their body, so
@@ -21,7 +21,7 @@ import warnings
 import click
 
 from . import compile as compile_commands
-from . import gate, imports, masks, run, runner
+from . import gate, imports, masks, run, runner, sweep
 from .common import EXIT_CODES, one_line_warning
 
 
@@ -56,7 +56,7 @@ def main() -> None:
 
 
 for _command in (compile_commands.compile_cmd, masks.masks_cmd, compile_commands.bench_cmd, runner.build_runner_cmd,
-                 imports.import_cmd, imports.inspect_cmd, gate.check_cmd, gate.diff_cmd, run.run_cmd):
+                 imports.import_cmd, imports.inspect_cmd, gate.check_cmd, gate.diff_cmd, run.run_cmd, sweep.sweep_cmd):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

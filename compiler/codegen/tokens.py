@@ -143,8 +143,9 @@ def ranked(scores: Tensor, L: int) -> Tensor:
 
 
 def ascending(idx: Tensor, k: int) -> Tensor:
-    """Distinct integers [B, k] in ascending order (a TopK of the negated values: no ties to break)."""
-    return -((-idx).topk(k, dim=-1).values)
+    """Distinct integers [B, k] in ascending order (a TopK of the negated values: no ties to break; none for k <= 1,
+    where a TopK of K = 0 trips ONNX shape inference)."""
+    return idx if k <= 1 else -((-idx).topk(k, dim=-1).values)
 
 
 def gather_rows(x: Tensor, idx: Tensor) -> Tensor:
@@ -197,13 +198,15 @@ class TokenMerge(nn.Module):
         ss = gather_rows(sa, src)  # [B, r]
         total = sb + (assign @ ss.unsqueeze(-1)).squeeze(-1)  # [B, nb]
         xb = (xb * sb.unsqueeze(-1) + assign @ (gather_rows(xa, src) * ss.unsqueeze(-1))) / total.unsqueeze(-1)
-        x = torch.cat([x[:, :P], gather_rows(xa, unm), xb], dim=1)
-        size = torch.cat([size[:, :P], gather_rows(sa, unm), total], dim=1)
+        # every A token merging (na == r) leaves no rows to gather: an empty Gather's Reshape to 0 rows reads as
+        # "copy the input's dim" in ONNX (Reshape's allowzero=0), so nothing is gathered then
+        x = torch.cat([x[:, :P], *([gather_rows(xa, unm)] if na > r else []), xb], dim=1)
+        size = torch.cat([size[:, :P], *([gather_rows(sa, unm)] if na > r else []), total], dim=1)
         merges = None
         if ids is not None:
             ia, ib = ids.index_select(1, self.a_pos), ids.index_select(1, self.b_pos)
             merges = torch.stack([gather_rows(ia, src), gather_rows(ib, dst)], dim=-1)
-            ids = torch.cat([ids[:, :P], gather_rows(ia, unm), ib], dim=1)
+            ids = torch.cat([ids[:, :P], *([gather_rows(ia, unm)] if na > r else []), ib], dim=1)
         return x, size, ids, merges
 
 

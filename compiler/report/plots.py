@@ -121,3 +121,51 @@ def plot_latency(report: dict, path: Path) -> None:
     fig.tight_layout(rect=(0, 0, 1, 0.83 if cols == 1 else 0.86))
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # nothing cut at the edges
     plt.close(fig)
+
+
+_METHOD_COLOR = {"widths": "#1f6feb", "evit": "#1a7f37", "tome": "#8250df"}
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    """sweep.png: one panel per engine@batch, top-1 (held-out images) against the speed-up over timm's original at
+    the same precision; every point coloured by method and labelled with the MACs it kept, the Pareto front as a
+    line, the original at x1, the allowed drop as a dashed line and the best point ringed."""
+    keys = list(result.get("fronts") or {})
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(7.5, 5.6 * len(keys)), 5.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        rows = {n: p["rows"][key] for n, p in result["points"].items() if (p.get("rows") or {}).get(key)}
+        for name, r in rows.items():
+            method = result["points"][name]["method"]
+            ax.scatter(r["speedup"], r["top1"], color=_METHOD_COLOR.get(method, "k"), s=28, zorder=3)
+            ax.annotate(f"{r['macs_ratio']:.2f}", (r["speedup"], r["top1"]), textcoords="offset points",
+                        xytext=(4, 3), fontsize=7)
+        on = [rows[n] for n in sorted(result["fronts"][key], key=lambda n: rows[n]["speedup"])]
+        if on:
+            ax.plot([r["speedup"] for r in on], [r["top1"] for r in on], color="k", lw=1, alpha=0.6, zorder=2)
+        if rows:
+            orig = sorted(r["original_top1"] for r in rows.values())[len(rows) // 2]
+            ax.scatter([1.0], [orig], marker="*", s=140, color="#cf222e", zorder=4)
+            ax.axhline(orig - result["max_top1_drop"] / 100, color="#cf222e", ls="--", lw=1)
+        b = result["best"].get(key)
+        if b in rows:
+            ax.scatter(rows[b]["speedup"], rows[b]["top1"], s=170, facecolors="none", edgecolors="#cf222e", lw=1.6, zorder=5)
+        ax.set_title(f"{key.replace('@', ', batch ')}: best {b or 'none'}", fontsize=9)
+        ax.set_xlabel("speed-up over timm's original (same engine and precision)", fontsize=8)
+        ax.set_ylabel("top-1 (held-out images)", fontsize=8)
+        ax.grid(alpha=0.3)
+    present = {p["method"] for p in result["points"].values()}
+    handles = [Patch(color=c, label=m) for m, c in _METHOD_COLOR.items() if m in present] + [
+        plt.Line2D([], [], color="k", lw=1, label="Pareto front"),
+        plt.Line2D([], [], marker="*", color="#cf222e", ls="", markersize=10, label="timm's original"),
+        plt.Line2D([], [], color="#cf222e", ls="--", lw=1, label=f"the original's top-1 less {result['max_top1_drop']:g} points"),
+        plt.Line2D([], [], marker="o", mfc="none", mec="#cf222e", ls="", markersize=10, label="best (fastest within the drop)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.91), ncol=3, fontsize=7, frameon=False)
+    split = result["split"]
+    fig.suptitle(f"vitshrink sweep: {result['model']} -- point labels: MACs kept (of the dense model's)\n{split['calibration']} calibration images, "
+                 f"top-1 on {split['held_out']} others (+-{split['half_width']:.1f} points, 95%)",
+                 fontsize=9, y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.84))
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)
+    plt.close(fig)
