@@ -215,11 +215,11 @@ def import_dense(model_name: str, checkpoint: Optional[str | Path], img_size: Op
             (a spec would be applied on top of them: compile it without ``--spec``).
     """
     if checkpoint is None or not Path(checkpoint).is_dir():
-        source = None
+        source, side = None, read_sidecar(like) if like is not None else {}  # a directory has no sidecar
         if like is not None and Path(like).is_dir():
             source = import_checkpoint(like, model_name, "hf").configure
-        elif like is not None and read_sidecar(like):
-            source = lambda model: configure(model, **read_sidecar(like))  # noqa: E731 - what the file beside says
+        elif side:
+            source = lambda model: configure(model, **side)  # noqa: E731 - what the file beside it says
         return import_model(model_name, checkpoint, img_size=img_size, num_classes=num_classes, configure=source)
     result = import_checkpoint(checkpoint, model_name, "hf")
     if result.spec.masks:
